@@ -1,0 +1,46 @@
+"""The tutorial's Flask app, one file for all three versions.
+
+The version comes from FLASK_VERSION (1, 2, 3) and the port from FLASK_PORT, so
+the same file runs as website1..3 in Docker and as three local processes in tests.
+/headers echoes the request headers as JSON so tests can see what edge forwarded.
+"""
+import os
+import sys
+
+from flask import Flask, jsonify, request
+
+app = Flask(__name__)
+VERSION = os.getenv("FLASK_VERSION", "1")
+
+
+@app.route("/")
+def index():
+    return f"<h1><center>This is Flask Application - Version{VERSION} Nginx</center></h1>"
+
+
+@app.route("/headers")
+def headers():
+    return jsonify(
+        version=VERSION,
+        headers={k: v for k, v in request.headers.items()},
+        remote_addr=request.remote_addr,
+        path=request.full_path,
+        environ_forwarded_for=request.environ.get("HTTP_X_FORWARDED_FOR"),
+    )
+
+
+@app.route("/echo", methods=["GET", "POST", "PUT"])
+def echo():
+    return jsonify(version=VERSION, method=request.method, body=request.get_data(as_text=True))
+
+
+@app.route("/healthz")
+def healthz():
+    return "ok"
+
+
+if __name__ == "__main__":
+    port = int(os.getenv("FLASK_PORT", "5000"))
+    # Tests wait for this line instead of sleeping.
+    print(f"flask version {VERSION} listening on {port}", file=sys.stderr, flush=True)
+    app.run(host=os.getenv("FLASK_HOST", "0.0.0.0"), port=port)

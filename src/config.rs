@@ -1,0 +1,703 @@
+//! The TOML wire format and the validated [`Config`] the rest of edge uses.
+//!
+//! The two are different types on purpose: serde only knows the shape of the file
+//! (and rejects unknown keys), while [`validate`] turns every string into a typed
+//! value and names the key, the bad value and what is expected when it cannot.
+//! Nothing here touches the network; `edge check` adds the I/O checks on top.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::names;
+
+/// A config file that cannot be used, with the file, the key and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config file: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    #[error("no config file: looked for {tried}; pass --config FILE or set EDGE_CONFIG")]
+    NotFound { tried: String },
+}
+
+/// Where the config comes from when neither `--config` nor `EDGE_CONFIG` says.
+pub const DEFAULT_PATHS: [&str; 2] = ["config/edge.toml", "/etc/edge/edge.toml"];
+
+/// Picks the config path: an explicit one (flag or `EDGE_CONFIG`) wins, else the
+/// first default that exists.
+pub fn locate(explicit: Option<&Path>) -> Result<PathBuf, ConfigError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    for p in DEFAULT_PATHS {
+        if Path::new(p).exists() {
+            return Ok(PathBuf::from(p));
+        }
+    }
+    Err(ConfigError::NotFound {
+        tried: DEFAULT_PATHS.join(", "),
+    })
+}
+
+// ---------------------------------------------------------------- wire format
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<String>,
+    workers: Option<i64>,
+    #[serde(default)]
+    listen: RawListen,
+    #[serde(default)]
+    acme: RawAcme,
+    #[serde(default)]
+    dns: RawDns,
+    #[serde(default)]
+    log: RawLog,
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    site: Vec<RawSite>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawListen {
+    http: Option<String>,
+    https: Option<String>,
+    redirect: Option<i64>,
+    handshake_timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    contact: Option<Vec<String>>,
+    ca_bundle: Option<String>,
+    key_type: Option<String>,
+    eab: Option<RawEab>,
+    deploy_hook: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEab {
+    kid: String,
+    hmac: String,
+}
+
+/// Every key any provider takes; [`validate_dns`] rejects the ones the chosen
+/// provider does not use, so a typo or a leftover key is never silently ignored.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDns {
+    provider: Option<String>,
+    propagation_timeout: Option<String>,
+    propagation_delay: Option<String>,
+    resolvers: Option<Vec<String>>,
+    command: Option<String>,
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    server: Option<String>,
+    zone: Option<String>,
+    tsig_key: Option<String>,
+    tsig_secret: Option<String>,
+    tsig_secret_file: Option<String>,
+    tsig_algorithm: Option<String>,
+    ttl: Option<i64>,
+    listen: Option<String>,
+    api_token: Option<String>,
+    api_token_file: Option<String>,
+    api_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    access: Option<String>,
+    level: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSite {
+    domains: Option<Vec<String>>,
+    upstreams: Option<Vec<RawUpstream>>,
+    balance: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    error_pages: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawUpstream {
+    Addr(String),
+    Table(RawUpstreamTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstreamTable {
+    addr: String,
+    weight: Option<i64>,
+}
+
+// ---------------------------------------------------------------- validated
+
+/// The validated configuration: every value typed, every path resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub workers: usize,
+    pub listen: Listen,
+    pub acme: Acme,
+    pub dns: Dns,
+    pub log: Log,
+    pub metrics: Option<SocketAddr>,
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listen {
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    /// 308 keeps the method and body (our default); 301 is what nginx's `permanent` sends.
+    pub redirect: u16,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    EcdsaP256,
+    EcdsaP384,
+    Rsa2048,
+    Rsa4096,
+}
+
+impl KeyType {
+    pub const NAMES: &'static str = "ecdsa-p256, ecdsa-p384, rsa2048, rsa4096";
+
+    pub fn parse(s: &str) -> Option<KeyType> {
+        Some(match s {
+            "ecdsa-p256" => KeyType::EcdsaP256,
+            "ecdsa-p384" => KeyType::EcdsaP384,
+            "rsa2048" => KeyType::Rsa2048,
+            "rsa4096" => KeyType::Rsa4096,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for KeyType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            KeyType::EcdsaP256 => "ecdsa-p256",
+            KeyType::EcdsaP384 => "ecdsa-p384",
+            KeyType::Rsa2048 => "rsa2048",
+            KeyType::Rsa4096 => "rsa4096",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Acme {
+    pub directory: String,
+    pub contact: Vec<String>,
+    pub ca_bundle: Option<PathBuf>,
+    pub key_type: KeyType,
+    pub eab: Option<Eab>,
+    pub deploy_hook: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub struct Eab {
+    pub kid: String,
+    pub hmac: String,
+}
+
+impl fmt::Debug for Eab {
+    /// The HMAC is a credential: never print it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Eab")
+            .field("kid", &self.kid)
+            .field("hmac", &"<redacted>")
+            .finish()
+    }
+}
+
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+#[derive(Debug, Clone)]
+pub struct Dns {
+    pub provider: Provider,
+    pub propagation_timeout: Duration,
+    pub propagation_delay: Duration,
+    pub resolvers: Vec<SocketAddr>,
+}
+
+/// How the `_acme-challenge` TXT record gets published.
+#[derive(Debug, Clone)]
+pub enum Provider {
+    /// A person sets the record; edge prints it and waits.
+    Manual,
+    /// A certbot-style hook script, called for present and cleanup.
+    Exec { command: PathBuf },
+    /// Pebble's test DNS server, through its management API.
+    PebbleChalltestsrv { url: String },
+}
+
+impl Provider {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Provider::Manual => "manual",
+            Provider::Exec { .. } => "exec",
+            Provider::PebbleChalltestsrv { .. } => "pebble-challtestsrv",
+        }
+    }
+
+    /// Whether renewals can run with nobody at the keyboard.
+    pub fn unattended(&self) -> bool {
+        !matches!(self, Provider::Manual)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLog {
+    Text,
+    Json,
+    Off,
+}
+
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub access: AccessLog,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// `host:port`; the host may be a name (resolved at connect time, as in Docker).
+    pub addr: String,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Site {
+    pub domains: Vec<String>,
+    pub upstreams: Vec<Upstream>,
+    pub balance: Balance,
+    pub trusted_proxies: Vec<IpNet>,
+    pub connect_timeout: Duration,
+    pub response_timeout: Duration,
+    /// Status -> HTML file that replaces the built-in page (nginx's `error_page`).
+    pub error_pages: BTreeMap<u16, PathBuf>,
+}
+
+impl Site {
+    /// The certificate lineage this site's certificate is stored under.
+    pub fn cert_name(&self) -> String {
+        names::lineage_name(&self.domains)
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` is only used in messages and is kept in the result.
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: format!("invalid config: {}", e.to_string().trim_end()),
+    })?;
+    Validator { path }.config(raw)
+}
+
+struct Validator<'a> {
+    path: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.to_path_buf(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(v) => humantime::parse_duration(v).map_err(|e| {
+                self.err(key, format!("{v:?} is not a duration ({e}); expected e.g. \"10s\", \"5m\", \"1h\""))
+            }),
+        }
+    }
+
+    fn addr(&self, key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+        let v = value.unwrap_or(default);
+        v.parse().map_err(|_| {
+            self.err(key, format!("{v:?} is not an address; expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\""))
+        })
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or("acme-state"));
+        if state_dir.as_os_str().is_empty() {
+            return Err(self.err("state_dir", "empty; expected a directory such as \"acme-state\" or \"/var/lib/edge\""));
+        }
+        let workers = match raw.workers {
+            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            Some(n) if (1..=1024).contains(&n) => n as usize,
+            Some(n) => return Err(self.err("workers", format!("{n} is out of range; expected 1 to 1024 (default: the number of CPUs)"))),
+        };
+        let listen = self.listen(raw.listen)?;
+        let acme = self.acme(raw.acme)?;
+        let dns = self.dns(raw.dns)?;
+        let log = self.log(raw.log)?;
+        let metrics = match raw.metrics {
+            None => None,
+            Some(m) => Some(self.addr("metrics.listen", Some(&m.listen), "")?),
+        };
+        if raw.site.is_empty() {
+            return Err(self.err("site", "no [[site]] table; add one with `domains` and `upstreams`"));
+        }
+        let mut sites = Vec::with_capacity(raw.site.len());
+        for (i, s) in raw.site.into_iter().enumerate() {
+            sites.push(self.site(i, s)?);
+        }
+        // A name served by two sites would make routing depend on file order.
+        let mut seen = BTreeMap::new();
+        for (i, s) in sites.iter().enumerate() {
+            for d in &s.domains {
+                if let Some(j) = seen.insert(d.clone(), i) {
+                    return Err(self.err(
+                        format!("site[{i}].domains"),
+                        format!("{d:?} is already served by site[{j}]; each name may belong to one site"),
+                    ));
+                }
+            }
+        }
+        Ok(Config {
+            path: self.path.to_path_buf(),
+            state_dir,
+            workers,
+            listen,
+            acme,
+            dns,
+            log,
+            metrics,
+            sites,
+        })
+    }
+
+    fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
+        let http = self.addr("listen.http", raw.http.as_deref(), "0.0.0.0:80")?;
+        let https = self.addr("listen.https", raw.https.as_deref(), "0.0.0.0:443")?;
+        if http == https {
+            return Err(self.err("listen.http", format!("{http} is also listen.https; the two listeners need different ports")));
+        }
+        let redirect = match raw.redirect {
+            None => 308,
+            Some(c @ (301 | 302 | 307 | 308)) => c as u16,
+            Some(c) => return Err(self.err("listen.redirect", format!("{c} is not a redirect status; expected 308 (default, keeps the method) or 301 (nginx's `permanent`)"))),
+        };
+        let handshake_timeout = self.duration("listen.handshake_timeout", raw.handshake_timeout.as_deref(), Duration::from_secs(10))?;
+        Ok(Listen { http, https, redirect, handshake_timeout })
+    }
+
+    fn acme(&self, raw: RawAcme) -> Result<Acme, ConfigError> {
+        let directory = match raw.directory.as_deref().unwrap_or("letsencrypt") {
+            "letsencrypt" => LETSENCRYPT.to_string(),
+            "letsencrypt-staging" => LETSENCRYPT_STAGING.to_string(),
+            url if url.starts_with("https://") || url.starts_with("http://") => {
+                if url.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+                    return Err(self.err("acme.directory", format!("{url:?} is not a valid URL")));
+                }
+                url.to_string()
+            }
+            other => return Err(self.err("acme.directory", format!("{other:?}: expected \"letsencrypt\", \"letsencrypt-staging\" or a directory URL such as \"https://127.0.0.1:14000/dir\""))),
+        };
+        let contact = raw.contact.unwrap_or_default();
+        for c in &contact {
+            if !c.starts_with("mailto:") || !c.contains('@') {
+                return Err(self.err("acme.contact", format!("{c:?}: expected \"mailto:you@example.org\"")));
+            }
+        }
+        let key_type = match raw.key_type.as_deref() {
+            None => KeyType::EcdsaP256,
+            Some(k) => KeyType::parse(k).ok_or_else(|| self.err("acme.key_type", format!("{k:?}: expected one of {}", KeyType::NAMES)))?,
+        };
+        let eab = match raw.eab {
+            None => None,
+            Some(e) if e.kid.is_empty() || e.hmac.is_empty() => {
+                return Err(self.err("acme.eab", "kid and hmac must both be set (your CA's dashboard shows them)"))
+            }
+            Some(e) => Some(Eab { kid: e.kid, hmac: e.hmac }),
+        };
+        Ok(Acme {
+            directory,
+            contact,
+            ca_bundle: raw.ca_bundle.map(PathBuf::from),
+            key_type,
+            eab,
+            deploy_hook: raw.deploy_hook.map(PathBuf::from),
+        })
+    }
+
+    fn dns(&self, raw: RawDns) -> Result<Dns, ConfigError> {
+        let provider_name = raw.provider.clone().unwrap_or_else(|| "manual".into());
+        // Keys each provider takes, besides the three shared ones.
+        let allowed: &[&str] = match provider_name.as_str() {
+            "manual" => &[],
+            "exec" => &["command"],
+            "pebble-challtestsrv" => &["url"],
+            other => {
+                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv")))
+            }
+        };
+        let set: [(&str, bool); 16] = [
+            ("command", raw.command.is_some()),
+            ("url", raw.url.is_some()),
+            ("username", raw.username.is_some()),
+            ("password", raw.password.is_some()),
+            ("server", raw.server.is_some()),
+            ("zone", raw.zone.is_some()),
+            ("tsig_key", raw.tsig_key.is_some()),
+            ("tsig_secret", raw.tsig_secret.is_some()),
+            ("tsig_secret_file", raw.tsig_secret_file.is_some()),
+            ("tsig_algorithm", raw.tsig_algorithm.is_some()),
+            ("ttl", raw.ttl.is_some()),
+            ("listen", raw.listen.is_some()),
+            ("api_token", raw.api_token.is_some()),
+            ("api_token_file", raw.api_token_file.is_some()),
+            ("api_url", raw.api_url.is_some()),
+            ("provider", false),
+        ];
+        for (key, present) in set {
+            if present && !allowed.contains(&key) {
+                return Err(self.err(format!("dns.{key}"), format!("not used by provider {provider_name:?}; remove it or choose the provider it belongs to")));
+            }
+        }
+        let provider = match provider_name.as_str() {
+            "manual" => Provider::Manual,
+            "exec" => Provider::Exec {
+                command: PathBuf::from(raw.command.ok_or_else(|| self.err("dns.command", "missing; provider \"exec\" needs the path of the hook script"))?),
+            },
+            _ => {
+                let url = raw.url.ok_or_else(|| self.err("dns.url", "missing; expected the management URL, e.g. \"http://127.0.0.1:8055\""))?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(self.err("dns.url", format!("{url:?}: expected an http:// or https:// URL")));
+                }
+                Provider::PebbleChalltestsrv { url: url.trim_end_matches('/').to_string() }
+            }
+        };
+        let propagation_timeout = self.duration("dns.propagation_timeout", raw.propagation_timeout.as_deref(), Duration::from_secs(600))?;
+        let propagation_delay = self.duration("dns.propagation_delay", raw.propagation_delay.as_deref(), Duration::ZERO)?;
+        let mut resolvers = Vec::new();
+        for r in raw.resolvers.unwrap_or_default() {
+            let addr = r
+                .parse::<SocketAddr>()
+                .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                .map_err(|_| self.err("dns.resolvers", format!("{r:?}: expected IP or IP:PORT such as \"127.0.0.1:8053\"")))?;
+            resolvers.push(addr);
+        }
+        Ok(Dns { provider, propagation_timeout, propagation_delay, resolvers })
+    }
+
+    fn log(&self, raw: RawLog) -> Result<Log, ConfigError> {
+        let access = match raw.access.as_deref().unwrap_or("text") {
+            "text" => AccessLog::Text,
+            "json" => AccessLog::Json,
+            "off" => AccessLog::Off,
+            other => return Err(self.err("log.access", format!("{other:?}: expected \"text\", \"json\" or \"off\""))),
+        };
+        let level = raw.level.unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(self.err("log.level", format!("{level:?}: expected error, warn, info, debug or trace")));
+        }
+        Ok(Log { access, level })
+    }
+
+    fn site(&self, i: usize, raw: RawSite) -> Result<Site, ConfigError> {
+        let k = |name: &str| format!("site[{i}].{name}");
+        let domains = raw.domains.ok_or_else(|| self.err(k("domains"), "missing; expected a list such as [\"app.example.org\"]"))?;
+        if domains.is_empty() {
+            return Err(self.err(k("domains"), "empty list; expected at least one name"));
+        }
+        let mut valid = Vec::with_capacity(domains.len());
+        for d in &domains {
+            let name = names::validate_domain(d).map_err(|m| self.err(k("domains"), m))?;
+            if !valid.contains(&name) {
+                valid.push(name);
+            }
+        }
+        let ups = raw.upstreams.ok_or_else(|| self.err(k("upstreams"), "missing; expected a list such as [\"127.0.0.1:5001\"]"))?;
+        if ups.is_empty() {
+            return Err(self.err(k("upstreams"), "empty list; expected at least one \"host:port\""));
+        }
+        let mut upstreams = Vec::with_capacity(ups.len());
+        for u in ups {
+            let (addr, weight) = match u {
+                RawUpstream::Addr(a) => (a, 1),
+                RawUpstream::Table(t) => (t.addr, t.weight.unwrap_or(1)),
+            };
+            check_upstream_addr(&addr).map_err(|m| self.err(k("upstreams"), m))?;
+            if !(1..=1000).contains(&weight) {
+                return Err(self.err(k("upstreams"), format!("{addr}: weight {weight} is out of range; expected 1 to 1000")));
+            }
+            upstreams.push(Upstream { addr, weight: weight as u32 });
+        }
+        let balance = match raw.balance.as_deref().unwrap_or("round_robin") {
+            "round_robin" => Balance::RoundRobin,
+            other => return Err(self.err(k("balance"), format!("{other:?}: expected \"round_robin\""))),
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in raw.trusted_proxies.unwrap_or_default() {
+            let net = p
+                .parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| self.err(k("trusted_proxies"), format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP")))?;
+            trusted_proxies.push(net);
+        }
+        let connect_timeout = self.duration(&k("connect_timeout"), raw.connect_timeout.as_deref(), Duration::from_secs(60))?;
+        let response_timeout = self.duration(&k("response_timeout"), raw.response_timeout.as_deref(), Duration::from_secs(60))?;
+        let mut error_pages = BTreeMap::new();
+        for (status, file) in raw.error_pages.unwrap_or_default() {
+            let code: u16 = status
+                .parse()
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| self.err(k("error_pages"), format!("{status:?}: expected an HTTP error status such as 502")))?;
+            error_pages.insert(code, PathBuf::from(file));
+        }
+        Ok(Site {
+            domains: valid,
+            upstreams,
+            balance,
+            trusted_proxies,
+            connect_timeout,
+            response_timeout,
+            error_pages,
+        })
+    }
+}
+
+/// `host:port` with a usable port; the host may be an IP, `[v6]` or a DNS name.
+fn check_upstream_addr(addr: &str) -> Result<(), String> {
+    let bad = || format!("{addr:?} is not an upstream address; expected \"host:port\" such as \"127.0.0.1:5001\" or \"website1:5000\"");
+    if addr.contains("://") || addr.contains('/') {
+        return Err(format!("{addr:?}: give \"host:port\" without a scheme or path"));
+    }
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+state_dir = "s"
+[listen]
+http = "127.0.0.1:8080"
+https = "127.0.0.1:8443"
+[[site]]
+domains = ["flask.example.org"]
+upstreams = ["127.0.0.1:5001", { addr = "website2:5000", weight = 3 }]
+"#;
+
+    fn err(text: &str) -> String {
+        parse(Path::new("t.toml"), text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn good_config_loads_with_defaults() {
+        let c = parse(Path::new("t.toml"), GOOD).unwrap();
+        assert_eq!(c.listen.redirect, 308);
+        assert_eq!(c.sites[0].upstreams[1].weight, 3);
+        assert_eq!(c.acme.directory, LETSENCRYPT);
+        assert_eq!(c.sites[0].connect_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("bogus = 1\n").contains("unknown field `bogus`"));
+        assert!(err(&GOOD.replace("127.0.0.1:8080", "nope")).contains("listen.http"));
+        assert!(err(&GOOD.replace(r#"upstreams = ["127.0.0.1:5001", { addr = "website2:5000", weight = 3 }]"#, "upstreams = []")).contains("site[0].upstreams"));
+        assert!(err(&format!("{GOOD}\n[dns]\nprovider = \"manual\"\nurl = \"http://x\"\n")).contains("dns.url"));
+        assert!(err(&GOOD.replace("flask.example.org", "1.2.3.4")).contains("site[0].domains"));
+    }
+
+    #[test]
+    fn bad_toml_shows_the_line() {
+        let e = err("state_dir = \n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn upstream_addresses() {
+        assert!(check_upstream_addr("127.0.0.1:5001").is_ok());
+        assert!(check_upstream_addr("[::1]:5001").is_ok());
+        assert!(check_upstream_addr("website1:5000").is_ok());
+        assert!(check_upstream_addr("website1").is_err());
+        assert!(check_upstream_addr("http://x:1").is_err());
+        assert!(check_upstream_addr("x:0").is_err());
+    }
+}

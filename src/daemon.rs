@@ -1,0 +1,132 @@
+//! `edge serve`: binds the listeners, loads certificates, and handles signals.
+//!
+//! SIGHUP re-reads the config file and the certificates; a config that does not
+//! validate is logged and the running one kept. SIGTERM/SIGINT stop accepting and
+//! give in-flight requests a grace period.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+use crate::config::{self, Config};
+use crate::proxy::listener::{self, Limits};
+use crate::proxy::redirect::Redirect;
+use crate::proxy::{Proxy, Routes};
+use crate::store::{Store, StoreError};
+use crate::tls::{self, Certs};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot listen on {addr} (key `{key}`): {source}; is another server using the port, or does it need root / CAP_NET_BIND_SERVICE?")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Config(String),
+}
+
+/// The addresses actually bound (a port of 0 in the config becomes a real one).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+}
+
+pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
+    let store = Store::open(&cfg.state_dir)?;
+    let certs = Certs::default();
+    let report = certs.reload(&store, &cfg.sites);
+    for name in &report.loaded {
+        tracing::info!(lineage = %name, "certificate loaded");
+    }
+    let routes = Routes::build(&cfg.sites).map_err(DaemonError::Config)?;
+    let proxy = Arc::new(Proxy::new(routes, cfg.log.access));
+    let tls_cfg = tls::server_config(&certs)?;
+
+    let https = TcpListener::bind(cfg.listen.https)
+        .await
+        .map_err(|source| DaemonError::Bind { key: "listen.https", addr: cfg.listen.https, source })?;
+    let http = TcpListener::bind(cfg.listen.http)
+        .await
+        .map_err(|source| DaemonError::Bind { key: "listen.http", addr: cfg.listen.http, source })?;
+    let bound = Bound {
+        https: https.local_addr().unwrap_or(cfg.listen.https),
+        http: http.local_addr().unwrap_or(cfg.listen.http),
+    };
+    let limits = Limits {
+        handshake_timeout: cfg.listen.handshake_timeout,
+        header_read_timeout: Duration::from_secs(30),
+        shutdown_grace: Duration::from_secs(30),
+    };
+    let redirect = Arc::new(Redirect {
+        https_port: bound.https.port(),
+        status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
+        access: cfg.log.access,
+    });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let https_task = tokio::spawn(listener::serve_https(https, tls_cfg, certs.clone(), proxy.clone(), limits, stop_rx.clone()));
+    let http_task = tokio::spawn(listener::serve_http(http, redirect, limits, stop_rx));
+    tracing::info!(https = %bound.https, http = %bound.http, sites = cfg.sites.len(), "edge ready");
+
+    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                if let Some(next) = reload(&current.path, &current, &store, &certs, &proxy) {
+                    current = next;
+                }
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(https_task, http_task);
+    tracing::info!("edge stopped");
+    Ok(())
+}
+
+/// Applies a re-read config; returns it when it was taken.
+fn reload(path: &PathBuf, current: &Config, store: &Store, certs: &Certs, proxy: &Proxy) -> Option<Config> {
+    tracing::info!(config = %path.display(), "SIGHUP: reloading config and certificates");
+    let next = match config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running config: {e}");
+            return None;
+        }
+    };
+    let routes = match Routes::build(&next.sites) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("reload refused, keeping the running config: {e}");
+            return None;
+        }
+    };
+    if next.listen.https != current.listen.https || next.listen.http != current.listen.http {
+        tracing::warn!("listen addresses changed; they take effect at the next restart");
+    }
+    if next.state_dir != current.state_dir {
+        tracing::warn!("state_dir changed; it takes effect at the next restart");
+    }
+    proxy.replace_routes(routes);
+    certs.reload(store, &next.sites);
+    tracing::info!(sites = next.sites.len(), "reload done");
+    Some(next)
+}

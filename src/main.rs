@@ -1,0 +1,94 @@
+//! The command line: parse, set up logging and the runtime, call the library.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use edge::config::{self, AccessLog, Config};
+
+#[derive(Parser)]
+#[command(name = "edge", version, about = "Automatic HTTPS in front of web applications")]
+struct Cli {
+    /// Config file [default: config/edge.toml, then /etc/edge/edge.toml]
+    #[arg(long, global = true, env = "EDGE_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: HTTPS proxy, HTTP redirect, certificate renewal
+    Serve,
+    /// Validate config, certificates and upstream reachability; exit 1 on problems
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = match config::locate(cli.config.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    let cfg = match config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    init_logging(&cfg);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(cfg.workers)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("cannot start the runtime: {e}")),
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve => match edge::daemon::serve(cfg).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            },
+            Command::Check => check(&cfg).await,
+        }
+    })
+}
+
+async fn check(cfg: &Config) -> ExitCode {
+    let report = edge::check::run(cfg).await;
+    println!("{}: config is valid", cfg.path.display());
+    for n in &report.notes {
+        println!("  ok: {n}");
+    }
+    for p in &report.problems {
+        println!("  problem: {p}");
+    }
+    if report.problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        println!("{} problem(s) found", report.problems.len());
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    if cfg.log.access == AccessLog::Json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.with_target(false).init();
+    }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("edge: error: {e}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,157 @@
+//! Header rewriting on the way to the upstream and back.
+//!
+//! Order matters: hop-by-hop headers, including every name a client lists in
+//! `Connection`, are removed first and the forwarding headers are set after, so
+//! `Connection: X-Forwarded-For` cannot be used to strip what edge adds.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// Removes hop-by-hop headers and the ones `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Drops header names with `_`: WSGI servers fold `X_Forwarded_For` into the
+/// same variable as `X-Forwarded-For`, so such a header could smuggle a
+/// forwarding header past edge (nginx drops them too).
+pub fn drop_underscored(headers: &mut HeaderMap) {
+    if headers.keys().any(|k| k.as_str().contains('_')) {
+        let names: Vec<HeaderName> = headers
+            .keys()
+            .filter(|k| k.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in names {
+            headers.remove(n);
+        }
+    }
+}
+
+fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+/// Sets X-Forwarded-*, X-Real-IP. A client's own X-Forwarded-For is replaced
+/// unless the peer is a trusted proxy, in which case the peer is appended and the
+/// real client is the right-most address that is not itself trusted.
+pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: &str, trusted_proxies: &[IpNet]) {
+    let peer_str = peer.to_string();
+    let mut real_ip = peer;
+    let xff = if !trusted_proxies.is_empty() && trusted(peer, trusted_proxies) {
+        let prior: Vec<String> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for hop in prior.iter().rev() {
+            match hop.parse::<IpAddr>() {
+                Ok(ip) if trusted(ip, trusted_proxies) => continue,
+                Ok(ip) => {
+                    real_ip = ip;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if prior.is_empty() {
+            peer_str.clone()
+        } else {
+            format!("{}, {peer_str}", prior.join(", "))
+        }
+    } else {
+        peer_str.clone()
+    };
+    set(headers, &X_FORWARDED_FOR, &xff);
+    set(headers, &X_REAL_IP, &real_ip.to_string());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    set(headers, &X_FORWARDED_HOST, host);
+}
+
+fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name.clone(), v);
+    } else {
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn connection_listed_names_go_before_forwarding_is_set() {
+        let mut h = map(&[("connection", "close, X-Forwarded-For"), ("x-forwarded-for", "6.6.6.6"), ("keep-alive", "5")]);
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-forwarded-for").is_none());
+        assert!(h.get("keep-alive").is_none());
+        set_forwarding(&mut h, "10.1.1.1".parse().unwrap(), "a.example", &[]);
+        assert_eq!(h["x-forwarded-for"], "10.1.1.1");
+    }
+
+    #[test]
+    fn spoofed_xff_is_replaced_unless_peer_trusted() {
+        let mut h = map(&[("x-forwarded-for", "6.6.6.6"), ("x-real-ip", "6.6.6.6")]);
+        set_forwarding(&mut h, "192.0.2.1".parse().unwrap(), "a.example", &[]);
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1");
+        assert_eq!(h["x-real-ip"], "192.0.2.1");
+        let nets = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut h = map(&[("x-forwarded-for", "203.0.113.9, 10.0.0.7")]);
+        set_forwarding(&mut h, "10.0.0.2".parse().unwrap(), "a.example", &nets);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 10.0.0.7, 10.0.0.2");
+        assert_eq!(h["x-real-ip"], "203.0.113.9");
+        assert_eq!(h["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn underscores_dropped() {
+        let mut h = map(&[("x_forwarded_for", "1.2.3.4"), ("x-ok", "1")]);
+        drop_underscored(&mut h);
+        assert!(h.get("x_forwarded_for").is_none());
+        assert!(h.get("x-ok").is_some());
+    }
+}

@@ -1,0 +1,349 @@
+//! The HTTPS request path, as named phases:
+//! validate -> route -> pick upstream -> rewrite request -> forward ->
+//! rewrite response -> log. Each phase is a function below, in that order.
+
+pub mod access_log;
+pub mod error;
+pub mod headers;
+pub mod listener;
+pub mod redirect;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::config::{AccessLog, Site};
+use crate::names;
+use crate::tls::Entry;
+use access_log::{Logged, Record};
+use error::{ErrorPages, ProxyError};
+use upstream::Pool;
+
+/// What the client gets: a proxied body or an edge-made page, counted for the log.
+pub type Body = Logged<Either<Incoming, Full<Bytes>>>;
+
+/// What the proxy knows about the client connection a request came in on.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// The certificate this connection was given; decides 421 versus 404.
+    pub served: Option<Arc<Entry>>,
+}
+
+/// One site at run time: its config, upstream pool and error pages.
+#[derive(Debug)]
+pub struct SiteRt {
+    pub cfg: Site,
+    pub pool: Pool,
+    pub pages: ErrorPages,
+}
+
+/// Host -> site, rebuilt whole on reload.
+#[derive(Debug, Default)]
+pub struct Routes {
+    exact: HashMap<String, Arc<SiteRt>>,
+    wildcard: HashMap<String, Arc<SiteRt>>,
+    pub sites: Vec<Arc<SiteRt>>,
+}
+
+impl Routes {
+    pub fn build(sites: &[Site]) -> Result<Routes, String> {
+        let mut r = Routes::default();
+        for s in sites {
+            let rt = Arc::new(SiteRt {
+                cfg: s.clone(),
+                pool: Pool::new(&s.upstreams),
+                pages: ErrorPages::load(&s.error_pages)?,
+            });
+            for d in &s.domains {
+                match d.strip_prefix("*.") {
+                    Some(suffix) => r.wildcard.insert(suffix.to_string(), rt.clone()),
+                    None => r.exact.insert(d.clone(), rt.clone()),
+                };
+            }
+            r.sites.push(rt);
+        }
+        Ok(r)
+    }
+
+    pub fn lookup(&self, host: &str) -> Option<&Arc<SiteRt>> {
+        if let Some(s) = self.exact.get(host) {
+            return Some(s);
+        }
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+}
+
+pub struct Proxy {
+    routes: ArcSwap<Routes>,
+    access: AccessLog,
+}
+
+impl Proxy {
+    pub fn new(routes: Routes, access: AccessLog) -> Proxy {
+        Proxy {
+            routes: ArcSwap::from_pointee(routes),
+            access,
+        }
+    }
+
+    /// Swaps in new sites; requests already routed keep the site they had.
+    pub fn replace_routes(&self, routes: Routes) {
+        self.routes.store(Arc::new(routes));
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        conn: Arc<ConnInfo>,
+    ) -> Result<Response<Body>, Infallible> {
+        let start = Instant::now();
+        let routes = self.routes.load_full();
+        let method = req.method().clone();
+        let path = if self.access == AccessLog::Off {
+            String::new()
+        } else {
+            req.uri().path().to_string()
+        };
+        let version = req.version();
+        let (host, result) = match request_host(&req) {
+            Ok(h) => {
+                let h = h.to_string();
+                let r = match route(&routes, &h, &conn) {
+                    Ok(site) => forward(site, req, &conn, &h).await,
+                    Err(e) => Err((e, None)),
+                };
+                (Some(h), r)
+            }
+            Err(e) => (None, Err((e, None))),
+        };
+        let (response, upstream) = match result {
+            Ok((resp, up)) => {
+                let (mut parts, body) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut parts.headers);
+                (Response::from_parts(parts, Either::Left(body)), Some(up))
+            }
+            Err((e, site)) => {
+                if e.source() == error::Source::Upstream {
+                    tracing::warn!(host = host.as_deref().unwrap_or("-"), "{e}");
+                } else {
+                    tracing::debug!(client = %conn.peer, "{e}");
+                }
+                (error_response(&e, site.as_deref(), version), None)
+            }
+        };
+        let record = (self.access != AccessLog::Off).then(|| {
+            Box::new(Record {
+                client: conn.peer.ip(),
+                method,
+                host: host.unwrap_or_default(),
+                path,
+                status: response.status().as_u16(),
+                upstream,
+                start,
+            })
+        });
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(parts, Logged::new(body, record)))
+    }
+}
+
+// ---------------------------------------------------------------- validate
+
+/// The host a request is for: `:authority` (HTTP/2, absolute-form) or `Host`.
+fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
+    let raw = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => {
+            let mut hosts = req.headers().get_all(header::HOST).iter();
+            let first = hosts.next().ok_or(ProxyError::BadRequest("missing Host header"))?;
+            if hosts.next().is_some() {
+                return Err(ProxyError::BadRequest("more than one Host header"));
+            }
+            first.to_str().map_err(|_| ProxyError::BadRequest("Host header is not text"))?
+        }
+    };
+    let host = names::host_without_port(raw);
+    if host.is_empty()
+        || host.len() > 253
+        || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+    {
+        return Err(ProxyError::BadRequest("Host header is not a valid host name"));
+    }
+    Ok(host)
+}
+
+// ---------------------------------------------------------------- route
+
+fn route<'a>(routes: &'a Routes, host: &str, conn: &ConnInfo) -> Result<&'a Arc<SiteRt>, ProxyError> {
+    let lower;
+    let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        lower = host.to_ascii_lowercase();
+        lower.as_str()
+    } else {
+        host
+    };
+    let host = host.trim_end_matches('.');
+    let covered = conn.served.as_ref().is_some_and(|e| e.covers(host));
+    match routes.lookup(host) {
+        // A connection may only carry requests for names its certificate covers;
+        // anything else was meant for another server (RFC 9110 §15.5.20).
+        Some(site) if covered => Ok(site),
+        _ if !covered => Err(ProxyError::Misdirected(host.to_string())),
+        _ => Err(ProxyError::UnknownHost(host.to_string())),
+    }
+}
+
+// ---------------------------------------------------------------- forward
+
+type Forwarded = (Response<Incoming>, Arc<str>);
+
+/// Picks upstreams in balancing order and sends the request to the first that
+/// takes it. A refused connection moves on to the next upstream; a stale pooled
+/// connection gives the request back and it is sent again on a fresh one.
+async fn forward(
+    site: &Arc<SiteRt>,
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    host: &str,
+) -> Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)> {
+    let fail = |e| (e, Some(site.clone()));
+    if req.method() == http::Method::CONNECT {
+        return Err(fail(ProxyError::MethodNotAllowed("CONNECT")));
+    }
+    let mut req = rewrite_request(req, conn, host, &site.cfg);
+    let pool = &site.pool;
+    let mut tried: u64 = 0;
+    let mut last_error = String::from("no upstream configured");
+    while let Some(i) = pool.pick(tried) {
+        tried |= 1u64 << i.min(63);
+        let up = &pool.upstreams[i];
+        let mut fresh_tried = false;
+        let mut sender = match up.take_idle() {
+            Some(s) => s,
+            None => {
+                fresh_tried = true;
+                match up.connect(site.cfg.connect_timeout).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
+                        last_error = format!("{}: {e}", up.addr);
+                        continue;
+                    }
+                }
+            }
+        };
+        loop {
+            let sent = tokio::time::timeout(site.cfg.response_timeout, sender.try_send_request(req)).await;
+            match sent {
+                Err(_) => {
+                    return Err(fail(ProxyError::UpstreamTimeout(format!(
+                        "{} sent no response headers within {}",
+                        up.addr,
+                        humantime::format_duration(site.cfg.response_timeout)
+                    ))))
+                }
+                Ok(Ok(resp)) => {
+                    up.recycle(sender);
+                    return Ok((resp, Arc::from(up.addr.as_str())));
+                }
+                Ok(Err(mut e)) => match e.take_message() {
+                    // Never sent: the pooled connection was closed under us.
+                    Some(back) if !fresh_tried => {
+                        req = back;
+                        fresh_tried = true;
+                        match up.connect(site.cfg.connect_timeout).await {
+                            Ok(s) => sender = s,
+                            Err(ce) => {
+                                last_error = format!("{}: {ce}", up.addr);
+                                break;
+                            }
+                        }
+                    }
+                    Some(back) => {
+                        req = back;
+                        last_error = format!("{}: {}", up.addr, e.into_error());
+                        break;
+                    }
+                    None => {
+                        return Err(fail(ProxyError::UpstreamUnavailable(format!(
+                            "{}: {}",
+                            up.addr,
+                            e.into_error()
+                        ))))
+                    }
+                },
+            }
+        }
+    }
+    Err(fail(ProxyError::UpstreamUnavailable(last_error)))
+}
+
+// ---------------------------------------------------------------- rewrite
+
+fn rewrite_request(req: Request<Incoming>, conn: &ConnInfo, host: &str, site: &Site) -> Request<Incoming> {
+    let (mut parts, body) = req.into_parts();
+    // Host is kept as the client sent it (with its port), like a transparent proxy.
+    let host_value = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts.headers.get(header::HOST).cloned(),
+    };
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::drop_underscored(&mut parts.headers);
+    headers::set_forwarding(&mut parts.headers, conn.peer.ip(), host, &site.trusted_proxies);
+    if let Some(h) = host_value {
+        parts.headers.insert(header::HOST, h);
+    }
+    // HTTP/2 clients may split cookies over several fields; HTTP/1.1 wants one.
+    if parts.version == Version::HTTP_2 && parts.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined = parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect::<Vec<_>>()
+            .join("; ");
+        if let Ok(v) = HeaderValue::from_str(&joined) {
+            parts.headers.insert(header::COOKIE, v);
+        }
+    }
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Ok(uri) = pq.parse() {
+        parts.uri = uri;
+    }
+    parts.version = Version::HTTP_11;
+    Request::from_parts(parts, body)
+}
+
+// ---------------------------------------------------------------- errors
+
+fn error_response(e: &ProxyError, site: Option<&SiteRt>, version: Version) -> Response<Either<Incoming, Full<Bytes>>> {
+    let status = e.status();
+    let body = match site {
+        Some(s) => s.pages.body(status),
+        None => error::builtin(status),
+    };
+    let mut resp = Response::new(Either::Right(Full::new(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}

@@ -1,0 +1,242 @@
+//! The TLS listener's configuration and its certificate resolver.
+//!
+//! The resolver reads an immutable [`CertMap`] through an `ArcSwap`: a handshake
+//! costs one atomic load and a hash lookup, never a lock, and a renewal or reload
+//! swaps the whole map at once, so every handshake sees either the old map or the
+//! new one and never a moment with no certificate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::config::Site;
+use crate::names;
+use crate::store::Store;
+
+/// One certificate as served: the rustls key plus the names it covers.
+#[derive(Debug)]
+pub struct Entry {
+    pub key: Arc<CertifiedKey>,
+    pub names: Vec<String>,
+    /// The lineage it came from, or `None` for a self-signed placeholder.
+    pub lineage: Option<String>,
+    pub serial: String,
+    pub not_after: std::time::SystemTime,
+}
+
+impl Entry {
+    pub fn covers(&self, host: &str) -> bool {
+        self.names.iter().any(|n| names::covers(n, host))
+    }
+}
+
+/// Names -> certificate, immutable once built.
+#[derive(Debug, Default)]
+pub struct CertMap {
+    exact: HashMap<String, Arc<Entry>>,
+    /// Keyed by the part after `*.`.
+    wildcard: HashMap<String, Arc<Entry>>,
+    /// Served when the client sends no SNI (IP-address clients), like nginx's default server.
+    default: Option<Arc<Entry>>,
+    entries: Vec<Arc<Entry>>,
+}
+
+impl CertMap {
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Entry>> {
+        let host = host.trim_end_matches('.');
+        if let Some(e) = self.exact.get(host) {
+            return Some(e);
+        }
+        let lower;
+        let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = host.to_ascii_lowercase();
+            if let Some(e) = self.exact.get(&lower) {
+                return Some(e);
+            }
+            lower.as_str()
+        } else {
+            host
+        };
+        let (_, parent) = host.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+
+    /// The certificate a handshake with this SNI (or none) is given.
+    pub fn for_sni(&self, sni: Option<&str>) -> Option<&Arc<Entry>> {
+        match sni {
+            Some(name) => self.lookup(name).or(self.default.as_ref()),
+            None => self.default.as_ref(),
+        }
+    }
+
+    pub fn entries(&self) -> &[Arc<Entry>] {
+        &self.entries
+    }
+
+    fn insert(&mut self, entry: Arc<Entry>) {
+        for n in &entry.names {
+            match n.strip_prefix("*.") {
+                Some(suffix) => {
+                    keep_later(&mut self.wildcard, suffix, &entry);
+                }
+                None => {
+                    keep_later(&mut self.exact, n, &entry);
+                }
+            }
+        }
+        self.entries.push(entry);
+    }
+}
+
+/// Two certificates for one name: a real one beats a placeholder, then the one
+/// that expires later wins (a fresh renewal beside an old copy).
+fn keep_later(map: &mut HashMap<String, Arc<Entry>>, name: &str, entry: &Arc<Entry>) {
+    match map.get(name) {
+        Some(old)
+            if (old.lineage.is_some() && entry.lineage.is_none())
+                || (old.lineage.is_some() == entry.lineage.is_some()
+                    && old.not_after >= entry.not_after) => {}
+        _ => {
+            map.insert(name.to_string(), entry.clone());
+        }
+    }
+}
+
+/// What [`build_map`] noticed that an operator should hear about.
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    pub loaded: Vec<String>,
+    pub placeholders: Vec<Vec<String>>,
+    pub refused: Vec<String>,
+}
+
+/// Loads every lineage in `live/` and adds a self-signed placeholder for each
+/// site name no stored certificate covers, so the listener always starts.
+pub fn build_map(store: &Store, sites: &[Site]) -> (CertMap, BuildReport) {
+    let mut map = CertMap::default();
+    let mut report = BuildReport::default();
+    for name in store.lineages() {
+        match store.load_live(&name) {
+            Ok(loaded) => {
+                report.loaded.push(name.clone());
+                map.insert(Arc::new(Entry {
+                    key: loaded.key,
+                    names: loaded.info.names,
+                    lineage: Some(name),
+                    serial: loaded.info.serial,
+                    not_after: loaded.info.not_after,
+                }));
+            }
+            Err(e) => report.refused.push(e.to_string()),
+        }
+    }
+    for site in sites {
+        let uncovered: Vec<String> = site
+            .domains
+            .iter()
+            .filter(|d| map.lookup(d).is_none_or(|e| !e.covers(d)))
+            .cloned()
+            .collect();
+        if !uncovered.is_empty() {
+            match placeholder(&uncovered) {
+                Ok(entry) => {
+                    map.insert(Arc::new(entry));
+                    report.placeholders.push(uncovered);
+                }
+                Err(e) => report.refused.push(format!("placeholder for {uncovered:?}: {e}")),
+            }
+        }
+    }
+    map.default = sites
+        .first()
+        .and_then(|s| s.domains.first())
+        .and_then(|d| map.lookup(d).cloned())
+        .or_else(|| map.entries.first().cloned());
+    (map, report)
+}
+
+/// A self-signed certificate for names that have no real one yet.
+pub fn placeholder(domains: &[String]) -> Result<Entry, String> {
+    let ck = rcgen::generate_simple_self_signed(domains.to_vec()).map_err(|e| e.to_string())?;
+    let der = CertificateDer::from(ck.cert.der().to_vec());
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let info = crate::certinfo::inspect(&der)?;
+    let key = CertifiedKey::from_der(vec![der], key, &provider).map_err(|e| e.to_string())?;
+    Ok(Entry {
+        key: Arc::new(key),
+        names: domains.to_vec(),
+        lineage: None,
+        serial: info.serial,
+        not_after: info.not_after,
+    })
+}
+
+/// The live certificate set. Cloning shares the same map.
+#[derive(Debug, Clone, Default)]
+pub struct Certs {
+    map: Arc<ArcSwap<CertMap>>,
+}
+
+impl Certs {
+    pub fn new(map: CertMap) -> Certs {
+        Certs {
+            map: Arc::new(ArcSwap::from_pointee(map)),
+        }
+    }
+
+    pub fn current(&self) -> arc_swap::Guard<Arc<CertMap>> {
+        self.map.load()
+    }
+
+    /// Replaces the whole map in one atomic store.
+    pub fn replace(&self, map: CertMap) {
+        self.map.store(Arc::new(map));
+    }
+
+    /// Rebuilds the map from disk and logs what changed.
+    pub fn reload(&self, store: &Store, sites: &[Site]) -> BuildReport {
+        let (map, report) = build_map(store, sites);
+        log_report(&report);
+        self.replace(map);
+        report
+    }
+}
+
+pub fn log_report(report: &BuildReport) {
+    for r in &report.refused {
+        tracing::error!("certificate refused, keeping what was served before: {r}");
+    }
+    for p in &report.placeholders {
+        tracing::warn!(names = ?p, "no certificate stored for these names yet; serving a self-signed placeholder (run `edge obtain` or let `edge serve` obtain one)");
+    }
+}
+
+#[derive(Debug)]
+struct Resolver(Certs);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let map = self.0.map.load();
+        map.for_sni(hello.server_name()).map(|e| e.key.clone())
+    }
+}
+
+/// The rustls server configuration: TLS 1.2 and 1.3 only, h2 and http/1.1 by
+/// ALPN, stateless resumption tickets plus a session cache for TLS 1.2 clients.
+pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(certs.clone())));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.session_storage = ServerSessionMemoryCache::new(10_240);
+    Ok(Arc::new(cfg))
+}
