@@ -96,3 +96,12 @@ pub fn rfc3339(t: SystemTime) -> String {
         .and_then(|dt| dt.format(&::time::format_description::well_known::Rfc3339).ok())
         .unwrap_or_else(|| secs.to_string())
 }
+
+/// Parses a stored `AKI.serial` ARI id back into instant-acme's type.
+pub fn ari_identifier(id: &str) -> Option<instant_acme::CertificateIdentifier<'static>> {
+    let (aki, serial) = id.split_once('.')?;
+    Some(instant_acme::CertificateIdentifier {
+        authority_key_identifier: aki.to_string().into(),
+        serial: serial.to_string().into(),
+    })
+}

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod commands;
+
 use edge::config::{self, AccessLog, Config};
 
 #[derive(Parser)]
@@ -25,10 +27,30 @@ enum Command {
     Serve,
     /// Validate config, certificates and upstream reachability; exit 1 on problems
     Check,
+    /// Obtain one certificate now for the given names (DNS-01)
+    #[command(after_help = "Example:\n  edge obtain --domain flask.ashna.online\n  edge obtain --domain example.org --domain '*.example.org'")]
+    Obtain {
+        /// A name for the certificate; repeat for more; '*.example.org' for a wildcard
+        #[arg(long = "domain", short = 'd', required = true)]
+        domains: Vec<String>,
+    },
+    /// Renew the stored certificates that are due, then exit
+    Renew {
+        /// Renew even if not due (and ignore a failure backoff)
+        #[arg(long)]
+        force: bool,
+        /// Only the certificate with this name (lineage or a name it covers)
+        #[arg(long = "domain", short = 'd')]
+        domain: Option<String>,
+    },
+    /// List stored certificates: names, expiry, issuer, next renewal
+    Certs,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One crypto library for every TLS client and server in the process.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let path = match config::locate(cli.config.as_deref()) {
         Ok(p) => p,
         Err(e) => return fail(e),
@@ -46,15 +68,21 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
             Command::Serve => match edge::daemon::serve(cfg).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             },
             Command::Check => check(&cfg).await,
+            Command::Obtain { domains } => commands::obtain(&cfg, &domains).await,
+            Command::Renew { force, domain } => commands::renew(&cfg, force, domain.as_deref()).await,
+            Command::Certs => commands::certs(&cfg).await,
         }
-    })
+    });
+    // Nothing may keep the process alive after the command is done.
+    rt.shutdown_background();
+    code
 }
 
 async fn check(cfg: &Config) -> ExitCode {

@@ -100,6 +100,11 @@ impl Store {
         for sub in ["", "live", "archive", "accounts", "renewal", "locks"] {
             store.ensure_dir(&root.join(sub))?;
         }
+        // A state_dir made by someone else (a checkout, mkdir) may be world-readable.
+        let mode = fs::metadata(root).map_err(io(root))?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700)).map_err(io(root))?;
+        }
         Ok(store)
     }
 

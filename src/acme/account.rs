@@ -1,0 +1,110 @@
+//! The ACME account: created on first use, kept under
+//! `state_dir/accounts/<directory host>/account.json` (0600), reused after.
+
+use std::time::Duration;
+
+use base64::Engine;
+use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
+
+use super::http::{client, AcmeHttp};
+use super::{error_chain, from_acme, AcmeError};
+use crate::config::Acme;
+use crate::store::Store;
+use crate::ui::Ui;
+
+/// How long one request to the CA may take before it counts as failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn builder(cfg: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    let http = client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT)?;
+    Ok(Account::builder_with_http(Box::new(AcmeHttp(http))))
+}
+
+/// Turns a failure to reach the directory into advice.
+fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
+    let detail = error_chain(&e);
+    let hint = if detail.contains("UnknownIssuer") || detail.contains("certificate") {
+        if cfg.ca_bundle.is_some() {
+            "; the server's certificate is not signed by acme.ca_bundle: check that it holds this CA's root"
+        } else {
+            "; for a test CA such as Pebble, set acme.ca_bundle to its root certificate"
+        }
+    } else if detail.contains("onnect") || detail.contains("dns error") || detail.contains("timed out") {
+        "; check acme.directory and that the CA is reachable from this host"
+    } else {
+        ""
+    };
+    match e {
+        instant_acme::Error::Api(p) => super::from_problem(&p),
+        _ => AcmeError::Directory {
+            url: cfg.directory.clone(),
+            detail: format!("{detail}{hint}"),
+        },
+    }
+}
+
+/// Loads the stored account for this directory, or registers a new one.
+pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeError> {
+    let path = store.account_path(&cfg.directory);
+    if let Ok(bytes) = std::fs::read(&path) {
+        match serde_json::from_slice::<AccountCredentials>(&bytes) {
+            Ok(creds) => {
+                return builder(cfg)?
+                    .from_credentials(creds)
+                    .await
+                    .map_err(|e| directory_error(cfg, e));
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), "stored ACME account is unreadable ({e}); registering a new one");
+            }
+        }
+    }
+    create(cfg, store, ui).await
+}
+
+/// Registers a new account (terms accepted, contacts, EAB) and stores it.
+pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeError> {
+    let path = store.account_path(&cfg.directory);
+    let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
+    let eab = match &cfg.eab {
+        None => None,
+        Some(e) => {
+            let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(e.hmac.trim_end_matches('='))
+                .map_err(|_| AcmeError::Other("acme.eab.hmac is not base64url; copy it exactly as your CA shows it".into()))?;
+            Some(ExternalAccountKey::new(e.kid.clone(), &key))
+        }
+    };
+    ui.step(&format!("Registering an ACME account at {}", cfg.directory));
+    let (account, creds) = builder(cfg)?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            cfg.directory.clone(),
+            eab.as_ref(),
+        )
+        .await
+        .map_err(|e| directory_error(cfg, e))?;
+    let json = serde_json::to_vec_pretty(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
+    store.write_atomic(&path, &json, 0o600)?;
+    Ok(account)
+}
+
+/// Whether an error means the CA no longer knows the stored account (a test CA
+/// restarted, or the account was deactivated): then a new one is registered.
+pub fn account_gone(e: &instant_acme::Error) -> bool {
+    match e {
+        instant_acme::Error::Api(p) => p
+            .r#type
+            .as_deref()
+            .is_some_and(|t| t.ends_with("accountDoesNotExist") || t.ends_with("unauthorized") && p.detail.as_deref().is_some_and(|d| d.contains("account"))),
+        _ => false,
+    }
+}
+
+pub fn map(e: instant_acme::Error) -> AcmeError {
+    from_acme(e)
+}

@@ -1,0 +1,88 @@
+//! The HTTP client edge uses to talk to the CA (and to DNS provider APIs).
+//!
+//! Built on reqwest with an explicit rustls config so that: the aws-lc-rs
+//! provider is used everywhere (one crypto library in the binary), `ca_bundle`
+//! roots are added for the ACME server only, and every request has a timeout
+//! (instant-acme's default client has none).
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use instant_acme::{BodyWrapper, BytesResponse, HttpClient};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+
+use super::AcmeError;
+
+/// A reqwest client trusting the public web PKI plus the certificates in `extra`.
+pub fn client(extra: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, AcmeError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra {
+        let bad = |detail: String| AcmeError::CaBundle { path: path.to_path_buf(), detail };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let mut n = 0;
+        for c in CertificateDer::pem_slice_iter(&pem) {
+            let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+            roots.add(c).map_err(|e| bad(format!("unusable certificate: {e}")))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(bad("holds no PEM certificate; expected the CA's root certificate".into()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AcmeError::Other(format!("TLS client setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(timeout)
+        .connect_timeout(Duration::from_secs(10))
+        .user_agent(concat!("edge/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AcmeError::Other(format!("HTTP client setup: {}", super::error_chain(&e))))
+}
+
+/// instant-acme's transport, over reqwest.
+pub struct AcmeHttp(pub reqwest::Client);
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(never) => match never {},
+            };
+            let resp = client
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| instant_acme::Error::Other(super::error_chain(&e).into()))?;
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|e| instant_acme::Error::Other(super::error_chain(&e).into()))?;
+            let mut out = http::Response::new(Full::new(bytes));
+            *out.status_mut() = status;
+            *out.headers_mut() = headers;
+            Ok(BytesResponse::from(out))
+        })
+    }
+}

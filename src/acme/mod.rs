@@ -1,0 +1,87 @@
+//! The ACME side: account, DNS-01 orders, renewal policy.
+//!
+//! Everything that talks to the CA returns [`AcmeError`], whose messages are meant
+//! for the person at the terminal: a rate limit says until when, a failed
+//! validation says which name and what the CA's resolver saw.
+
+pub mod account;
+pub mod http;
+pub mod order;
+pub mod renew;
+
+use std::path::PathBuf;
+
+use crate::dns::DnsError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("invalid certificate name: {0}")]
+    InvalidName(String),
+    #[error("cannot reach the ACME directory {url}: {detail}")]
+    Directory { url: String, detail: String },
+    #[error("acme.ca_bundle {path}: {detail}")]
+    CaBundle { path: PathBuf, detail: String },
+    #[error("the CA refused the request: {0}")]
+    Problem(String),
+    #[error("rate limited by the CA: {detail}{retry}")]
+    RateLimited { detail: String, retry: String },
+    #[error("validation failed: {0}")]
+    Validation(String),
+    #[error("publishing the TXT record failed: {0}")]
+    Dns(#[from] DnsError),
+    #[error("storing the certificate failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A readable error from instant-acme's, with the CA's problem document in words.
+pub fn from_acme(e: instant_acme::Error) -> AcmeError {
+    match e {
+        instant_acme::Error::Api(p) => from_problem(&p),
+        instant_acme::Error::Timeout(_) => AcmeError::Other("the CA did not finish the order in time; try again later".into()),
+        other => AcmeError::Other(error_chain(&other)),
+    }
+}
+
+pub fn from_problem(p: &instant_acme::Problem) -> AcmeError {
+    let kind = p
+        .r#type
+        .as_deref()
+        .and_then(|t| t.rsplit(':').next())
+        .unwrap_or("unknown");
+    let mut detail = p.detail.clone().unwrap_or_else(|| kind.to_string());
+    for s in &p.subproblems {
+        let who = s
+            .identifier
+            .as_ref()
+            .map(|i| i.authorized(false).to_string())
+            .unwrap_or_default();
+        detail.push_str(&format!("; {who}: {}", s.detail.as_deref().unwrap_or("")));
+    }
+    match kind {
+        "rateLimited" => AcmeError::RateLimited {
+            detail,
+            retry: String::from(" (edge backs off and retries later; see the CA's rate-limit documentation)"),
+        },
+        "unauthorized" | "dns" | "incorrectResponse" | "connection" | "caa" => AcmeError::Validation(detail),
+        _ => AcmeError::Problem(format!("{detail} ({kind})")),
+    }
+}
+
+/// An error and its sources on one line: reqwest and rustls put the useful part
+/// (e.g. "invalid peer certificate: UnknownIssuer") in the source chain.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let t = c.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        cur = c.source();
+    }
+    s
+}

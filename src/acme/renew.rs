@@ -1,0 +1,254 @@
+//! When a certificate is due, and renewing what is.
+//!
+//! Due means: inside the CA's ARI window when it offers one (at a random point
+//! picked once and kept, honouring Retry-After), else when a third of the
+//! lifetime is left (half for lifetimes under ten days, whose renewal must start
+//! earlier in relative terms). Failures back off exponentially, persisted, so a
+//! timer running `edge renew` every few minutes never hammers the CA; as expiry
+//! nears the backoff is capped so that retries get more frequent, not less.
+
+use std::time::{Duration, SystemTime};
+
+use rand::Rng;
+
+use super::order::{self, Obtained};
+use super::AcmeError;
+use crate::certinfo::{self, CertInfo};
+use crate::config::Config;
+use crate::store::{self, RenewalState, Store};
+use crate::ui::Ui;
+
+const BACKOFF_BASE: Duration = Duration::from_secs(300);
+const BACKOFF_MAX: Duration = Duration::from_secs(12 * 3600);
+const BACKOFF_FLOOR: Duration = Duration::from_secs(10);
+
+/// Why a certificate is or is not renewed now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Due(String),
+    NotYet(SystemTime),
+    BackingOff(SystemTime),
+}
+
+/// The renewal time by the lifetime rule.
+pub fn lifetime_due(info: &CertInfo) -> SystemTime {
+    let life = info.lifetime();
+    let left = if life < Duration::from_secs(10 * 86400) { life / 2 } else { life / 3 };
+    info.not_after.checked_sub(left).unwrap_or(info.not_before)
+}
+
+/// The renewal time, preferring an ARI window stored for this serial.
+pub fn due_time(info: &CertInfo, state: &RenewalState) -> SystemTime {
+    match (state.ari_chosen, &state.ari_serial) {
+        (Some(t), Some(serial)) if *serial == info.serial => store::from_unix(t),
+        _ => lifetime_due(info),
+    }
+}
+
+pub fn decide(info: &CertInfo, state: &RenewalState, now: SystemTime, force: bool) -> Decision {
+    if force {
+        return Decision::Due("forced".into());
+    }
+    if let Some(nb) = state.not_before.map(store::from_unix) {
+        if nb > now && state.failures > 0 {
+            return Decision::BackingOff(nb);
+        }
+    }
+    let due = due_time(info, state);
+    if now >= info.not_after {
+        Decision::Due("expired".into())
+    } else if now >= due {
+        let why = if state.ari_serial.as_deref() == Some(info.serial.as_str()) { "inside the CA's renewal window (ARI)" } else { "less than a third of its lifetime left" };
+        Decision::Due(why.into())
+    } else {
+        Decision::NotYet(due)
+    }
+}
+
+/// How long to wait after `failures` consecutive failures.
+pub fn backoff(failures: u32, now: SystemTime, not_after: SystemTime) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let remaining = not_after.duration_since(now).unwrap_or_default();
+    exp.min(BACKOFF_MAX).min((remaining / 10).max(BACKOFF_FLOOR))
+}
+
+/// Asks the CA for its ARI window when the directory offers one, and stores a
+/// random point inside it. Returns quietly when ARI is not offered.
+pub async fn refresh_ari(cfg: &Config, store: &Store, lineage: &str, info: &CertInfo, state: &mut RenewalState, now: SystemTime) {
+    let Some(id) = info.ari_id.clone() else { return };
+    if state.ari_serial.as_deref() == Some(info.serial.as_str())
+        && state.ari_retry_after.is_some_and(|t| store::from_unix(t) > now)
+    {
+        return;
+    }
+    let ui = Ui::log_only();
+    let Ok(acct) = super::account::load_or_create(&cfg.acme, store, &ui).await else { return };
+    let Some(cid) = certinfo::ari_identifier(&id) else { return };
+    match acct.renewal_info(&cid).await {
+        Ok((ri, retry)) => {
+            let start = store::unix(SystemTime::UNIX_EPOCH + Duration::from_secs(ri.suggested_window.start.unix_timestamp().max(0) as u64));
+            let end = store::unix(SystemTime::UNIX_EPOCH + Duration::from_secs(ri.suggested_window.end.unix_timestamp().max(0) as u64));
+            apply_window(state, &info.serial, start, end, store::unix(now + retry));
+            let _ = store.save_renewal_state(lineage, state);
+        }
+        Err(instant_acme::Error::Unsupported(_)) => {}
+        Err(e) => tracing::debug!(lineage, "ARI lookup failed, using the lifetime rule: {e}"),
+    }
+}
+
+/// Records an ARI window; a point already chosen inside the same window is kept
+/// so repeated checks do not re-roll the dice.
+pub fn apply_window(state: &mut RenewalState, serial: &str, start: u64, end: u64, retry_after: u64) {
+    let same = state.ari_serial.as_deref() == Some(serial) && state.ari_window == Some((start, end));
+    let chosen = match state.ari_chosen {
+        Some(c) if same && (start..=end).contains(&c) => c,
+        _ if end > start => rand::rng().random_range(start..=end),
+        _ => start,
+    };
+    state.ari_window = Some((start, end));
+    state.ari_chosen = Some(chosen);
+    state.ari_serial = Some(serial.to_string());
+    state.ari_retry_after = Some(retry_after);
+}
+
+/// One certificate's outcome, for the summary line.
+#[derive(Debug)]
+pub enum Outcome {
+    Renewed(Obtained),
+    Skipped(Decision),
+    Failed(AcmeError),
+}
+
+/// Renews one lineage if due (or forced), recording failures for the backoff.
+pub async fn renew_lineage(cfg: &Config, store: &Store, lineage: &str, force: bool, ui: &Ui) -> Outcome {
+    let now = SystemTime::now();
+    let loaded = match store.load_live(lineage) {
+        Ok(l) => l,
+        Err(e) => return Outcome::Failed(AcmeError::Store(e)),
+    };
+    let mut state = store.renewal_state(lineage);
+    refresh_ari(cfg, store, lineage, &loaded.info, &mut state, now).await;
+    let decision = decide(&loaded.info, &state, now, force);
+    if !matches!(decision, Decision::Due(_)) {
+        return Outcome::Skipped(decision);
+    }
+    let names = if state.names.is_empty() { loaded.info.names.clone() } else { state.names.clone() };
+    let replaces = loaded.info.ari_id.clone();
+    match order::obtain(cfg, store, lineage, &names, replaces, ui).await {
+        Ok(o) => {
+            run_deploy_hook(cfg, store, &o).await;
+            Outcome::Renewed(o)
+        }
+        Err(e) => {
+            record_failure(store, lineage, &e, loaded.info.not_after);
+            Outcome::Failed(e)
+        }
+    }
+}
+
+pub fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_after: SystemTime) {
+    let now = SystemTime::now();
+    let mut state = store.renewal_state(lineage);
+    state.failures = state.failures.saturating_add(1);
+    state.last_attempt = Some(store::unix(now));
+    state.last_error = Some(e.to_string());
+    let wait = backoff(state.failures, now, not_after);
+    state.not_before = Some(store::unix(now + wait));
+    if let Err(se) = store.save_renewal_state(lineage, &state) {
+        tracing::error!(lineage, "cannot record the renewal failure: {se}");
+    }
+    tracing::error!(lineage, failures = state.failures, retry_in = %humantime::format_duration(wait), "renewal failed: {e}");
+}
+
+/// certbot's `--deploy-hook`: `RENEWED_LINEAGE` and `RENEWED_DOMAINS` set.
+pub async fn run_deploy_hook(cfg: &Config, store: &Store, o: &Obtained) {
+    let Some(hook) = &cfg.acme.deploy_hook else { return };
+    let out = tokio::process::Command::new(hook)
+        .env("RENEWED_LINEAGE", store.live_dir(&o.lineage))
+        .env("RENEWED_DOMAINS", o.info.names.join(" "))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o2) if o2.status.success() => tracing::info!(hook = %hook.display(), "deploy hook ran"),
+        Ok(o2) => tracing::error!(hook = %hook.display(), status = ?o2.status.code(), stderr = %String::from_utf8_lossy(&o2.stderr).trim(), "deploy hook failed; the new certificate is stored and served"),
+        Err(e) => tracing::error!(hook = %hook.display(), "deploy hook could not be started: {e}"),
+    }
+}
+
+/// The line `edge renew` prints for one certificate.
+pub fn summary_line(lineage: &str, outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Renewed(o) => format!(
+            "{lineage}: renewed; serial {}, expires {} ({:.2}s)",
+            o.info.serial,
+            certinfo::rfc3339(o.info.not_after),
+            o.elapsed.as_secs_f64()
+        ),
+        Outcome::Skipped(Decision::NotYet(t)) => format!("{lineage}: not due until {}; skipped", certinfo::rfc3339(*t)),
+        Outcome::Skipped(Decision::BackingOff(t)) => format!("{lineage}: last attempt failed; backing off until {} (use --force to try now)", certinfo::rfc3339(*t)),
+        Outcome::Skipped(Decision::Due(_)) => format!("{lineage}: due"),
+        Outcome::Failed(e) => format!("{lineage}: FAILED: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(life_days: u64, age_days: u64) -> (CertInfo, SystemTime) {
+        let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let na = nb + Duration::from_secs(life_days * 86400);
+        (
+            CertInfo { names: vec![], not_before: nb, not_after: na, serial: "AA".into(), issuer: "x".into(), ari_id: None },
+            nb + Duration::from_secs(age_days * 86400),
+        )
+    }
+
+    #[test]
+    fn third_of_lifetime_rule() {
+        let (i, now) = info(90, 59);
+        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::NotYet(_)));
+        let (i, now) = info(90, 61);
+        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::Due(_)));
+    }
+
+    #[test]
+    fn short_lifetimes_renew_at_half() {
+        let (i, now) = info(6, 2);
+        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::NotYet(_)));
+        let (i, now) = info(6, 3);
+        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::Due(_)));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped_near_expiry() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let far = now + Duration::from_secs(60 * 86400);
+        assert_eq!(backoff(1, now, far), Duration::from_secs(300));
+        assert_eq!(backoff(2, now, far), Duration::from_secs(600));
+        assert_eq!(backoff(30, now, far), BACKOFF_MAX);
+        let near = now + Duration::from_secs(3600);
+        assert_eq!(backoff(5, now, near), Duration::from_secs(360));
+    }
+
+    #[test]
+    fn ari_window_point_is_kept_for_same_window() {
+        let mut s = RenewalState::default();
+        apply_window(&mut s, "AA", 100, 200, 50);
+        let c = s.ari_chosen.unwrap();
+        assert!((100..=200).contains(&c));
+        apply_window(&mut s, "AA", 100, 200, 60);
+        assert_eq!(s.ari_chosen, Some(c));
+        apply_window(&mut s, "AA", 300, 300, 60);
+        assert_eq!(s.ari_chosen, Some(300));
+    }
+
+    #[test]
+    fn backing_off_blocks_unless_forced() {
+        let (i, now) = info(90, 70);
+        let s = RenewalState { failures: 1, not_before: Some(store::unix(now) + 100), ..Default::default() };
+        assert!(matches!(decide(&i, &s, now, false), Decision::BackingOff(_)));
+        assert!(matches!(decide(&i, &s, now, true), Decision::Due(_)));
+    }
+}

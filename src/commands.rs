@@ -1,0 +1,140 @@
+//! `edge obtain`, `edge renew` and `edge certs`: what they print and their exit codes.
+
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use edge::acme::order::{self, Obtained};
+use edge::acme::renew::{self, Outcome};
+use edge::certinfo::rfc3339;
+use edge::config::Config;
+use edge::names;
+use edge::store::Store;
+use edge::ui::Ui;
+
+fn open_store(cfg: &Config) -> Result<Store, ExitCode> {
+    Store::open(&cfg.state_dir).map_err(|e| {
+        eprintln!("edge: error: state_dir: {e}");
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
+    let names = match order::clean_names(domains) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("edge: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let store = match open_store(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let ui = Ui::detect();
+    let lineage = names::lineage_name(&names);
+    match order::obtain(cfg, &store, &lineage, &names, None, &ui).await {
+        Ok(o) => {
+            print_saved(&o);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edge: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_saved(o: &Obtained) {
+    println!();
+    println!("Successfully received certificate.");
+    println!("Certificate is saved at: {}", o.fullchain.display());
+    println!("Key is saved at:         {}", o.privkey.display());
+    println!("This certificate expires on {}.", rfc3339(o.info.not_after));
+    println!("Names: {}; serial {}; issuer {}", o.info.names.join(", "), o.info.serial, o.info.issuer);
+    println!("These files will be updated when the certificate renews (edge serve renews on its own; edge renew from a timer).");
+    println!("Done in {:.2}s.", o.elapsed.as_secs_f64());
+}
+
+pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode {
+    let store = match open_store(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let mut lineages = store.lineages();
+    if let Some(d) = domain {
+        let d = d.to_ascii_lowercase();
+        lineages.retain(|l| {
+            *l == d || store.load_live(l).map(|c| c.info.names.iter().any(|n| names::covers(n, &d) || *n == d)).unwrap_or(false)
+        });
+        if lineages.is_empty() {
+            eprintln!("edge: error: no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one");
+            return ExitCode::FAILURE;
+        }
+    }
+    if lineages.is_empty() {
+        println!("No certificates stored in {}; nothing to renew.", store.root().join("live").display());
+        return ExitCode::SUCCESS;
+    }
+    let ui = Ui::detect();
+    let mut failed = 0;
+    let mut lines = Vec::new();
+    for l in &lineages {
+        let outcome = renew::renew_lineage(cfg, &store, l, force, &ui).await;
+        if matches!(outcome, Outcome::Failed(_)) {
+            failed += 1;
+        }
+        lines.push(renew::summary_line(l, &outcome));
+    }
+    println!();
+    for l in &lines {
+        println!("{l}");
+    }
+    if failed > 0 {
+        println!("{failed} of {} renewal(s) failed; the previous certificates stay in place.", lineages.len());
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+pub async fn certs(cfg: &Config) -> ExitCode {
+    let store = match open_store(cfg) {
+        Ok(s) => s,
+        Err(c) => return c,
+    };
+    let lineages = store.lineages();
+    if lineages.is_empty() {
+        println!("No certificates stored in {}.", store.root().join("live").display());
+        return ExitCode::SUCCESS;
+    }
+    let now = SystemTime::now();
+    let mut bad = false;
+    for l in lineages {
+        println!("Certificate Name: {l}");
+        match store.load_live(&l) {
+            Ok(c) => {
+                let state = store.renewal_state(&l);
+                let left = c.info.not_after.duration_since(now).map(|d| format!("VALID: {} days", d.as_secs() / 86400)).unwrap_or_else(|_| "EXPIRED".into());
+                println!("  Domains: {}", c.info.names.join(" "));
+                println!("  Expiry Date: {} ({left})", rfc3339(c.info.not_after));
+                println!("  Issuer: {}", c.info.issuer);
+                println!("  Serial: {}", c.info.serial);
+                println!("  Next renewal: {}", match renew::decide(&c.info, &state, now, false) {
+                    renew::Decision::Due(why) => format!("now ({why})"),
+                    renew::Decision::NotYet(t) => rfc3339(t),
+                    renew::Decision::BackingOff(t) => format!("{} (backing off after {} failure(s))", rfc3339(t), state.failures),
+                });
+                if let Some(e) = &state.last_error {
+                    println!("  Last error: {e}");
+                }
+                println!("  Certificate Path: {}", store.live_dir(&l).join("fullchain.pem").display());
+                println!("  Private Key Path: {}", store.live_dir(&l).join("privkey.pem").display());
+            }
+            Err(e) => {
+                bad = true;
+                println!("  problem: {e}");
+            }
+        }
+    }
+    if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
