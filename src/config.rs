@@ -434,7 +434,7 @@ impl Validator<'_> {
     fn listen(&self, raw: RawListen) -> Result<Listen, ConfigError> {
         let http = self.addr("listen.http", raw.http.as_deref(), "0.0.0.0:80")?;
         let https = self.addr("listen.https", raw.https.as_deref(), "0.0.0.0:443")?;
-        if http == https {
+        if http == https && http.port() != 0 {
             return Err(self.err("listen.http", format!("{http} is also listen.https; the two listeners need different ports")));
         }
         let redirect = match raw.redirect {

@@ -1,0 +1,414 @@
+//! Shared test harness: real Pebble, real challtestsrv, real Flask backends and
+//! the real `edge` binary, each a child process that is killed when dropped.
+//! Readiness is always a line the process prints, never a sleep.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const PYTHON: &str = "/usr/bin/python3";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn edge_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_edge"))
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process whose output is collected; `wait_for` blocks on a condvar
+/// until a line matches.
+pub struct Proc {
+    pub name: String,
+    child: Option<Child>,
+    out: Arc<(Mutex<String>, Condvar)>,
+    /// How many of stdout/stderr have reached end of file.
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+    stdin: Option<std::process::ChildStdin>,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let out = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+        ] {
+            let out = out.clone();
+            let closed = closed.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    let (m, cv) = &*out;
+                    let mut s = m.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                    cv.notify_all();
+                }
+                let (m, cv) = &*out;
+                let _g = m.lock().unwrap();
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                cv.notify_all();
+            });
+        }
+        let stdin = child.stdin.take();
+        Proc { name: name.into(), child: Some(child), out, closed, stdin }
+    }
+
+    pub fn output(&self) -> String {
+        self.out.0.lock().unwrap().clone()
+    }
+
+    /// Waits for a line containing `needle`; returns that line.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let (m, cv) = &*self.out;
+        let mut s = m.lock().unwrap();
+        loop {
+            if let Some(line) = s.lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            let now = Instant::now();
+            if self.closed.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+                panic!("{}: exited before printing {needle:?}; output:\n{}", self.name, *s);
+            }
+            if now >= deadline {
+                panic!("{}: no line containing {needle:?} within {timeout:?}; output:\n{}", self.name, *s);
+            }
+            s = cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Counts lines containing `needle`.
+    pub fn count(&self, needle: &str) -> usize {
+        self.output().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn write_stdin(&mut self, text: &str) {
+        let s = self.stdin.as_mut().expect("stdin");
+        s.write_all(text.as_bytes()).unwrap();
+        s.flush().unwrap();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(st.success());
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        let child = self.child.as_mut().unwrap();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                // Let the reader threads drain what is left.
+                let _ = self.stdin.take();
+                std::thread::sleep(Duration::from_millis(20));
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() >= deadline {
+                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------- Flask
+
+pub struct Flask {
+    pub proc: Proc,
+    pub port: u16,
+    pub version: u32,
+}
+
+impl Flask {
+    pub fn start(version: u32) -> Flask {
+        Self::start_on(version, free_port())
+    }
+
+    pub fn start_on(version: u32, port: u16) -> Flask {
+        let mut cmd = Command::new(PYTHON);
+        cmd.arg(repo().join("backends/flask/app.py"))
+            .env("FLASK_VERSION", version.to_string())
+            .env("FLASK_PORT", port.to_string())
+            .env("FLASK_HOST", "127.0.0.1")
+            .env("PYTHONUNBUFFERED", "1");
+        let proc = Proc::spawn(&format!("flask{version}"), cmd);
+        proc.wait_for("Running on", Duration::from_secs(20));
+        Flask { proc, port, version }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+pub fn flask_trio() -> Vec<Flask> {
+    (1..=3).map(Flask::start).collect()
+}
+
+// ---------------------------------------------------------------- Pebble
+
+pub struct Pebble {
+    pub dir: tempfile::TempDir,
+    pub cts: Proc,
+    pub pebble: Proc,
+    pub directory: String,
+    pub cts_url: String,
+    pub dns: SocketAddr,
+    pub mgmt: String,
+    pub ca_bundle: PathBuf,
+}
+
+impl Pebble {
+    pub fn start() -> Pebble {
+        Self::start_with(3600)
+    }
+
+    /// Pebble with certificates valid for `validity_secs`, its DNS pointed at a
+    /// fresh challtestsrv; Pebble's HTTPS certificate is made here with rcgen.
+    pub fn start_with(validity_secs: u64) -> Pebble {
+        let dir = tempfile::tempdir().unwrap();
+        let (dns_port, cts_mgmt) = (free_port(), free_port());
+        let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+        cmd.args([
+            "-dns01",
+            &format!("127.0.0.1:{dns_port}"),
+            "-management",
+            &format!("127.0.0.1:{cts_mgmt}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ]);
+        let cts = Proc::spawn("challtestsrv", cmd);
+        cts.wait_for("Starting management server", Duration::from_secs(20));
+        let dns = format!("127.0.0.1:{dns_port}");
+        Self::start_pebble(dir, cts, &dns, cts_mgmt, validity_secs)
+    }
+
+    /// Pebble whose `-dnsserver` is some other server (Knot, edge's responder).
+    pub fn start_pebble(dir: tempfile::TempDir, cts: Proc, dnsserver: &str, cts_mgmt: u16, validity_secs: u64) -> Pebble {
+        let (ca_pem, cert_pem, key_pem) = test_ca_and_leaf(&["localhost"], &["127.0.0.1"]);
+        let ca_bundle = dir.path().join("pebble-ca.pem");
+        std::fs::write(&ca_bundle, ca_pem).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
+        let (acme, mgmt) = (free_port(), free_port());
+        let cfg = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": dir.path().join("cert.pem"),
+            "privateKey": dir.path().join("key.pem"),
+            "httpPort": free_port(),
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        let cfg_path = dir.path().join("pebble.json");
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let mut cmd = Command::new("/usr/bin/pebble");
+        cmd.arg("-config").arg(&cfg_path).arg("-dnsserver").arg(dnsserver).env("PEBBLE_VA_NOSLEEP", "1");
+        let pebble = Proc::spawn("pebble", cmd);
+        pebble.wait_for("ACME directory available", Duration::from_secs(20));
+        Pebble {
+            dir,
+            cts,
+            pebble,
+            directory: format!("https://127.0.0.1:{acme}/dir"),
+            cts_url: format!("http://127.0.0.1:{cts_mgmt}"),
+            dns: dnsserver.parse().unwrap(),
+            mgmt: format!("https://127.0.0.1:{mgmt}"),
+            ca_bundle,
+        }
+    }
+
+    /// Pebble's issuing root, from its management API.
+    pub fn root_pem(&self) -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&self.ca_bundle)
+            .arg(format!("{}/roots/0", self.mgmt))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Sets a TXT record in challtestsrv, as a person or a script would.
+    pub fn set_txt(&self, fqdn: &str, value: &str) {
+        let body = serde_json::json!({"host": fqdn, "value": value}).to_string();
+        let st = Command::new("curl")
+            .args(["-sS", "-f", "-X", "POST", "-d", &body])
+            .arg(format!("{}/set-txt", self.cts_url))
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// The `[acme]` and `[dns]` sections for a config that uses this Pebble.
+    pub fn acme_toml(&self, provider_lines: &str) -> String {
+        format!(
+            "[acme]\ndirectory = \"{}\"\ncontact = [\"mailto:test@example.org\"]\nca_bundle = \"{}\"\n\n[dns]\n{provider_lines}\nresolvers = [\"{}\"]\npropagation_timeout = \"20s\"\n",
+            self.directory,
+            self.ca_bundle.display(),
+            self.dns
+        )
+    }
+
+    pub fn challtestsrv_dns(&self) -> String {
+        format!("provider = \"pebble-challtestsrv\"\nurl = \"{}\"", self.cts_url)
+    }
+}
+
+/// A CA and a leaf it signed, as PEM: (ca, leaf, leaf key).
+pub fn test_ca_and_leaf(names: &[&str], ips: &[&str]) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.distinguished_name.push(DnType::CommonName, "edge test CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(ip.parse().unwrap()));
+    }
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    (ca.pem(), leaf.pem(), key.serialize_pem())
+}
+
+/// A self-signed certificate and key for `names`, as PEM.
+pub fn self_signed(names: &[&str]) -> (String, String) {
+    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    (ck.cert.pem(), ck.signing_key.serialize_pem())
+}
+
+// ---------------------------------------------------------------- edge
+
+pub struct Edge {
+    pub proc: Proc,
+    pub https: SocketAddr,
+    pub http: SocketAddr,
+}
+
+impl Edge {
+    /// Starts `edge serve` and waits for its ready line, which carries the
+    /// addresses actually bound (the configs use port 0).
+    pub fn serve(config: &Path) -> Edge {
+        let mut cmd = Command::new(edge_bin());
+        cmd.arg("serve").arg("--config").arg(config).env("RUST_LOG", "info");
+        let proc = Proc::spawn("edge", cmd);
+        let line = proc.wait_for("edge ready", Duration::from_secs(20));
+        let field = |k: &str| -> SocketAddr {
+            let start = line.find(&format!("{k}=")).unwrap() + k.len() + 1;
+            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+        };
+        Edge { https: field("https"), http: field("http"), proc }
+    }
+}
+
+/// Runs an edge command to completion.
+pub fn edge(args: &[&str], config: &Path) -> Output {
+    Command::new(edge_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// curl against edge: (status, body). `host` is resolved to 127.0.0.1.
+pub fn curl(url_host: &str, port: u16, path: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "-k", "--max-time", "10", "-w", "\n%{http_code}"])
+        .arg("--resolve")
+        .arg(format!("{url_host}:{port}:127.0.0.1"))
+        .args(extra)
+        .arg(format!("https://{url_host}:{port}{path}"))
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The serial of the certificate edge presents for `sni`, via openssl s_client.
+pub fn served_serial(port: u16, sni: &str) -> String {
+    let cert = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {sni} </dev/null 2>/dev/null | openssl x509 -noout -serial -ext subjectAltName"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&cert.stdout).into_owned()
+}
+
+/// Raw bytes to a TCP port; returns everything read until close or timeout.
+pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(request).unwrap();
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// A temp dir with an edge config built from `body`; returns (dir, config path).
+pub fn config(body: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    let text = format!("state_dir = \"{}\"\n{body}", dir.path().join("state").display());
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+pub fn listen_any() -> &'static str {
+    "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n"
+}
+
+pub fn site(domains: &[&str], upstreams: &[String]) -> String {
+    let d: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
+    let u: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
+    format!("\n[[site]]\ndomains = [{}]\nupstreams = [{}]\n", d.join(", "), u.join(", "))
+}

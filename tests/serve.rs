@@ -1,0 +1,225 @@
+//! `edge serve` end to end: three real Flask backends, real curl and openssl.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn trio_config(extra_site: &str) -> (Vec<Flask>, tempfile::TempDir, std::path::PathBuf) {
+    let trio = flask_trio();
+    let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
+    let (dir, path) = config(&format!(
+        "{}{}{extra_site}",
+        listen_any(),
+        site(&["flask.test", "*.apps.test"], &ups)
+    ));
+    (trio, dir, path)
+}
+
+fn version_of(body: &str) -> Option<u32> {
+    let i = body.find("Version")? + "Version".len();
+    body[i..i + 1].parse().ok()
+}
+
+#[test]
+fn round_robin_redirect_http2_and_forwarding_headers() {
+    let (_trio, _dir, cfg) = trio_config("");
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+
+    // Round robin: 1, 2, 3 in turn, twice.
+    let seen: Vec<u32> = (0..6)
+        .map(|_| {
+            let (code, body) = curl("flask.test", port, "/", &[]);
+            assert_eq!(code, 200, "{body}");
+            version_of(&body).unwrap()
+        })
+        .collect();
+    assert_eq!(seen, vec![1, 2, 3, 1, 2, 3]);
+
+    // HTTP/2 to the client.
+    let (code, v) = curl("flask.test", port, "/", &["--http2", "-sSo", "/dev/null", "-w", "%{http_version}\n%{http_code}"]);
+    assert_eq!(code, 200);
+    assert_eq!(v, "2", "expected HTTP/2");
+
+    // A wildcard site name routes too.
+    let (code, body) = curl("x.apps.test", port, "/", &[]);
+    assert_eq!(code, 200, "{body}");
+
+    // The backend sees edge's forwarding headers, not the client's spoofed ones.
+    let (code, body) = curl(
+        "flask.test",
+        port,
+        "/headers",
+        &[
+            "-H", "X-Forwarded-For: 6.6.6.6",
+            "-H", "X-Real-IP: 6.6.6.6",
+            "-H", "X_Forwarded_For: 7.7.7.7",
+            "-H", "X-Forwarded-Proto: http",
+            "-H", "Connection: keep-alive, X-Forwarded-Host",
+        ],
+    );
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let h = &v["headers"];
+    assert_eq!(h["X-Forwarded-For"], "127.0.0.1", "{body}");
+    assert_eq!(h["X-Real-Ip"], "127.0.0.1", "{body}");
+    assert_eq!(h["X-Forwarded-Proto"], "https", "{body}");
+    assert_eq!(h["X-Forwarded-Host"], "flask.test", "{body}");
+    assert_eq!(h["Host"], format!("flask.test:{port}"), "{body}");
+    assert_eq!(v["environ_forwarded_for"], "127.0.0.1", "underscore header reached WSGI: {body}");
+    assert!(h.get("Connection").is_none_or(|c| c != "keep-alive, X-Forwarded-Host"));
+
+    // HTTP redirects to HTTPS with path and query kept exactly, and the port.
+    let out = raw(edge.http, b"GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: flask.test\r\nConnection: close\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 308"), "{out}");
+    assert!(out.contains(&format!("location: https://flask.test:{port}/a/b%20c?x=1&y=%2F\r\n")), "{out}");
+    // Without a usable Host: 400.
+    let out = raw(edge.http, b"GET / HTTP/1.0\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.0 400") || out.starts_with("HTTP/1.1 400"), "{out}");
+    let out = raw(edge.http, b"GET / HTTP/1.1\r\nHost: evil.test/x\r\nConnection: close\r\n\r\n");
+    assert!(out.contains(" 400 "), "{out}");
+
+    // One access-log line per request, with the upstream.
+    edge.proc.wait_for("upstream=\"127.0.0.1:", Duration::from_secs(5));
+    assert!(edge.proc.count("status=308") >= 1);
+}
+
+#[test]
+fn failover_when_a_backend_stops_and_502_when_all_do() {
+    let (mut trio, _dir, cfg) = trio_config("");
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    trio[1].proc.kill();
+    let mut seen = Vec::new();
+    for _ in 0..9 {
+        let (code, body) = curl("flask.test", port, "/", &[]);
+        assert_eq!(code, 200, "a request failed with one backend down: {body}");
+        seen.push(version_of(&body).unwrap());
+    }
+    assert!(!seen.contains(&2));
+    assert!(seen.contains(&1) && seen.contains(&3));
+    for f in trio.iter_mut() {
+        f.proc.kill();
+    }
+    let (code, body) = curl("flask.test", port, "/", &[]);
+    assert_eq!(code, 502);
+    assert!(body.contains("502 Bad Gateway"), "{body}");
+}
+
+#[test]
+fn custom_error_page_replaces_the_builtin_one() {
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("50x.html");
+    std::fs::write(&page, "<h1>we are fixing it</h1>").unwrap();
+    let (_d, cfg) = config(&format!(
+        "{}{}error_pages = {{ 502 = \"{}\" }}\n",
+        listen_any(),
+        site(&["flask.test"], &[format!("127.0.0.1:{dead}")]),
+        page.display()
+    ));
+    let edge = Edge::serve(&cfg);
+    let (code, body) = curl("flask.test", edge.https.port(), "/", &[]);
+    assert_eq!(code, 502);
+    assert_eq!(body, "<h1>we are fixing it</h1>");
+}
+
+#[test]
+fn certificate_per_sni_wildcard_and_placeholder() {
+    let trio = vec![Flask::start(1)];
+    let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
+    let (dir, cfg) = config(&format!(
+        "{}{}{}",
+        listen_any(),
+        site(&["a.test", "x.wild.test"], &ups),
+        site(&["c.test"], &ups)
+    ));
+    // Two certificates stored as certbot would lay them out.
+    let state = dir.path().join("state");
+    for (name, names) in [("a.test", vec!["a.test"]), ("wild.test", vec!["*.wild.test", "other.wild2.test"])] {
+        let (c, k) = self_signed(&names);
+        let live = state.join("live").join(name);
+        std::fs::create_dir_all(&live).unwrap();
+        std::fs::write(live.join("fullchain.pem"), &c).unwrap();
+        std::fs::write(live.join("privkey.pem"), &k).unwrap();
+    }
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    let a = served_serial(port, "a.test");
+    let w = served_serial(port, "x.wild.test");
+    let c = served_serial(port, "c.test");
+    assert!(a.contains("DNS:a.test"), "{a}");
+    assert!(w.contains("DNS:*.wild.test"), "{w}");
+    assert!(c.contains("DNS:c.test"), "placeholder for c.test: {c}");
+    assert_ne!(a, w);
+    edge.proc.wait_for("self-signed placeholder", Duration::from_secs(5));
+
+    // Host not covered by the connection's certificate: 421; covered but no site: 404.
+    let (code, _) = curl("a.test", port, "/", &["-H", "Host: c.test"]);
+    assert_eq!(code, 421);
+    let (code, _) = curl("y.wild.test", port, "/", &[]);
+    assert_eq!(code, 404);
+    let (code, body) = curl("x.wild.test", port, "/", &[]);
+    assert_eq!(code, 200, "{body}");
+}
+
+#[test]
+fn redirect_301_when_configured() {
+    let (_d, cfg) = config(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nredirect = 301\n{}",
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let edge = Edge::serve(&cfg);
+    let out = raw(edge.http, b"GET /x?y HTTP/1.1\r\nHost: flask.test:80\r\nConnection: close\r\n\r\n");
+    assert!(out.starts_with("HTTP/1.1 301"), "{out}");
+    assert!(out.to_ascii_lowercase().contains(&format!("location: https://flask.test:{}/x?y", edge.https.port())), "{out}");
+}
+
+#[test]
+fn sigterm_stops_cleanly() {
+    let (_d, cfg) = config(&format!("{}{}", listen_any(), site(&["flask.test"], &["127.0.0.1:9".to_string()])));
+    let mut edge = Edge::serve(&cfg);
+    edge.proc.signal("TERM");
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(40)), 0);
+    edge.proc.wait_for("edge stopped", Duration::from_secs(1));
+}
+
+#[test]
+fn check_rejects_bad_configs_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let o = edge(&["check"], &missing);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("nope.toml") && text(&o).contains("cannot read"), "{}", text(&o));
+
+    let cases: [(&str, &str, &[&str]); 5] = [
+        ("state_dir = \n", "bad TOML", &["line 1"]),
+        ("bogus_key = 1\n[[site]]\ndomains=[\"a.test\"]\nupstreams=[\"127.0.0.1:1\"]\n", "unknown key", &["bogus_key"]),
+        ("[listen]\nhttps = \"0.0.0.0:99999\"\n[[site]]\ndomains=[\"a.test\"]\nupstreams=[\"127.0.0.1:1\"]\n", "bad address", &["listen.https", "99999"]),
+        ("[[site]]\ndomains=[\"a.test\"]\nupstreams=[]\n", "empty upstreams", &["site[0].upstreams", "empty"]),
+        ("[[site]]\ndomains=[\"a.test\"]\nupstreams=[\"nohostport\"]\n", "bad upstream", &["site[0].upstreams", "host:port"]),
+    ];
+    for (body, what, needles) in cases {
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, body).unwrap();
+        let o = edge(&["check"], &p);
+        assert_eq!(o.status.code(), Some(1), "{what}");
+        let t = text(&o);
+        for n in needles {
+            assert!(t.contains(n), "{what}: {n:?} missing in: {t}");
+        }
+    }
+
+    // A valid config with an unreachable upstream is a problem too.
+    let (_d, cfg) = config(&site(&["a.test"], &[format!("127.0.0.1:{}", free_port())]));
+    let o = edge(&["check"], &cfg);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("not reachable"), "{}", text(&o));
+    // And the tutorial's own configs are valid.
+    for f in ["config/edge.toml", "config/local.toml"] {
+        let raw = std::fs::read_to_string(repo().join(f)).unwrap();
+        assert!(edge::config::parse(std::path::Path::new(f), &raw).is_ok(), "{f}");
+    }
+}
