@@ -23,7 +23,7 @@ fn builder(cfg: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
 /// Turns a failure to reach the directory into advice.
 fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
     let detail = error_chain(&e);
-    let hint = if detail.contains("UnknownIssuer") || detail.contains("certificate") {
+    let hint = if detail.contains("invalid peer certificate") || detail.contains("certificate") {
         if cfg.ca_bundle.is_some() {
             "; the server's certificate is not signed by acme.ca_bundle: check that it holds this CA's root"
         } else {

@@ -198,6 +198,12 @@ impl Pebble {
     /// Pebble with certificates valid for `validity_secs`, its DNS pointed at a
     /// fresh challtestsrv; Pebble's HTTPS certificate is made here with rcgen.
     pub fn start_with(validity_secs: u64) -> Pebble {
+        Self::start_env(validity_secs, &[])
+    }
+
+    /// As `start_with`, with extra environment for Pebble (e.g. PEBBLE_AUTHZREUSE=0
+    /// so that every order needs fresh DNS validation).
+    pub fn start_env(validity_secs: u64, env: &[(&str, &str)]) -> Pebble {
         let dir = tempfile::tempdir().unwrap();
         let (dns_port, cts_mgmt) = (free_port(), free_port());
         let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
@@ -216,11 +222,11 @@ impl Pebble {
         let cts = Proc::spawn("challtestsrv", cmd);
         cts.wait_for("Starting management server", Duration::from_secs(20));
         let dns = format!("127.0.0.1:{dns_port}");
-        Self::start_pebble(dir, cts, &dns, cts_mgmt, validity_secs)
+        Self::start_pebble(dir, cts, &dns, cts_mgmt, validity_secs, env)
     }
 
     /// Pebble whose `-dnsserver` is some other server (Knot, edge's responder).
-    pub fn start_pebble(dir: tempfile::TempDir, cts: Proc, dnsserver: &str, cts_mgmt: u16, validity_secs: u64) -> Pebble {
+    pub fn start_pebble(dir: tempfile::TempDir, cts: Proc, dnsserver: &str, cts_mgmt: u16, validity_secs: u64, env: &[(&str, &str)]) -> Pebble {
         let (ca_pem, cert_pem, key_pem) = test_ca_and_leaf(&["localhost"], &["127.0.0.1"]);
         let ca_bundle = dir.path().join("pebble-ca.pem");
         std::fs::write(&ca_bundle, ca_pem).unwrap();
@@ -241,7 +247,7 @@ impl Pebble {
         let cfg_path = dir.path().join("pebble.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         let mut cmd = Command::new("/usr/bin/pebble");
-        cmd.arg("-config").arg(&cfg_path).arg("-dnsserver").arg(dnsserver).env("PEBBLE_VA_NOSLEEP", "1");
+        cmd.arg("-config").arg(&cfg_path).arg("-dnsserver").arg(dnsserver).env("PEBBLE_VA_NOSLEEP", "1").envs(env.iter().copied());
         let pebble = Proc::spawn("pebble", cmd);
         pebble.wait_for("ACME directory available", Duration::from_secs(20));
         Pebble {

@@ -1,0 +1,276 @@
+//! `edge obtain` / `edge renew` against a real Pebble and challtestsrv.
+//! Pebble keeps its default bad-nonce rejection (5%) and authz reuse on in
+//! every test here, so edge's retries and reused authorizations are exercised.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn acme_config(p: &Pebble, provider: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    config(&format!(
+        "{}{}{extra}{}",
+        listen_any(),
+        p.acme_toml(provider),
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ))
+}
+
+fn state(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("state")
+}
+
+fn serial_of(pem_path: &Path) -> String {
+    let o = Command::new("openssl").args(["x509", "-noout", "-serial", "-in"]).arg(pem_path).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn verify_chain(p: &Pebble, live: &Path) {
+    let root = live.parent().unwrap().join("pebble-root.pem");
+    std::fs::write(&root, p.root_pem()).unwrap();
+    let o = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(&root)
+        .arg("-untrusted")
+        .arg(live.join("chain.pem"))
+        .arg(live.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("OK"), "chain does not verify: {}", text(&o));
+}
+
+#[test]
+fn obtain_one_name_stores_a_verifiable_chain_safely() {
+    let p = Pebble::start();
+    let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    let o = edge(&["obtain", "--domain", "flask.test"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("Successfully received certificate."), "{t}");
+    assert!(t.contains("live/flask.test/fullchain.pem"), "{t}");
+    let live = state(&dir).join("live/flask.test");
+    verify_chain(&p, &live);
+    let mode = |f: &Path| std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&live.join("privkey.pem")), 0o600);
+    assert_eq!(mode(&state(&dir)), 0o700);
+    assert_eq!(mode(&state(&dir).join("accounts")), 0o700);
+    let acct = std::fs::read_dir(state(&dir).join("accounts")).unwrap().next().unwrap().unwrap().path().join("account.json");
+    assert_eq!(mode(&acct), 0o600);
+    // The key is never printed.
+    let key = std::fs::read_to_string(live.join("privkey.pem")).unwrap();
+    let body: String = key.lines().nth(1).unwrap().to_string();
+    assert!(!t.contains(&body));
+    // `edge certs` lists it.
+    let c = edge(&["certs"], &cfg);
+    let ct = text(&c);
+    assert!(c.status.success() && ct.contains("Certificate Name: flask.test") && ct.contains("Pebble Intermediate"), "{ct}");
+    // The served certificate is the one obtained.
+    let edge_d = Edge::serve(&cfg);
+    let served = served_serial(edge_d.https.port(), "flask.test");
+    assert!(served.contains(&serial_of(&live.join("cert.pem"))), "{served}");
+}
+
+#[test]
+fn apex_wildcard_and_another_name_in_one_order() {
+    let p = Pebble::start();
+    let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    let o = edge(&["obtain", "-d", "example.test", "-d", "*.example.test", "-d", "www.other.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let live = state(&dir).join("live/example.test");
+    verify_chain(&p, &live);
+    let sans = Command::new("openssl").args(["x509", "-noout", "-ext", "subjectAltName", "-in"]).arg(live.join("cert.pem")).output().unwrap();
+    let sans = String::from_utf8_lossy(&sans.stdout);
+    for n in ["DNS:example.test", "DNS:*.example.test", "DNS:www.other.test"] {
+        assert!(sans.contains(n), "{n} missing: {sans}");
+    }
+}
+
+#[test]
+fn rsa_key_type() {
+    let p = Pebble::start();
+    let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("[dns]", "[dns]").replace("ca_bundle =", "key_type = \"rsa2048\"\nca_bundle =");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = edge(&["obtain", "--domain", "rsa.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let live = state(&dir).join("live/rsa.test");
+    let info = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(live.join("cert.pem")).output().unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains("rsaEncryption"));
+    verify_chain(&p, &live);
+}
+
+/// Reads the record edge prints, sets it like a person would, and lets edge
+/// notice it by itself.
+#[test]
+fn manual_provider_detects_the_record_a_person_sets() {
+    let p = Pebble::start();
+    let (dir, cfg) = acme_config(&p, "provider = \"manual\"", "");
+    let mut cmd = Command::new(edge_bin());
+    cmd.args(["obtain", "--domain", "flask.ashna.test", "--config"]).arg(&cfg);
+    let mut proc = Proc::spawn("edge obtain", cmd);
+    proc.wait_for("Please deploy a DNS TXT record under the name", Duration::from_secs(20));
+    let line = proc.wait_for("_acme-challenge.flask.ashna.test.", Duration::from_secs(5));
+    // "_acme-challenge.flask.ashna.test.  60  IN  TXT  "value""
+    let value = line.split('"').nth(1).expect("quoted value").to_string();
+    assert!(line.contains(" IN  TXT "), "{line}");
+    p.set_txt("_acme-challenge.flask.ashna.test.", &value);
+    assert_eq!(proc.wait_exit(Duration::from_secs(30)), 0, "{}", proc.output());
+    assert!(proc.output().contains("unattended renewal"), "manual must warn about renewals");
+    assert!(state(&dir).join("live/flask.ashna.test/fullchain.pem").exists());
+}
+
+/// With Enter on stdin, edge proceeds even though its own check cannot see the
+/// record (its resolver here is a dead port): the person vouched for it.
+#[test]
+fn manual_provider_proceeds_on_enter() {
+    let p = Pebble::start();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let (dir, cfg) = config(&format!(
+        "{}[acme]\ndirectory = \"{}\"\nca_bundle = \"{}\"\n[dns]\nprovider = \"manual\"\nresolvers = [\"{dead}\"]\npropagation_timeout = \"60s\"\n{}",
+        listen_any(),
+        p.directory,
+        p.ca_bundle.display(),
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let mut cmd = Command::new(edge_bin());
+    cmd.args(["obtain", "--domain", "enter.test", "--config"]).arg(&cfg);
+    let mut proc = Proc::spawn("edge obtain", cmd);
+    let line = proc.wait_for("_acme-challenge.enter.test.", Duration::from_secs(20));
+    let value = line.split('"').nth(1).unwrap().to_string();
+    p.set_txt("_acme-challenge.enter.test.", &value);
+    proc.write_stdin("\n");
+    assert_eq!(proc.wait_exit(Duration::from_secs(30)), 0, "{}", proc.output());
+    assert!(proc.output().contains("Enter pressed"));
+    assert!(state(&dir).join("live/enter.test/fullchain.pem").exists());
+}
+
+/// A certbot manual-hook script, unchanged: it tells present from cleanup by
+/// CERTBOT_AUTH_OUTPUT, as certbot hook scripts do.
+#[test]
+fn exec_provider_runs_a_certbot_style_hook() {
+    let p = Pebble::start();
+    let hookdir = tempfile::tempdir().unwrap();
+    let hook = hookdir.path().join("certbot-hook.sh");
+    let log = hookdir.path().join("hook.log");
+    std::fs::write(
+        &hook,
+        format!(
+            r#"#!/bin/sh
+set -e
+if [ -z "$CERTBOT_AUTH_OUTPUT" ]; then
+  curl -sSf -X POST -d "{{\"host\":\"_acme-challenge.$CERTBOT_DOMAIN.\",\"value\":\"$CERTBOT_VALIDATION\"}}" {url}/set-txt
+  echo "present $CERTBOT_DOMAIN $CERTBOT_VALIDATION remaining=$CERTBOT_REMAINING_CHALLENGES all=$CERTBOT_ALL_DOMAINS edge=$EDGE_FQDN" >> {log}
+  echo "added-$CERTBOT_DOMAIN"
+else
+  curl -sSf -X POST -d "{{\"host\":\"_acme-challenge.$CERTBOT_DOMAIN.\"}}" {url}/clear-txt
+  echo "cleanup $CERTBOT_DOMAIN output=$CERTBOT_AUTH_OUTPUT" >> {log}
+fi
+"#,
+            url = p.cts_url,
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (dir, cfg) = acme_config(&p, &format!("provider = \"exec\"\ncommand = \"{}\"", hook.display()), "");
+    let o = edge(&["obtain", "-d", "hook.test", "-d", "*.hook.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let l = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(l.matches("present hook.test ").count(), 2, "{l}");
+    assert!(l.contains("remaining=1") && l.contains("remaining=0"), "{l}");
+    assert!(l.contains("all=hook.test,*.hook.test") || l.contains("all=*.hook.test,hook.test"), "{l}");
+    assert!(l.contains("edge=_acme-challenge.hook.test."), "{l}");
+    assert!(l.contains("cleanup hook.test output=added-hook.test"), "{l}");
+    assert!(state(&dir).join("live/hook.test/fullchain.pem").exists());
+
+    // A failing hook: a clear error naming the hook and its stderr.
+    let bad = hookdir.path().join("bad.sh");
+    std::fs::write(&bad, "#!/bin/sh\necho 'zone is locked' >&2\nexit 3\n").unwrap();
+    std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (_d2, cfg2) = acme_config(&p, &format!("provider = \"exec\"\ncommand = \"{}\"", bad.display()), "");
+    let o = edge(&["obtain", "-d", "bad.test"], &cfg2);
+    let t = text(&o);
+    assert!(!o.status.success());
+    assert!(t.contains("bad.sh") && t.contains("status 3") && t.contains("zone is locked"), "{t}");
+}
+
+#[test]
+fn renew_skips_when_not_due_forces_and_keeps_old_files_on_failure() {
+    // No authorization reuse: the failing renewal below must really need DNS.
+    let p = Pebble::start_env(3600, &[("PEBBLE_AUTHZREUSE", "0")]);
+    let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    assert!(edge(&["obtain", "-d", "flask.test"], &cfg).status.success());
+    let live = state(&dir).join("live/flask.test");
+    let first = serial_of(&live.join("cert.pem"));
+
+    let o = edge(&["renew"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("flask.test: not due until"), "{}", text(&o));
+    assert_eq!(serial_of(&live.join("cert.pem")), first);
+
+    let o = edge(&["renew", "--force"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("flask.test: renewed"), "{}", text(&o));
+    let second = serial_of(&live.join("cert.pem"));
+    assert_ne!(first, second);
+    let archive = state(&dir).join("archive/flask.test");
+    assert_eq!(serial_of(&archive.join("cert1.pem")), first);
+    assert_eq!(serial_of(&archive.join("cert2.pem")), second);
+
+    // A renewal whose TXT record never appears: exit non-zero, live/ untouched.
+    let noop = dir.path().join("noop.sh");
+    std::fs::write(&noop, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&noop, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let broken = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&p.challtestsrv_dns(), &format!("provider = \"exec\"\ncommand = \"{}\"", noop.display()))
+        .replace("propagation_timeout = \"20s\"", "propagation_timeout = \"1s\"");
+    std::fs::write(&cfg, broken).unwrap();
+    let before: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"].iter().map(|f| std::fs::read(live.join(f)).unwrap()).collect();
+    let o = edge(&["renew", "--force", "--domain", "flask.test"], &cfg);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("flask.test: FAILED") && t.contains("did not appear"), "{t}");
+    let after: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"].iter().map(|f| std::fs::read(live.join(f)).unwrap()).collect();
+    assert_eq!(before, after, "a failed renewal changed live/");
+    // The failure is remembered: a plain `edge renew` now backs off.
+    let o = edge(&["renew"], &cfg);
+    assert!(text(&o).contains("backing off") || text(&o).contains("not due"), "{}", text(&o));
+    let c = edge(&["certs"], &cfg);
+    assert!(text(&c).contains("Last error"), "{}", text(&c));
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let p = Pebble::start();
+    let (_dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    for (name, needle) in [("1.2.3.4", "IP address"), ("../etc.test", "path separator"), ("a_b.test", "letters, digits"), ("localhost", "single label")] {
+        let o = edge(&["obtain", "--domain", name], &cfg);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o).contains(needle), "{name}: {}", text(&o));
+    }
+    // Unreachable directory.
+    let dead = free_port();
+    let t = std::fs::read_to_string(&cfg).unwrap().replace(&p.directory, &format!("https://127.0.0.1:{dead}/dir"));
+    let (_d2, cfg2) = config(t.split_once('\n').unwrap().1);
+    let o = edge(&["obtain", "--domain", "x.test"], &cfg2);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("cannot reach the ACME directory") && text(&o).contains(&dead.to_string()), "{}", text(&o));
+    // A ca_bundle that does not hold Pebble's root.
+    let (other_ca, _, _) = test_ca_and_leaf(&["x"], &[]);
+    let wrong = p.dir.path().join("wrong-ca.pem");
+    std::fs::write(&wrong, other_ca).unwrap();
+    let t = std::fs::read_to_string(&cfg).unwrap().replace(&p.ca_bundle.display().to_string(), &wrong.display().to_string());
+    let (_d3, cfg3) = config(t.split_once('\n').unwrap().1);
+    let o = edge(&["obtain", "--domain", "x.test"], &cfg3);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(text(&o).contains("invalid peer certificate") && text(&o).contains("acme.ca_bundle"), "{}", text(&o));
+    // A ca_bundle that is not a certificate at all.
+    std::fs::write(&wrong, "hello").unwrap();
+    let o = edge(&["obtain", "--domain", "x.test"], &cfg3);
+    assert!(text(&o).contains("acme.ca_bundle") && text(&o).contains("no PEM certificate"), "{}", text(&o));
+}
