@@ -79,7 +79,10 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
         names,
         not_before: to_time(cert.validity().not_before),
         not_after: to_time(cert.validity().not_after),
-        serial: cert.raw_serial_as_string().replace(':', "").to_ascii_uppercase(),
+        serial: cert
+            .raw_serial_as_string()
+            .replace(':', "")
+            .to_ascii_uppercase(),
         issuer,
         ari_id,
     })
@@ -93,7 +96,10 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or(0);
     ::time::OffsetDateTime::from_unix_timestamp(secs)
         .ok()
-        .and_then(|dt| dt.format(&::time::format_description::well_known::Rfc3339).ok())
+        .and_then(|dt| {
+            dt.format(&::time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| secs.to_string())
 }
 

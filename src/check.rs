@@ -25,8 +25,13 @@ pub async fn run(cfg: &Config) -> Report {
     if let Some(ca) = &cfg.acme.ca_bundle {
         match std::fs::read(ca) {
             Ok(b) if crate::certinfo::parse_chain(&b).is_ok() => {}
-            Ok(_) => r.problems.push(format!("acme.ca_bundle: {} holds no PEM certificate", ca.display())),
-            Err(e) => r.problems.push(format!("acme.ca_bundle: {}: {e}", ca.display())),
+            Ok(_) => r.problems.push(format!(
+                "acme.ca_bundle: {} holds no PEM certificate",
+                ca.display()
+            )),
+            Err(e) => r
+                .problems
+                .push(format!("acme.ca_bundle: {}: {e}", ca.display())),
         }
     }
     if let Provider::Exec { command } = &cfg.dns.provider {
@@ -41,16 +46,29 @@ pub async fn run(cfg: &Config) -> Report {
     for (i, site) in cfg.sites.iter().enumerate() {
         for (status, path) in &site.error_pages {
             if let Err(e) = std::fs::metadata(path) {
-                r.problems.push(format!("site[{i}].error_pages.{status}: {}: {e}", path.display()));
+                r.problems.push(format!(
+                    "site[{i}].error_pages.{status}: {}: {e}",
+                    path.display()
+                ));
             }
         }
         for up in &site.upstreams {
             let addr = up.addr.clone();
-            let res = tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr.as_str())).await;
+            let res = tokio::time::timeout(
+                Duration::from_secs(3),
+                tokio::net::TcpStream::connect(addr.as_str()),
+            )
+            .await;
             match res {
-                Ok(Ok(_)) => r.notes.push(format!("site[{i}] upstream {addr}: reachable")),
-                Ok(Err(e)) => r.problems.push(format!("site[{i}].upstreams: {addr} is not reachable: {e}")),
-                Err(_) => r.problems.push(format!("site[{i}].upstreams: {addr} did not accept a connection within 3s")),
+                Ok(Ok(_)) => r
+                    .notes
+                    .push(format!("site[{i}] upstream {addr}: reachable")),
+                Ok(Err(e)) => r
+                    .problems
+                    .push(format!("site[{i}].upstreams: {addr} is not reachable: {e}")),
+                Err(_) => r.problems.push(format!(
+                    "site[{i}].upstreams: {addr} did not accept a connection within 3s"
+                )),
             }
         }
     }
@@ -61,7 +79,10 @@ fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
-        Ok(_) => r.problems.push(format!("{key}: {} is not an executable file (chmod +x?)", path.display())),
+        Ok(_) => r.problems.push(format!(
+            "{key}: {} is not an executable file (chmod +x?)",
+            path.display()
+        )),
         Err(e) => r.problems.push(format!("{key}: {}: {e}", path.display())),
     }
 }
@@ -76,11 +97,21 @@ fn certs(cfg: &Config, store: &Store, r: &mut Report) {
         }
         match store.load_live(&name) {
             Err(e) => r.problems.push(e.to_string()),
-            Ok(c) if c.info.expired(now) => r.problems.push(format!("certificate {name}: expired at {}", crate::certinfo::rfc3339(c.info.not_after))),
+            Ok(c) if c.info.expired(now) => r.problems.push(format!(
+                "certificate {name}: expired at {}",
+                crate::certinfo::rfc3339(c.info.not_after)
+            )),
             Ok(c) => {
-                let missing: Vec<_> = site.domains.iter().filter(|d| !c.info.names.iter().any(|n| names::covers(n, d))).collect();
+                let missing: Vec<_> = site
+                    .domains
+                    .iter()
+                    .filter(|d| !c.info.names.iter().any(|n| names::covers(n, d)))
+                    .collect();
                 if missing.is_empty() {
-                    r.notes.push(format!("certificate {name}: valid until {}", crate::certinfo::rfc3339(c.info.not_after)));
+                    r.notes.push(format!(
+                        "certificate {name}: valid until {}",
+                        crate::certinfo::rfc3339(c.info.not_after)
+                    ));
                 } else {
                     r.problems.push(format!("certificate {name}: does not cover {missing:?}; run `edge renew --force --domain {name}`"));
                 }

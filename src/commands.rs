@@ -50,7 +50,12 @@ fn print_saved(o: &Obtained) {
     println!("Certificate is saved at: {}", o.fullchain.display());
     println!("Key is saved at:         {}", o.privkey.display());
     println!("This certificate expires on {}.", rfc3339(o.info.not_after));
-    println!("Names: {}; serial {}; issuer {}", o.info.names.join(", "), o.info.serial, o.info.issuer);
+    println!(
+        "Names: {}; serial {}; issuer {}",
+        o.info.names.join(", "),
+        o.info.serial,
+        o.info.issuer
+    );
     println!("These files will be updated when the certificate renews (edge serve renews on its own; edge renew from a timer).");
     println!("Done in {:.2}s.", o.elapsed.as_secs_f64());
 }
@@ -64,7 +69,11 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
     if let Some(d) = domain {
         let d = d.to_ascii_lowercase();
         lineages.retain(|l| {
-            *l == d || store.load_live(l).map(|c| c.info.names.iter().any(|n| names::covers(n, &d) || *n == d)).unwrap_or(false)
+            *l == d
+                || store
+                    .load_live(l)
+                    .map(|c| c.info.names.iter().any(|n| names::covers(n, &d) || *n == d))
+                    .unwrap_or(false)
         });
         if lineages.is_empty() {
             eprintln!("edge: error: no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one");
@@ -72,7 +81,10 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
         }
     }
     if lineages.is_empty() {
-        println!("No certificates stored in {}; nothing to renew.", store.root().join("live").display());
+        println!(
+            "No certificates stored in {}; nothing to renew.",
+            store.root().join("live").display()
+        );
         return ExitCode::SUCCESS;
     }
     let ui = Ui::detect();
@@ -90,7 +102,10 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
         println!("{l}");
     }
     if failed > 0 {
-        println!("{failed} of {} renewal(s) failed; the previous certificates stay in place.", lineages.len());
+        println!(
+            "{failed} of {} renewal(s) failed; the previous certificates stay in place.",
+            lineages.len()
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -104,7 +119,10 @@ pub async fn certs(cfg: &Config) -> ExitCode {
     };
     let lineages = store.lineages();
     if lineages.is_empty() {
-        println!("No certificates stored in {}.", store.root().join("live").display());
+        println!(
+            "No certificates stored in {}.",
+            store.root().join("live").display()
+        );
         return ExitCode::SUCCESS;
     }
     let now = SystemTime::now();
@@ -114,21 +132,39 @@ pub async fn certs(cfg: &Config) -> ExitCode {
         match store.load_live(&l) {
             Ok(c) => {
                 let state = store.renewal_state(&l);
-                let left = c.info.not_after.duration_since(now).map(|d| format!("VALID: {} days", d.as_secs() / 86400)).unwrap_or_else(|_| "EXPIRED".into());
+                let left = c
+                    .info
+                    .not_after
+                    .duration_since(now)
+                    .map(|d| format!("VALID: {} days", d.as_secs() / 86400))
+                    .unwrap_or_else(|_| "EXPIRED".into());
                 println!("  Domains: {}", c.info.names.join(" "));
                 println!("  Expiry Date: {} ({left})", rfc3339(c.info.not_after));
                 println!("  Issuer: {}", c.info.issuer);
                 println!("  Serial: {}", c.info.serial);
-                println!("  Next renewal: {}", match renew::decide(&c.info, &state, now, false) {
-                    renew::Decision::Due(why) => format!("now ({why})"),
-                    renew::Decision::NotYet(t) => rfc3339(t),
-                    renew::Decision::BackingOff(t) => format!("{} (backing off after {} failure(s))", rfc3339(t), state.failures),
-                });
+                println!(
+                    "  Next renewal: {}",
+                    match renew::decide(&c.info, &state, now, false) {
+                        renew::Decision::Due(why) => format!("now ({why})"),
+                        renew::Decision::NotYet(t) => rfc3339(t),
+                        renew::Decision::BackingOff(t) => format!(
+                            "{} (backing off after {} failure(s))",
+                            rfc3339(t),
+                            state.failures
+                        ),
+                    }
+                );
                 if let Some(e) = &state.last_error {
                     println!("  Last error: {e}");
                 }
-                println!("  Certificate Path: {}", store.live_dir(&l).join("fullchain.pem").display());
-                println!("  Private Key Path: {}", store.live_dir(&l).join("privkey.pem").display());
+                println!(
+                    "  Certificate Path: {}",
+                    store.live_dir(&l).join("fullchain.pem").display()
+                );
+                println!(
+                    "  Private Key Path: {}",
+                    store.live_dir(&l).join("privkey.pem").display()
+                );
             }
             Err(e) => {
                 bad = true;
@@ -136,5 +172,9 @@ pub async fn certs(cfg: &Config) -> ExitCode {
             }
         }
     }
-    if bad { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if bad {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

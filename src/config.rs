@@ -365,16 +365,29 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(&self, key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    fn duration(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
         match value {
             None => Ok(default),
             Some(v) => humantime::parse_duration(v).map_err(|e| {
-                self.err(key, format!("{v:?} is not a duration ({e}); expected e.g. \"10s\", \"5m\", \"1h\""))
+                self.err(
+                    key,
+                    format!("{v:?} is not a duration ({e}); expected e.g. \"10s\", \"5m\", \"1h\""),
+                )
             }),
         }
     }
 
-    fn addr(&self, key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    fn addr(
+        &self,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Result<SocketAddr, ConfigError> {
         let v = value.unwrap_or(default);
         v.parse().map_err(|_| {
             self.err(key, format!("{v:?} is not an address; expected IP:PORT such as \"0.0.0.0:443\" or \"[::]:443\""))
@@ -384,12 +397,24 @@ impl Validator<'_> {
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or("acme-state"));
         if state_dir.as_os_str().is_empty() {
-            return Err(self.err("state_dir", "empty; expected a directory such as \"acme-state\" or \"/var/lib/edge\""));
+            return Err(self.err(
+                "state_dir",
+                "empty; expected a directory such as \"acme-state\" or \"/var/lib/edge\"",
+            ));
         }
         let workers = match raw.workers {
-            None => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            None => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             Some(n) if (1..=1024).contains(&n) => n as usize,
-            Some(n) => return Err(self.err("workers", format!("{n} is out of range; expected 1 to 1024 (default: the number of CPUs)"))),
+            Some(n) => {
+                return Err(self.err(
+                    "workers",
+                    format!(
+                        "{n} is out of range; expected 1 to 1024 (default: the number of CPUs)"
+                    ),
+                ))
+            }
         };
         let listen = self.listen(raw.listen)?;
         let acme = self.acme(raw.acme)?;
@@ -400,7 +425,10 @@ impl Validator<'_> {
             Some(m) => Some(self.addr("metrics.listen", Some(&m.listen), "")?),
         };
         if raw.site.is_empty() {
-            return Err(self.err("site", "no [[site]] table; add one with `domains` and `upstreams`"));
+            return Err(self.err(
+                "site",
+                "no [[site]] table; add one with `domains` and `upstreams`",
+            ));
         }
         let mut sites = Vec::with_capacity(raw.site.len());
         for (i, s) in raw.site.into_iter().enumerate() {
@@ -435,15 +463,27 @@ impl Validator<'_> {
         let http = self.addr("listen.http", raw.http.as_deref(), "0.0.0.0:80")?;
         let https = self.addr("listen.https", raw.https.as_deref(), "0.0.0.0:443")?;
         if http == https && http.port() != 0 {
-            return Err(self.err("listen.http", format!("{http} is also listen.https; the two listeners need different ports")));
+            return Err(self.err(
+                "listen.http",
+                format!("{http} is also listen.https; the two listeners need different ports"),
+            ));
         }
         let redirect = match raw.redirect {
             None => 308,
             Some(c @ (301 | 302 | 307 | 308)) => c as u16,
             Some(c) => return Err(self.err("listen.redirect", format!("{c} is not a redirect status; expected 308 (default, keeps the method) or 301 (nginx's `permanent`)"))),
         };
-        let handshake_timeout = self.duration("listen.handshake_timeout", raw.handshake_timeout.as_deref(), Duration::from_secs(10))?;
-        Ok(Listen { http, https, redirect, handshake_timeout })
+        let handshake_timeout = self.duration(
+            "listen.handshake_timeout",
+            raw.handshake_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        Ok(Listen {
+            http,
+            https,
+            redirect,
+            handshake_timeout,
+        })
     }
 
     fn acme(&self, raw: RawAcme) -> Result<Acme, ConfigError> {
@@ -461,19 +501,33 @@ impl Validator<'_> {
         let contact = raw.contact.unwrap_or_default();
         for c in &contact {
             if !c.starts_with("mailto:") || !c.contains('@') {
-                return Err(self.err("acme.contact", format!("{c:?}: expected \"mailto:you@example.org\"")));
+                return Err(self.err(
+                    "acme.contact",
+                    format!("{c:?}: expected \"mailto:you@example.org\""),
+                ));
             }
         }
         let key_type = match raw.key_type.as_deref() {
             None => KeyType::EcdsaP256,
-            Some(k) => KeyType::parse(k).ok_or_else(|| self.err("acme.key_type", format!("{k:?}: expected one of {}", KeyType::NAMES)))?,
+            Some(k) => KeyType::parse(k).ok_or_else(|| {
+                self.err(
+                    "acme.key_type",
+                    format!("{k:?}: expected one of {}", KeyType::NAMES),
+                )
+            })?,
         };
         let eab = match raw.eab {
             None => None,
             Some(e) if e.kid.is_empty() || e.hmac.is_empty() => {
-                return Err(self.err("acme.eab", "kid and hmac must both be set (your CA's dashboard shows them)"))
+                return Err(self.err(
+                    "acme.eab",
+                    "kid and hmac must both be set (your CA's dashboard shows them)",
+                ))
             }
-            Some(e) => Some(Eab { kid: e.kid, hmac: e.hmac }),
+            Some(e) => Some(Eab {
+                kid: e.kid,
+                hmac: e.hmac,
+            }),
         };
         Ok(Acme {
             directory,
@@ -522,27 +576,63 @@ impl Validator<'_> {
         let provider = match provider_name.as_str() {
             "manual" => Provider::Manual,
             "exec" => Provider::Exec {
-                command: PathBuf::from(raw.command.ok_or_else(|| self.err("dns.command", "missing; provider \"exec\" needs the path of the hook script"))?),
+                command: PathBuf::from(raw.command.ok_or_else(|| {
+                    self.err(
+                        "dns.command",
+                        "missing; provider \"exec\" needs the path of the hook script",
+                    )
+                })?),
             },
             _ => {
-                let url = raw.url.ok_or_else(|| self.err("dns.url", "missing; expected the management URL, e.g. \"http://127.0.0.1:8055\""))?;
+                let url = raw.url.ok_or_else(|| {
+                    self.err(
+                        "dns.url",
+                        "missing; expected the management URL, e.g. \"http://127.0.0.1:8055\"",
+                    )
+                })?;
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(self.err("dns.url", format!("{url:?}: expected an http:// or https:// URL")));
+                    return Err(self.err(
+                        "dns.url",
+                        format!("{url:?}: expected an http:// or https:// URL"),
+                    ));
                 }
-                Provider::PebbleChalltestsrv { url: url.trim_end_matches('/').to_string() }
+                Provider::PebbleChalltestsrv {
+                    url: url.trim_end_matches('/').to_string(),
+                }
             }
         };
-        let propagation_timeout = self.duration("dns.propagation_timeout", raw.propagation_timeout.as_deref(), Duration::from_secs(600))?;
-        let propagation_delay = self.duration("dns.propagation_delay", raw.propagation_delay.as_deref(), Duration::ZERO)?;
+        let propagation_timeout = self.duration(
+            "dns.propagation_timeout",
+            raw.propagation_timeout.as_deref(),
+            Duration::from_secs(600),
+        )?;
+        let propagation_delay = self.duration(
+            "dns.propagation_delay",
+            raw.propagation_delay.as_deref(),
+            Duration::ZERO,
+        )?;
         let mut resolvers = Vec::new();
         for r in raw.resolvers.unwrap_or_default() {
             let addr = r
                 .parse::<SocketAddr>()
-                .or_else(|_| r.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
-                .map_err(|_| self.err("dns.resolvers", format!("{r:?}: expected IP or IP:PORT such as \"127.0.0.1:8053\"")))?;
+                .or_else(|_| {
+                    r.parse::<std::net::IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, 53))
+                })
+                .map_err(|_| {
+                    self.err(
+                        "dns.resolvers",
+                        format!("{r:?}: expected IP or IP:PORT such as \"127.0.0.1:8053\""),
+                    )
+                })?;
             resolvers.push(addr);
         }
-        Ok(Dns { provider, propagation_timeout, propagation_delay, resolvers })
+        Ok(Dns {
+            provider,
+            propagation_timeout,
+            propagation_delay,
+            resolvers,
+        })
     }
 
     fn log(&self, raw: RawLog) -> Result<Log, ConfigError> {
@@ -550,18 +640,31 @@ impl Validator<'_> {
             "text" => AccessLog::Text,
             "json" => AccessLog::Json,
             "off" => AccessLog::Off,
-            other => return Err(self.err("log.access", format!("{other:?}: expected \"text\", \"json\" or \"off\""))),
+            other => {
+                return Err(self.err(
+                    "log.access",
+                    format!("{other:?}: expected \"text\", \"json\" or \"off\""),
+                ))
+            }
         };
         let level = raw.level.unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
-            return Err(self.err("log.level", format!("{level:?}: expected error, warn, info, debug or trace")));
+            return Err(self.err(
+                "log.level",
+                format!("{level:?}: expected error, warn, info, debug or trace"),
+            ));
         }
         Ok(Log { access, level })
     }
 
     fn site(&self, i: usize, raw: RawSite) -> Result<Site, ConfigError> {
         let k = |name: &str| format!("site[{i}].{name}");
-        let domains = raw.domains.ok_or_else(|| self.err(k("domains"), "missing; expected a list such as [\"app.example.org\"]"))?;
+        let domains = raw.domains.ok_or_else(|| {
+            self.err(
+                k("domains"),
+                "missing; expected a list such as [\"app.example.org\"]",
+            )
+        })?;
         if domains.is_empty() {
             return Err(self.err(k("domains"), "empty list; expected at least one name"));
         }
@@ -572,9 +675,17 @@ impl Validator<'_> {
                 valid.push(name);
             }
         }
-        let ups = raw.upstreams.ok_or_else(|| self.err(k("upstreams"), "missing; expected a list such as [\"127.0.0.1:5001\"]"))?;
+        let ups = raw.upstreams.ok_or_else(|| {
+            self.err(
+                k("upstreams"),
+                "missing; expected a list such as [\"127.0.0.1:5001\"]",
+            )
+        })?;
         if ups.is_empty() {
-            return Err(self.err(k("upstreams"), "empty list; expected at least one \"host:port\""));
+            return Err(self.err(
+                k("upstreams"),
+                "empty list; expected at least one \"host:port\"",
+            ));
         }
         let mut upstreams = Vec::with_capacity(ups.len());
         for u in ups {
@@ -584,31 +695,57 @@ impl Validator<'_> {
             };
             check_upstream_addr(&addr).map_err(|m| self.err(k("upstreams"), m))?;
             if !(1..=1000).contains(&weight) {
-                return Err(self.err(k("upstreams"), format!("{addr}: weight {weight} is out of range; expected 1 to 1000")));
+                return Err(self.err(
+                    k("upstreams"),
+                    format!("{addr}: weight {weight} is out of range; expected 1 to 1000"),
+                ));
             }
-            upstreams.push(Upstream { addr, weight: weight as u32 });
+            upstreams.push(Upstream {
+                addr,
+                weight: weight as u32,
+            });
         }
         let balance = match raw.balance.as_deref().unwrap_or("round_robin") {
             "round_robin" => Balance::RoundRobin,
-            other => return Err(self.err(k("balance"), format!("{other:?}: expected \"round_robin\""))),
+            other => {
+                return Err(self.err(k("balance"), format!("{other:?}: expected \"round_robin\"")))
+            }
         };
         let mut trusted_proxies = Vec::new();
         for p in raw.trusted_proxies.unwrap_or_default() {
             let net = p
                 .parse::<IpNet>()
                 .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| self.err(k("trusted_proxies"), format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP")))?;
+                .map_err(|_| {
+                    self.err(
+                        k("trusted_proxies"),
+                        format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP"),
+                    )
+                })?;
             trusted_proxies.push(net);
         }
-        let connect_timeout = self.duration(&k("connect_timeout"), raw.connect_timeout.as_deref(), Duration::from_secs(60))?;
-        let response_timeout = self.duration(&k("response_timeout"), raw.response_timeout.as_deref(), Duration::from_secs(60))?;
+        let connect_timeout = self.duration(
+            &k("connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?;
+        let response_timeout = self.duration(
+            &k("response_timeout"),
+            raw.response_timeout.as_deref(),
+            Duration::from_secs(60),
+        )?;
         let mut error_pages = BTreeMap::new();
         for (status, file) in raw.error_pages.unwrap_or_default() {
             let code: u16 = status
                 .parse()
                 .ok()
                 .filter(|c| (400..=599).contains(c))
-                .ok_or_else(|| self.err(k("error_pages"), format!("{status:?}: expected an HTTP error status such as 502")))?;
+                .ok_or_else(|| {
+                    self.err(
+                        k("error_pages"),
+                        format!("{status:?}: expected an HTTP error status such as 502"),
+                    )
+                })?;
             error_pages.insert(code, PathBuf::from(file));
         }
         Ok(Site {
@@ -625,9 +762,13 @@ impl Validator<'_> {
 
 /// `host:port` with a usable port; the host may be an IP, `[v6]` or a DNS name.
 fn check_upstream_addr(addr: &str) -> Result<(), String> {
-    let bad = || format!("{addr:?} is not an upstream address; expected \"host:port\" such as \"127.0.0.1:5001\" or \"website1:5000\"");
+    let bad = || {
+        format!("{addr:?} is not an upstream address; expected \"host:port\" such as \"127.0.0.1:5001\" or \"website1:5000\"")
+    };
     if addr.contains("://") || addr.contains('/') {
-        return Err(format!("{addr:?}: give \"host:port\" without a scheme or path"));
+        return Err(format!(
+            "{addr:?}: give \"host:port\" without a scheme or path"
+        ));
     }
     if addr.parse::<SocketAddr>().is_ok() {
         return Ok(());
@@ -639,9 +780,12 @@ fn check_upstream_addr(addr: &str) -> Result<(), String> {
     }
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
     if host_ok {
         Ok(())
     } else {
@@ -680,8 +824,15 @@ upstreams = ["127.0.0.1:5001", { addr = "website2:5000", weight = 3 }]
     fn errors_name_the_key() {
         assert!(err("bogus = 1\n").contains("unknown field `bogus`"));
         assert!(err(&GOOD.replace("127.0.0.1:8080", "nope")).contains("listen.http"));
-        assert!(err(&GOOD.replace(r#"upstreams = ["127.0.0.1:5001", { addr = "website2:5000", weight = 3 }]"#, "upstreams = []")).contains("site[0].upstreams"));
-        assert!(err(&format!("{GOOD}\n[dns]\nprovider = \"manual\"\nurl = \"http://x\"\n")).contains("dns.url"));
+        assert!(err(&GOOD.replace(
+            r#"upstreams = ["127.0.0.1:5001", { addr = "website2:5000", weight = 3 }]"#,
+            "upstreams = []"
+        ))
+        .contains("site[0].upstreams"));
+        assert!(err(&format!(
+            "{GOOD}\n[dns]\nprovider = \"manual\"\nurl = \"http://x\"\n"
+        ))
+        .contains("dns.url"));
         assert!(err(&GOOD.replace("flask.example.org", "1.2.3.4")).contains("site[0].domains"));
     }
 

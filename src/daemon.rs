@@ -5,7 +5,7 @@
 //! give in-flight requests a grace period.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -58,10 +58,18 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
 
     let https = TcpListener::bind(cfg.listen.https)
         .await
-        .map_err(|source| DaemonError::Bind { key: "listen.https", addr: cfg.listen.https, source })?;
+        .map_err(|source| DaemonError::Bind {
+            key: "listen.https",
+            addr: cfg.listen.https,
+            source,
+        })?;
     let http = TcpListener::bind(cfg.listen.http)
         .await
-        .map_err(|source| DaemonError::Bind { key: "listen.http", addr: cfg.listen.http, source })?;
+        .map_err(|source| DaemonError::Bind {
+            key: "listen.http",
+            addr: cfg.listen.http,
+            source,
+        })?;
     let bound = Bound {
         https: https.local_addr().unwrap_or(cfg.listen.https),
         http: http.local_addr().unwrap_or(cfg.listen.http),
@@ -77,13 +85,23 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         access: cfg.log.access,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
-    let https_task = tokio::spawn(listener::serve_https(https, tls_cfg, certs.clone(), proxy.clone(), limits, stop_rx.clone()));
+    let https_task = tokio::spawn(listener::serve_https(
+        https,
+        tls_cfg,
+        certs.clone(),
+        proxy.clone(),
+        limits,
+        stop_rx.clone(),
+    ));
     let http_task = tokio::spawn(listener::serve_http(http, redirect, limits, stop_rx));
     tracing::info!(https = %bound.https, http = %bound.http, sites = cfg.sites.len(), "edge ready");
 
-    let mut hup = signal(SignalKind::hangup()).map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
-    let mut term = signal(SignalKind::terminate()).map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
     let mut current = cfg;
     loop {
         tokio::select! {
@@ -103,7 +121,13 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
 }
 
 /// Applies a re-read config; returns it when it was taken.
-fn reload(path: &PathBuf, current: &Config, store: &Store, certs: &Certs, proxy: &Proxy) -> Option<Config> {
+fn reload(
+    path: &std::path::Path,
+    current: &Config,
+    store: &Store,
+    certs: &Certs,
+    proxy: &Proxy,
+) -> Option<Config> {
     tracing::info!(config = %path.display(), "SIGHUP: reloading config and certificates");
     let next = match config::load(path) {
         Ok(c) => c,

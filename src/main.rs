@@ -12,7 +12,11 @@ mod commands;
 use edge::config::{self, AccessLog, Config};
 
 #[derive(Parser)]
-#[command(name = "edge", version, about = "Automatic HTTPS in front of web applications")]
+#[command(
+    name = "edge",
+    version,
+    about = "Automatic HTTPS in front of web applications"
+)]
 struct Cli {
     /// Config file [default: config/edge.toml, then /etc/edge/edge.toml]
     #[arg(long, global = true, env = "EDGE_CONFIG")]
@@ -28,7 +32,9 @@ enum Command {
     /// Validate config, certificates and upstream reachability; exit 1 on problems
     Check,
     /// Obtain one certificate now for the given names (DNS-01)
-    #[command(after_help = "Example:\n  edge obtain --domain flask.ashna.online\n  edge obtain --domain example.org --domain '*.example.org'")]
+    #[command(
+        after_help = "Example:\n  edge obtain --domain flask.ashna.online\n  edge obtain --domain example.org --domain '*.example.org'"
+    )]
     Obtain {
         /// A name for the certificate; repeat for more; '*.example.org' for a wildcard
         #[arg(long = "domain", short = 'd', required = true)]
@@ -76,7 +82,9 @@ fn main() -> ExitCode {
             },
             Command::Check => check(&cfg).await,
             Command::Obtain { domains } => commands::obtain(&cfg, &domains).await,
-            Command::Renew { force, domain } => commands::renew(&cfg, force, domain.as_deref()).await,
+            Command::Renew { force, domain } => {
+                commands::renew(&cfg, force, domain.as_deref()).await
+            }
             Command::Certs => commands::certs(&cfg).await,
         }
     });

@@ -115,7 +115,10 @@ mod tests {
 
     #[test]
     fn accepts_names_and_wildcards() {
-        assert_eq!(validate_domain("Flask.Ashna.Online.").unwrap(), "flask.ashna.online");
+        assert_eq!(
+            validate_domain("Flask.Ashna.Online.").unwrap(),
+            "flask.ashna.online"
+        );
         assert_eq!(validate_domain("*.example.org").unwrap(), "*.example.org");
     }
 
@@ -156,6 +159,9 @@ mod tests {
     #[test]
     fn lineage_and_challenge_names() {
         assert_eq!(lineage_name(&["*.example.org".into()]), "example.org");
-        assert_eq!(challenge_name("*.example.org"), "_acme-challenge.example.org");
+        assert_eq!(
+            challenge_name("*.example.org"),
+            "_acme-challenge.example.org"
+        );
     }
 }

@@ -135,10 +135,7 @@ impl Store {
         let host = directory_url
             .parse::<http::Uri>()
             .ok()
-            .and_then(|u| {
-                u.authority()
-                    .map(|a| a.as_str().replace([':', '/'], "_"))
-            })
+            .and_then(|u| u.authority().map(|a| a.as_str().replace([':', '/'], "_")))
             .unwrap_or_else(|| "default".into());
         self.root.join("accounts").join(host).join("account.json")
     }
@@ -221,7 +218,11 @@ impl Store {
             ("privkey", key_pem, 0o600),
         ];
         for (stem, data, mode) in files {
-            self.write_atomic(&archive.join(format!("{stem}{n}.pem")), data.as_bytes(), mode)?;
+            self.write_atomic(
+                &archive.join(format!("{stem}{n}.pem")),
+                data.as_bytes(),
+                mode,
+            )?;
         }
         // The key goes first: a reader that sees a new key with the old chain
         // finds them mismatched and keeps what it has until fullchain lands.
@@ -275,7 +276,11 @@ impl Store {
 }
 
 /// Builds a rustls key from PEM, refusing a key that does not match the leaf.
-pub fn certified_key(name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<LoadedCert, StoreError> {
+pub fn certified_key(
+    name: &str,
+    chain_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<LoadedCert, StoreError> {
     let mismatch = |message: String| StoreError::Mismatch {
         name: name.to_string(),
         message,
@@ -285,8 +290,11 @@ pub fn certified_key(name: &str, chain_pem: &[u8], key_pem: &[u8]) -> Result<Loa
         .map_err(|e| mismatch(format!("privkey.pem is not a PEM private key: {e}")))?;
     let info = certinfo::inspect(&chain[0]).map_err(mismatch)?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    let key = CertifiedKey::from_der(chain, key, &provider)
-        .map_err(|e| mismatch(format!("certificate and private key do not belong together ({e})")))?;
+    let key = CertifiedKey::from_der(chain, key, &provider).map_err(|e| {
+        mismatch(format!(
+            "certificate and private key do not belong together ({e})"
+        ))
+    })?;
     Ok(LoadedCert {
         name: name.to_string(),
         info,
@@ -302,7 +310,11 @@ fn split_leaf(fullchain: &str) -> (String, String) {
             let cut = i + END.len();
             let leaf = format!("{}\n", fullchain[..cut].trim());
             let rest = fullchain[cut..].trim();
-            let rest = if rest.is_empty() { String::new() } else { format!("{rest}\n") };
+            let rest = if rest.is_empty() {
+                String::new()
+            } else {
+                format!("{rest}\n")
+            };
             (leaf, rest)
         }
         None => (fullchain.to_string(), String::new()),
@@ -342,7 +354,10 @@ mod tests {
     use super::*;
 
     fn self_signed(names: &[&str]) -> (String, String) {
-        let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        let ck = rcgen::generate_simple_self_signed(
+            names.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         (ck.cert.pem(), ck.signing_key.serialize_pem())
     }
 
@@ -361,9 +376,15 @@ mod tests {
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&live.join("privkey.pem")), 0o600);
         assert_eq!(mode(store.root()), 0o700);
-        assert_eq!(mode(&store.archive_dir("a.example.org").join("privkey2.pem")), 0o600);
+        assert_eq!(
+            mode(&store.archive_dir("a.example.org").join("privkey2.pem")),
+            0o600
+        );
         assert_eq!(fs::read_to_string(live.join("fullchain.pem")).unwrap(), c2);
-        assert!(store.archive_dir("a.example.org").join("fullchain1.pem").exists());
+        assert!(store
+            .archive_dir("a.example.org")
+            .join("fullchain1.pem")
+            .exists());
         assert_eq!(store.lineages(), vec!["a.example.org".to_string()]);
     }
 
@@ -375,9 +396,14 @@ mod tests {
         store.save_certificate("a.example.org", &c, &k).unwrap();
         let (c2, _) = self_signed(&["a.example.org"]);
         let (_, k3) = self_signed(&["a.example.org"]);
-        let err = store.save_certificate("a.example.org", &c2, &k3).unwrap_err();
+        let err = store
+            .save_certificate("a.example.org", &c2, &k3)
+            .unwrap_err();
         assert!(err.to_string().contains("do not belong together"), "{err}");
-        assert_eq!(fs::read_to_string(store.live_dir("a.example.org").join("fullchain.pem")).unwrap(), c);
+        assert_eq!(
+            fs::read_to_string(store.live_dir("a.example.org").join("fullchain.pem")).unwrap(),
+            c
+        );
         store.load_live("a.example.org").unwrap();
     }
 
@@ -386,7 +412,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path()).unwrap();
         let target = tmp.path().join("x.pem");
-        fs::write(tmp.path().join(format!(".x.pem.tmp.{}", std::process::id())), "junk").unwrap();
+        fs::write(
+            tmp.path()
+                .join(format!(".x.pem.tmp.{}", std::process::id())),
+            "junk",
+        )
+        .unwrap();
         store.write_atomic(&target, b"new", 0o600).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
     }

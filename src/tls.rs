@@ -148,7 +148,9 @@ pub fn build_map(store: &Store, sites: &[Site]) -> (CertMap, BuildReport) {
                     map.insert(Arc::new(entry));
                     report.placeholders.push(uncovered);
                 }
-                Err(e) => report.refused.push(format!("placeholder for {uncovered:?}: {e}")),
+                Err(e) => report
+                    .refused
+                    .push(format!("placeholder for {uncovered:?}: {e}")),
             }
         }
     }

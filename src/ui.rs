@@ -25,7 +25,10 @@ impl Ui {
 
     /// For the daemon: steps go to the log only.
     pub fn log_only() -> Ui {
-        Ui { tty: false, enabled: false }
+        Ui {
+            tty: false,
+            enabled: false,
+        }
     }
 
     pub fn is_terminal(&self) -> bool {

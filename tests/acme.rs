@@ -25,7 +25,11 @@ fn state(dir: &tempfile::TempDir) -> std::path::PathBuf {
 }
 
 fn serial_of(pem_path: &Path) -> String {
-    let o = Command::new("openssl").args(["x509", "-noout", "-serial", "-in"]).arg(pem_path).output().unwrap();
+    let o = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(pem_path)
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -40,7 +44,11 @@ fn verify_chain(p: &Pebble, live: &Path) {
         .arg(live.join("cert.pem"))
         .output()
         .unwrap();
-    assert!(o.status.success() && String::from_utf8_lossy(&o.stdout).contains("OK"), "chain does not verify: {}", text(&o));
+    assert!(
+        o.status.success() && String::from_utf8_lossy(&o.stdout).contains("OK"),
+        "chain does not verify: {}",
+        text(&o)
+    );
 }
 
 #[test]
@@ -58,7 +66,13 @@ fn obtain_one_name_stores_a_verifiable_chain_safely() {
     assert_eq!(mode(&live.join("privkey.pem")), 0o600);
     assert_eq!(mode(&state(&dir)), 0o700);
     assert_eq!(mode(&state(&dir).join("accounts")), 0o700);
-    let acct = std::fs::read_dir(state(&dir).join("accounts")).unwrap().next().unwrap().unwrap().path().join("account.json");
+    let acct = std::fs::read_dir(state(&dir).join("accounts"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path()
+        .join("account.json");
     assert_eq!(mode(&acct), 0o600);
     // The key is never printed.
     let key = std::fs::read_to_string(live.join("privkey.pem")).unwrap();
@@ -67,24 +81,51 @@ fn obtain_one_name_stores_a_verifiable_chain_safely() {
     // `edge certs` lists it.
     let c = edge(&["certs"], &cfg);
     let ct = text(&c);
-    assert!(c.status.success() && ct.contains("Certificate Name: flask.test") && ct.contains("Pebble Intermediate"), "{ct}");
+    assert!(
+        c.status.success()
+            && ct.contains("Certificate Name: flask.test")
+            && ct.contains("Pebble Intermediate"),
+        "{ct}"
+    );
     // The served certificate is the one obtained.
     let edge_d = Edge::serve(&cfg);
     let served = served_serial(edge_d.https.port(), "flask.test");
-    assert!(served.contains(&serial_of(&live.join("cert.pem"))), "{served}");
+    assert!(
+        served.contains(&serial_of(&live.join("cert.pem"))),
+        "{served}"
+    );
 }
 
 #[test]
 fn apex_wildcard_and_another_name_in_one_order() {
     let p = Pebble::start();
     let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
-    let o = edge(&["obtain", "-d", "example.test", "-d", "*.example.test", "-d", "www.other.test"], &cfg);
+    let o = edge(
+        &[
+            "obtain",
+            "-d",
+            "example.test",
+            "-d",
+            "*.example.test",
+            "-d",
+            "www.other.test",
+        ],
+        &cfg,
+    );
     assert!(o.status.success(), "{}", text(&o));
     let live = state(&dir).join("live/example.test");
     verify_chain(&p, &live);
-    let sans = Command::new("openssl").args(["x509", "-noout", "-ext", "subjectAltName", "-in"]).arg(live.join("cert.pem")).output().unwrap();
+    let sans = Command::new("openssl")
+        .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+        .arg(live.join("cert.pem"))
+        .output()
+        .unwrap();
     let sans = String::from_utf8_lossy(&sans.stdout);
-    for n in ["DNS:example.test", "DNS:*.example.test", "DNS:www.other.test"] {
+    for n in [
+        "DNS:example.test",
+        "DNS:*.example.test",
+        "DNS:www.other.test",
+    ] {
         assert!(sans.contains(n), "{n} missing: {sans}");
     }
 }
@@ -93,12 +134,18 @@ fn apex_wildcard_and_another_name_in_one_order() {
 fn rsa_key_type() {
     let p = Pebble::start();
     let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
-    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace("[dns]", "[dns]").replace("ca_bundle =", "key_type = \"rsa2048\"\nca_bundle =");
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("ca_bundle =", "key_type = \"rsa2048\"\nca_bundle =");
     std::fs::write(&cfg, text_cfg).unwrap();
     let o = edge(&["obtain", "--domain", "rsa.test"], &cfg);
     assert!(o.status.success(), "{}", text(&o));
     let live = state(&dir).join("live/rsa.test");
-    let info = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(live.join("cert.pem")).output().unwrap();
+    let info = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(live.join("cert.pem"))
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&info.stdout).contains("rsaEncryption"));
     verify_chain(&p, &live);
 }
@@ -110,17 +157,31 @@ fn manual_provider_detects_the_record_a_person_sets() {
     let p = Pebble::start();
     let (dir, cfg) = acme_config(&p, "provider = \"manual\"", "");
     let mut cmd = Command::new(edge_bin());
-    cmd.args(["obtain", "--domain", "flask.ashna.test", "--config"]).arg(&cfg);
+    cmd.args(["obtain", "--domain", "flask.ashna.test", "--config"])
+        .arg(&cfg);
     let mut proc = Proc::spawn("edge obtain", cmd);
-    proc.wait_for("Please deploy a DNS TXT record under the name", Duration::from_secs(20));
+    proc.wait_for(
+        "Please deploy a DNS TXT record under the name",
+        Duration::from_secs(20),
+    );
     let line = proc.wait_for("_acme-challenge.flask.ashna.test.", Duration::from_secs(5));
     // "_acme-challenge.flask.ashna.test.  60  IN  TXT  "value""
     let value = line.split('"').nth(1).expect("quoted value").to_string();
     assert!(line.contains(" IN  TXT "), "{line}");
     p.set_txt("_acme-challenge.flask.ashna.test.", &value);
-    assert_eq!(proc.wait_exit(Duration::from_secs(30)), 0, "{}", proc.output());
-    assert!(proc.output().contains("unattended renewal"), "manual must warn about renewals");
-    assert!(state(&dir).join("live/flask.ashna.test/fullchain.pem").exists());
+    assert_eq!(
+        proc.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        proc.output()
+    );
+    assert!(
+        proc.output().contains("unattended renewal"),
+        "manual must warn about renewals"
+    );
+    assert!(state(&dir)
+        .join("live/flask.ashna.test/fullchain.pem")
+        .exists());
 }
 
 /// With Enter on stdin, edge proceeds even though its own check cannot see the
@@ -137,13 +198,19 @@ fn manual_provider_proceeds_on_enter() {
         site(&["flask.test"], &["127.0.0.1:9".to_string()])
     ));
     let mut cmd = Command::new(edge_bin());
-    cmd.args(["obtain", "--domain", "enter.test", "--config"]).arg(&cfg);
+    cmd.args(["obtain", "--domain", "enter.test", "--config"])
+        .arg(&cfg);
     let mut proc = Proc::spawn("edge obtain", cmd);
     let line = proc.wait_for("_acme-challenge.enter.test.", Duration::from_secs(20));
     let value = line.split('"').nth(1).unwrap().to_string();
     p.set_txt("_acme-challenge.enter.test.", &value);
     proc.write_stdin("\n");
-    assert_eq!(proc.wait_exit(Duration::from_secs(30)), 0, "{}", proc.output());
+    assert_eq!(
+        proc.wait_exit(Duration::from_secs(30)),
+        0,
+        "{}",
+        proc.output()
+    );
     assert!(proc.output().contains("Enter pressed"));
     assert!(state(&dir).join("live/enter.test/fullchain.pem").exists());
 }
@@ -176,26 +243,46 @@ fi
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (dir, cfg) = acme_config(&p, &format!("provider = \"exec\"\ncommand = \"{}\"", hook.display()), "");
+    let (dir, cfg) = acme_config(
+        &p,
+        &format!("provider = \"exec\"\ncommand = \"{}\"", hook.display()),
+        "",
+    );
     let o = edge(&["obtain", "-d", "hook.test", "-d", "*.hook.test"], &cfg);
     assert!(o.status.success(), "{}", text(&o));
     let l = std::fs::read_to_string(&log).unwrap();
     assert_eq!(l.matches("present hook.test ").count(), 2, "{l}");
-    assert!(l.contains("remaining=1") && l.contains("remaining=0"), "{l}");
-    assert!(l.contains("all=hook.test,*.hook.test") || l.contains("all=*.hook.test,hook.test"), "{l}");
+    assert!(
+        l.contains("remaining=1") && l.contains("remaining=0"),
+        "{l}"
+    );
+    assert!(
+        l.contains("all=hook.test,*.hook.test") || l.contains("all=*.hook.test,hook.test"),
+        "{l}"
+    );
     assert!(l.contains("edge=_acme-challenge.hook.test."), "{l}");
-    assert!(l.contains("cleanup hook.test output=added-hook.test"), "{l}");
+    assert!(
+        l.contains("cleanup hook.test output=added-hook.test"),
+        "{l}"
+    );
     assert!(state(&dir).join("live/hook.test/fullchain.pem").exists());
 
     // A failing hook: a clear error naming the hook and its stderr.
     let bad = hookdir.path().join("bad.sh");
     std::fs::write(&bad, "#!/bin/sh\necho 'zone is locked' >&2\nexit 3\n").unwrap();
     std::fs::set_permissions(&bad, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let (_d2, cfg2) = acme_config(&p, &format!("provider = \"exec\"\ncommand = \"{}\"", bad.display()), "");
+    let (_d2, cfg2) = acme_config(
+        &p,
+        &format!("provider = \"exec\"\ncommand = \"{}\"", bad.display()),
+        "",
+    );
     let o = edge(&["obtain", "-d", "bad.test"], &cfg2);
     let t = text(&o);
     assert!(!o.status.success());
-    assert!(t.contains("bad.sh") && t.contains("status 3") && t.contains("zone is locked"), "{t}");
+    assert!(
+        t.contains("bad.sh") && t.contains("status 3") && t.contains("zone is locked"),
+        "{t}"
+    );
 }
 
 #[test]
@@ -209,7 +296,11 @@ fn renew_skips_when_not_due_forces_and_keeps_old_files_on_failure() {
 
     let o = edge(&["renew"], &cfg);
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("flask.test: not due until"), "{}", text(&o));
+    assert!(
+        text(&o).contains("flask.test: not due until"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(serial_of(&live.join("cert.pem")), first);
 
     let o = edge(&["renew", "--force"], &cfg);
@@ -227,19 +318,38 @@ fn renew_skips_when_not_due_forces_and_keeps_old_files_on_failure() {
     std::fs::set_permissions(&noop, std::fs::Permissions::from_mode(0o755)).unwrap();
     let broken = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace(&p.challtestsrv_dns(), &format!("provider = \"exec\"\ncommand = \"{}\"", noop.display()))
-        .replace("propagation_timeout = \"20s\"", "propagation_timeout = \"1s\"");
+        .replace(
+            &p.challtestsrv_dns(),
+            &format!("provider = \"exec\"\ncommand = \"{}\"", noop.display()),
+        )
+        .replace(
+            "propagation_timeout = \"20s\"",
+            "propagation_timeout = \"1s\"",
+        );
     std::fs::write(&cfg, broken).unwrap();
-    let before: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"].iter().map(|f| std::fs::read(live.join(f)).unwrap()).collect();
+    let before: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"]
+        .iter()
+        .map(|f| std::fs::read(live.join(f)).unwrap())
+        .collect();
     let o = edge(&["renew", "--force", "--domain", "flask.test"], &cfg);
     let t = text(&o);
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("flask.test: FAILED") && t.contains("did not appear"), "{t}");
-    let after: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"].iter().map(|f| std::fs::read(live.join(f)).unwrap()).collect();
+    assert!(
+        t.contains("flask.test: FAILED") && t.contains("did not appear"),
+        "{t}"
+    );
+    let after: Vec<Vec<u8>> = ["fullchain.pem", "privkey.pem", "cert.pem", "chain.pem"]
+        .iter()
+        .map(|f| std::fs::read(live.join(f)).unwrap())
+        .collect();
     assert_eq!(before, after, "a failed renewal changed live/");
     // The failure is remembered: a plain `edge renew` now backs off.
     let o = edge(&["renew"], &cfg);
-    assert!(text(&o).contains("backing off") || text(&o).contains("not due"), "{}", text(&o));
+    assert!(
+        text(&o).contains("backing off") || text(&o).contains("not due"),
+        "{}",
+        text(&o)
+    );
     let c = edge(&["certs"], &cfg);
     assert!(text(&c).contains("Last error"), "{}", text(&c));
 }
@@ -248,29 +358,52 @@ fn renew_skips_when_not_due_forces_and_keeps_old_files_on_failure() {
 fn bad_input_gets_clear_errors() {
     let p = Pebble::start();
     let (_dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
-    for (name, needle) in [("1.2.3.4", "IP address"), ("../etc.test", "path separator"), ("a_b.test", "letters, digits"), ("localhost", "single label")] {
+    for (name, needle) in [
+        ("1.2.3.4", "IP address"),
+        ("../etc.test", "path separator"),
+        ("a_b.test", "letters, digits"),
+        ("localhost", "single label"),
+    ] {
         let o = edge(&["obtain", "--domain", name], &cfg);
         assert_eq!(o.status.code(), Some(1));
         assert!(text(&o).contains(needle), "{name}: {}", text(&o));
     }
     // Unreachable directory.
     let dead = free_port();
-    let t = std::fs::read_to_string(&cfg).unwrap().replace(&p.directory, &format!("https://127.0.0.1:{dead}/dir"));
+    let t = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&p.directory, &format!("https://127.0.0.1:{dead}/dir"));
     let (_d2, cfg2) = config(t.split_once('\n').unwrap().1);
     let o = edge(&["obtain", "--domain", "x.test"], &cfg2);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("cannot reach the ACME directory") && text(&o).contains(&dead.to_string()), "{}", text(&o));
+    assert!(
+        text(&o).contains("cannot reach the ACME directory")
+            && text(&o).contains(&dead.to_string()),
+        "{}",
+        text(&o)
+    );
     // A ca_bundle that does not hold Pebble's root.
     let (other_ca, _, _) = test_ca_and_leaf(&["x"], &[]);
     let wrong = p.dir.path().join("wrong-ca.pem");
     std::fs::write(&wrong, other_ca).unwrap();
-    let t = std::fs::read_to_string(&cfg).unwrap().replace(&p.ca_bundle.display().to_string(), &wrong.display().to_string());
+    let t = std::fs::read_to_string(&cfg).unwrap().replace(
+        &p.ca_bundle.display().to_string(),
+        &wrong.display().to_string(),
+    );
     let (_d3, cfg3) = config(t.split_once('\n').unwrap().1);
     let o = edge(&["obtain", "--domain", "x.test"], &cfg3);
     assert_eq!(o.status.code(), Some(1));
-    assert!(text(&o).contains("invalid peer certificate") && text(&o).contains("acme.ca_bundle"), "{}", text(&o));
+    assert!(
+        text(&o).contains("invalid peer certificate") && text(&o).contains("acme.ca_bundle"),
+        "{}",
+        text(&o)
+    );
     // A ca_bundle that is not a certificate at all.
     std::fs::write(&wrong, "hello").unwrap();
     let o = edge(&["obtain", "--domain", "x.test"], &cfg3);
-    assert!(text(&o).contains("acme.ca_bundle") && text(&o).contains("no PEM certificate"), "{}", text(&o));
+    assert!(
+        text(&o).contains("acme.ca_bundle") && text(&o).contains("no PEM certificate"),
+        "{}",
+        text(&o)
+    );
 }

@@ -39,7 +39,18 @@ fn round_robin_redirect_http2_and_forwarding_headers() {
     assert_eq!(seen, vec![1, 2, 3, 1, 2, 3]);
 
     // HTTP/2 to the client.
-    let (code, v) = curl("flask.test", port, "/", &["--http2", "-sSo", "/dev/null", "-w", "%{http_version}\n%{http_code}"]);
+    let (code, v) = curl(
+        "flask.test",
+        port,
+        "/",
+        &[
+            "--http2",
+            "-sSo",
+            "/dev/null",
+            "-w",
+            "%{http_version}\n%{http_code}",
+        ],
+    );
     assert_eq!(code, 200);
     assert_eq!(v, "2", "expected HTTP/2");
 
@@ -53,11 +64,16 @@ fn round_robin_redirect_http2_and_forwarding_headers() {
         port,
         "/headers",
         &[
-            "-H", "X-Forwarded-For: 6.6.6.6",
-            "-H", "X-Real-IP: 6.6.6.6",
-            "-H", "X_Forwarded_For: 7.7.7.7",
-            "-H", "X-Forwarded-Proto: http",
-            "-H", "Connection: keep-alive, X-Forwarded-Host",
+            "-H",
+            "X-Forwarded-For: 6.6.6.6",
+            "-H",
+            "X-Real-IP: 6.6.6.6",
+            "-H",
+            "X_Forwarded_For: 7.7.7.7",
+            "-H",
+            "X-Forwarded-Proto: http",
+            "-H",
+            "Connection: keep-alive, X-Forwarded-Host",
         ],
     );
     assert_eq!(code, 200);
@@ -68,21 +84,41 @@ fn round_robin_redirect_http2_and_forwarding_headers() {
     assert_eq!(h["X-Forwarded-Proto"], "https", "{body}");
     assert_eq!(h["X-Forwarded-Host"], "flask.test", "{body}");
     assert_eq!(h["Host"], format!("flask.test:{port}"), "{body}");
-    assert_eq!(v["environ_forwarded_for"], "127.0.0.1", "underscore header reached WSGI: {body}");
-    assert!(h.get("Connection").is_none_or(|c| c != "keep-alive, X-Forwarded-Host"));
+    assert_eq!(
+        v["environ_forwarded_for"], "127.0.0.1",
+        "underscore header reached WSGI: {body}"
+    );
+    assert!(h
+        .get("Connection")
+        .is_none_or(|c| c != "keep-alive, X-Forwarded-Host"));
 
     // HTTP redirects to HTTPS with path and query kept exactly, and the port.
-    let out = raw(edge.http, b"GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: flask.test\r\nConnection: close\r\n\r\n");
+    let out = raw(
+        edge.http,
+        b"GET /a/b%20c?x=1&y=%2F HTTP/1.1\r\nHost: flask.test\r\nConnection: close\r\n\r\n",
+    );
     assert!(out.starts_with("HTTP/1.1 308"), "{out}");
-    assert!(out.contains(&format!("location: https://flask.test:{port}/a/b%20c?x=1&y=%2F\r\n")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "location: https://flask.test:{port}/a/b%20c?x=1&y=%2F\r\n"
+        )),
+        "{out}"
+    );
     // Without a usable Host: 400.
     let out = raw(edge.http, b"GET / HTTP/1.0\r\n\r\n");
-    assert!(out.starts_with("HTTP/1.0 400") || out.starts_with("HTTP/1.1 400"), "{out}");
-    let out = raw(edge.http, b"GET / HTTP/1.1\r\nHost: evil.test/x\r\nConnection: close\r\n\r\n");
+    assert!(
+        out.starts_with("HTTP/1.0 400") || out.starts_with("HTTP/1.1 400"),
+        "{out}"
+    );
+    let out = raw(
+        edge.http,
+        b"GET / HTTP/1.1\r\nHost: evil.test/x\r\nConnection: close\r\n\r\n",
+    );
     assert!(out.contains(" 400 "), "{out}");
 
     // One access-log line per request, with the upstream.
-    edge.proc.wait_for("upstream=\"127.0.0.1:", Duration::from_secs(5));
+    edge.proc
+        .wait_for("upstream=\"127.0.0.1:", Duration::from_secs(5));
     assert!(edge.proc.count("status=308") >= 1);
 }
 
@@ -128,7 +164,7 @@ fn custom_error_page_replaces_the_builtin_one() {
 
 #[test]
 fn certificate_per_sni_wildcard_and_placeholder() {
-    let trio = vec![Flask::start(1)];
+    let trio = [Flask::start(1)];
     let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
     let (dir, cfg) = config(&format!(
         "{}{}{}",
@@ -138,7 +174,10 @@ fn certificate_per_sni_wildcard_and_placeholder() {
     ));
     // Two certificates stored as certbot would lay them out.
     let state = dir.path().join("state");
-    for (name, names) in [("a.test", vec!["a.test"]), ("wild.test", vec!["*.wild.test", "other.wild2.test"])] {
+    for (name, names) in [
+        ("a.test", vec!["a.test"]),
+        ("wild.test", vec!["*.wild.test", "other.wild2.test"]),
+    ] {
         let (c, k) = self_signed(&names);
         let live = state.join("live").join(name);
         std::fs::create_dir_all(&live).unwrap();
@@ -154,7 +193,8 @@ fn certificate_per_sni_wildcard_and_placeholder() {
     assert!(w.contains("DNS:*.wild.test"), "{w}");
     assert!(c.contains("DNS:c.test"), "placeholder for c.test: {c}");
     assert_ne!(a, w);
-    edge.proc.wait_for("self-signed placeholder", Duration::from_secs(5));
+    edge.proc
+        .wait_for("self-signed placeholder", Duration::from_secs(5));
 
     // Host not covered by the connection's certificate: 421; covered but no site: 404.
     let (code, _) = curl("a.test", port, "/", &["-H", "Host: c.test"]);
@@ -172,14 +212,27 @@ fn redirect_301_when_configured() {
         site(&["flask.test"], &["127.0.0.1:9".to_string()])
     ));
     let edge = Edge::serve(&cfg);
-    let out = raw(edge.http, b"GET /x?y HTTP/1.1\r\nHost: flask.test:80\r\nConnection: close\r\n\r\n");
+    let out = raw(
+        edge.http,
+        b"GET /x?y HTTP/1.1\r\nHost: flask.test:80\r\nConnection: close\r\n\r\n",
+    );
     assert!(out.starts_with("HTTP/1.1 301"), "{out}");
-    assert!(out.to_ascii_lowercase().contains(&format!("location: https://flask.test:{}/x?y", edge.https.port())), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains(&format!(
+            "location: https://flask.test:{}/x?y",
+            edge.https.port()
+        )),
+        "{out}"
+    );
 }
 
 #[test]
 fn sigterm_stops_cleanly() {
-    let (_d, cfg) = config(&format!("{}{}", listen_any(), site(&["flask.test"], &["127.0.0.1:9".to_string()])));
+    let (_d, cfg) = config(&format!(
+        "{}{}",
+        listen_any(),
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ));
     let mut edge = Edge::serve(&cfg);
     edge.proc.signal("TERM");
     assert_eq!(edge.proc.wait_exit(Duration::from_secs(40)), 0);
@@ -192,7 +245,11 @@ fn check_rejects_bad_configs_naming_the_key() {
     let missing = dir.path().join("nope.toml");
     let o = edge(&["check"], &missing);
     assert!(!o.status.success());
-    assert!(text(&o).contains("nope.toml") && text(&o).contains("cannot read"), "{}", text(&o));
+    assert!(
+        text(&o).contains("nope.toml") && text(&o).contains("cannot read"),
+        "{}",
+        text(&o)
+    );
 
     let cases: [(&str, &str, &[&str]); 5] = [
         ("state_dir = \n", "bad TOML", &["line 1"]),
@@ -220,6 +277,9 @@ fn check_rejects_bad_configs_naming_the_key() {
     // And the tutorial's own configs are valid.
     for f in ["config/edge.toml", "config/local.toml"] {
         let raw = std::fs::read_to_string(repo().join(f)).unwrap();
-        assert!(edge::config::parse(std::path::Path::new(f), &raw).is_ok(), "{f}");
+        assert!(
+            edge::config::parse(std::path::Path::new(f), &raw).is_ok(),
+            "{f}"
+        );
     }
 }

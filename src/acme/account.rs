@@ -29,7 +29,10 @@ fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
         } else {
             "; for a test CA such as Pebble, set acme.ca_bundle to its root certificate"
         }
-    } else if detail.contains("onnect") || detail.contains("dns error") || detail.contains("timed out") {
+    } else if detail.contains("onnect")
+        || detail.contains("dns error")
+        || detail.contains("timed out")
+    {
         "; check acme.directory and that the CA is reachable from this host"
     } else {
         ""
@@ -71,7 +74,12 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeE
         Some(e) => {
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(e.hmac.trim_end_matches('='))
-                .map_err(|_| AcmeError::Other("acme.eab.hmac is not base64url; copy it exactly as your CA shows it".into()))?;
+                .map_err(|_| {
+                    AcmeError::Other(
+                        "acme.eab.hmac is not base64url; copy it exactly as your CA shows it"
+                            .into(),
+                    )
+                })?;
             Some(ExternalAccountKey::new(e.kid.clone(), &key))
         }
     };
@@ -97,10 +105,11 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeE
 /// restarted, or the account was deactivated): then a new one is registered.
 pub fn account_gone(e: &instant_acme::Error) -> bool {
     match e {
-        instant_acme::Error::Api(p) => p
-            .r#type
-            .as_deref()
-            .is_some_and(|t| t.ends_with("accountDoesNotExist") || t.ends_with("unauthorized") && p.detail.as_deref().is_some_and(|d| d.contains("account"))),
+        instant_acme::Error::Api(p) => p.r#type.as_deref().is_some_and(|t| {
+            t.ends_with("accountDoesNotExist")
+                || t.ends_with("unauthorized")
+                    && p.detail.as_deref().is_some_and(|d| d.contains("account"))
+        }),
         _ => false,
     }
 }

@@ -24,16 +24,23 @@ pub fn client(extra: Option<&Path>, timeout: Duration) -> Result<reqwest::Client
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = extra {
-        let bad = |detail: String| AcmeError::CaBundle { path: path.to_path_buf(), detail };
+        let bad = |detail: String| AcmeError::CaBundle {
+            path: path.to_path_buf(),
+            detail,
+        };
         let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let mut n = 0;
         for c in CertificateDer::pem_slice_iter(&pem) {
             let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
-            roots.add(c).map_err(|e| bad(format!("unusable certificate: {e}")))?;
+            roots
+                .add(c)
+                .map_err(|e| bad(format!("unusable certificate: {e}")))?;
             n += 1;
         }
         if n == 0 {
-            return Err(bad("holds no PEM certificate; expected the CA's root certificate".into()));
+            return Err(bad(
+                "holds no PEM certificate; expected the CA's root certificate".into(),
+            ));
         }
     }
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -40,7 +40,9 @@ pub enum AcmeError {
 pub fn from_acme(e: instant_acme::Error) -> AcmeError {
     match e {
         instant_acme::Error::Api(p) => from_problem(&p),
-        instant_acme::Error::Timeout(_) => AcmeError::Other("the CA did not finish the order in time; try again later".into()),
+        instant_acme::Error::Timeout(_) => {
+            AcmeError::Other("the CA did not finish the order in time; try again later".into())
+        }
         other => AcmeError::Other(error_chain(&other)),
     }
 }
@@ -63,9 +65,13 @@ pub fn from_problem(p: &instant_acme::Problem) -> AcmeError {
     match kind {
         "rateLimited" => AcmeError::RateLimited {
             detail,
-            retry: String::from(" (edge backs off and retries later; see the CA's rate-limit documentation)"),
+            retry: String::from(
+                " (edge backs off and retries later; see the CA's rate-limit documentation)",
+            ),
         },
-        "unauthorized" | "dns" | "incorrectResponse" | "connection" | "caa" => AcmeError::Validation(detail),
+        "unauthorized" | "dns" | "incorrectResponse" | "connection" | "caa" => {
+            AcmeError::Validation(detail)
+        }
         _ => AcmeError::Problem(format!("{detail} ({kind})")),
     }
 }

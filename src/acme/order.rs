@@ -65,23 +65,33 @@ pub async fn obtain(
 ) -> Result<Obtained, AcmeError> {
     let start = Instant::now();
     let _lock = store.lock(lineage).await?;
-    ui.step(&format!("Requesting a certificate for {}", names.join(", ")));
+    ui.step(&format!(
+        "Requesting a certificate for {}",
+        names.join(", ")
+    ));
     let mut acct = account::load_or_create(&cfg.acme, store, ui).await?;
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let order = {
         let mut new = NewOrder::new(&ids);
-        let replaces_id = replaces.as_deref().and_then(crate::certinfo::ari_identifier);
+        let replaces_id = replaces
+            .as_deref()
+            .and_then(crate::certinfo::ari_identifier);
         if let Some(r) = replaces_id.clone() {
             new = new.replaces(r);
         }
         match acct.new_order(&new).await {
             Ok(o) => o,
             Err(e) if account::account_gone(&e) => {
-                tracing::warn!("the CA does not know the stored account any more; registering a new one");
+                tracing::warn!(
+                    "the CA does not know the stored account any more; registering a new one"
+                );
                 acct = account::create(&cfg.acme, store, ui).await?;
                 acct.new_order(&new).await.map_err(from_acme)?
             }
-            Err(instant_acme::Error::Unsupported(_)) => acct.new_order(&NewOrder::new(&ids)).await.map_err(from_acme)?,
+            Err(instant_acme::Error::Unsupported(_)) => acct
+                .new_order(&NewOrder::new(&ids))
+                .await
+                .map_err(from_acme)?,
             Err(e) => return Err(from_acme(e)),
         }
     };
@@ -128,7 +138,11 @@ async fn run_order(
     }
     if !records.is_empty() {
         let publisher = dns::publisher(&cfg.dns, *ui)?;
-        ui.step(&format!("Publishing {} TXT record(s) with provider {}", records.len(), cfg.dns.provider.name()));
+        ui.step(&format!(
+            "Publishing {} TXT record(s) with provider {}",
+            records.len(),
+            cfg.dns.provider.name()
+        ));
         if matches!(cfg.dns.provider, Provider::Manual) {
             ui.say("Note: with dns.provider = \"manual\" renewals need you again; choose exec, rfc2136, builtin or an API provider for unattended renewal.");
         }
@@ -201,7 +215,12 @@ async fn validation_failure(order: &mut instant_acme::Order) -> AcmeError {
         if let Ok(state) = a.refresh().await {
             for c in &state.challenges {
                 if let Some(err) = &c.error {
-                    details.push(format!("{name}: {}", err.detail.clone().unwrap_or_else(|| format!("{:?}", err.r#type))));
+                    details.push(format!(
+                        "{name}: {}",
+                        err.detail
+                            .clone()
+                            .unwrap_or_else(|| format!("{:?}", err.r#type))
+                    ));
                 }
             }
         }
@@ -216,8 +235,12 @@ fn key_pair(kt: KeyType) -> Result<KeyPair, AcmeError> {
     let r = match kt {
         KeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         KeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-        KeyType::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048),
-        KeyType::Rsa4096 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096),
+        KeyType::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
+        KeyType::Rsa4096 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_4096)
+        }
     };
     r.map_err(|e| AcmeError::Other(format!("generating a {kt} key failed: {e}")))
 }
@@ -233,13 +256,17 @@ async fn finalize_and_store(
 ) -> Result<Obtained, AcmeError> {
     ui.step(&format!("Finalizing with a new {} key", cfg.acme.key_type));
     let key = key_pair(cfg.acme.key_type)?;
-    let mut params = CertificateParams::new(names.to_vec()).map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
+    let mut params = CertificateParams::new(names.to_vec())
+        .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
     params.distinguished_name = DistinguishedName::new();
     let csr = params
         .serialize_request(&key)
         .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
     order.finalize_csr(csr.der()).await.map_err(from_acme)?;
-    let chain = order.poll_certificate(&poll_policy()).await.map_err(from_acme)?;
+    let chain = order
+        .poll_certificate(&poll_policy())
+        .await
+        .map_err(from_acme)?;
     let info = store.save_certificate(lineage, &chain, &key.serialize_pem())?;
     let mut state = store.renewal_state(lineage);
     let now = store::unix(SystemTime::now());

@@ -33,7 +33,11 @@ pub enum Decision {
 /// The renewal time by the lifetime rule.
 pub fn lifetime_due(info: &CertInfo) -> SystemTime {
     let life = info.lifetime();
-    let left = if life < Duration::from_secs(10 * 86400) { life / 2 } else { life / 3 };
+    let left = if life < Duration::from_secs(10 * 86400) {
+        life / 2
+    } else {
+        life / 3
+    };
     info.not_after.checked_sub(left).unwrap_or(info.not_before)
 }
 
@@ -58,7 +62,11 @@ pub fn decide(info: &CertInfo, state: &RenewalState, now: SystemTime, force: boo
     if now >= info.not_after {
         Decision::Due("expired".into())
     } else if now >= due {
-        let why = if state.ari_serial.as_deref() == Some(info.serial.as_str()) { "inside the CA's renewal window (ARI)" } else { "less than a third of its lifetime left" };
+        let why = if state.ari_serial.as_deref() == Some(info.serial.as_str()) {
+            "inside the CA's renewal window (ARI)"
+        } else {
+            "less than a third of its lifetime left"
+        };
         Decision::Due(why.into())
     } else {
         Decision::NotYet(due)
@@ -69,25 +77,47 @@ pub fn decide(info: &CertInfo, state: &RenewalState, now: SystemTime, force: boo
 pub fn backoff(failures: u32, now: SystemTime, not_after: SystemTime) -> Duration {
     let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let remaining = not_after.duration_since(now).unwrap_or_default();
-    exp.min(BACKOFF_MAX).min((remaining / 10).max(BACKOFF_FLOOR))
+    exp.min(BACKOFF_MAX)
+        .min((remaining / 10).max(BACKOFF_FLOOR))
 }
 
 /// Asks the CA for its ARI window when the directory offers one, and stores a
 /// random point inside it. Returns quietly when ARI is not offered.
-pub async fn refresh_ari(cfg: &Config, store: &Store, lineage: &str, info: &CertInfo, state: &mut RenewalState, now: SystemTime) {
-    let Some(id) = info.ari_id.clone() else { return };
+pub async fn refresh_ari(
+    cfg: &Config,
+    store: &Store,
+    lineage: &str,
+    info: &CertInfo,
+    state: &mut RenewalState,
+    now: SystemTime,
+) {
+    let Some(id) = info.ari_id.clone() else {
+        return;
+    };
     if state.ari_serial.as_deref() == Some(info.serial.as_str())
-        && state.ari_retry_after.is_some_and(|t| store::from_unix(t) > now)
+        && state
+            .ari_retry_after
+            .is_some_and(|t| store::from_unix(t) > now)
     {
         return;
     }
     let ui = Ui::log_only();
-    let Ok(acct) = super::account::load_or_create(&cfg.acme, store, &ui).await else { return };
-    let Some(cid) = certinfo::ari_identifier(&id) else { return };
+    let Ok(acct) = super::account::load_or_create(&cfg.acme, store, &ui).await else {
+        return;
+    };
+    let Some(cid) = certinfo::ari_identifier(&id) else {
+        return;
+    };
     match acct.renewal_info(&cid).await {
         Ok((ri, retry)) => {
-            let start = store::unix(SystemTime::UNIX_EPOCH + Duration::from_secs(ri.suggested_window.start.unix_timestamp().max(0) as u64));
-            let end = store::unix(SystemTime::UNIX_EPOCH + Duration::from_secs(ri.suggested_window.end.unix_timestamp().max(0) as u64));
+            let start = store::unix(
+                SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(ri.suggested_window.start.unix_timestamp().max(0) as u64),
+            );
+            let end = store::unix(
+                SystemTime::UNIX_EPOCH
+                    + Duration::from_secs(ri.suggested_window.end.unix_timestamp().max(0) as u64),
+            );
             apply_window(state, &info.serial, start, end, store::unix(now + retry));
             let _ = store.save_renewal_state(lineage, state);
         }
@@ -98,8 +128,15 @@ pub async fn refresh_ari(cfg: &Config, store: &Store, lineage: &str, info: &Cert
 
 /// Records an ARI window; a point already chosen inside the same window is kept
 /// so repeated checks do not re-roll the dice.
-pub fn apply_window(state: &mut RenewalState, serial: &str, start: u64, end: u64, retry_after: u64) {
-    let same = state.ari_serial.as_deref() == Some(serial) && state.ari_window == Some((start, end));
+pub fn apply_window(
+    state: &mut RenewalState,
+    serial: &str,
+    start: u64,
+    end: u64,
+    retry_after: u64,
+) {
+    let same =
+        state.ari_serial.as_deref() == Some(serial) && state.ari_window == Some((start, end));
     let chosen = match state.ari_chosen {
         Some(c) if same && (start..=end).contains(&c) => c,
         _ if end > start => rand::rng().random_range(start..=end),
@@ -120,7 +157,13 @@ pub enum Outcome {
 }
 
 /// Renews one lineage if due (or forced), recording failures for the backoff.
-pub async fn renew_lineage(cfg: &Config, store: &Store, lineage: &str, force: bool, ui: &Ui) -> Outcome {
+pub async fn renew_lineage(
+    cfg: &Config,
+    store: &Store,
+    lineage: &str,
+    force: bool,
+    ui: &Ui,
+) -> Outcome {
     let now = SystemTime::now();
     let loaded = match store.load_live(lineage) {
         Ok(l) => l,
@@ -132,7 +175,11 @@ pub async fn renew_lineage(cfg: &Config, store: &Store, lineage: &str, force: bo
     if !matches!(decision, Decision::Due(_)) {
         return Outcome::Skipped(decision);
     }
-    let names = if state.names.is_empty() { loaded.info.names.clone() } else { state.names.clone() };
+    let names = if state.names.is_empty() {
+        loaded.info.names.clone()
+    } else {
+        state.names.clone()
+    };
     let replaces = loaded.info.ari_id.clone();
     match order::obtain(cfg, store, lineage, &names, replaces, ui).await {
         Ok(o) => {
@@ -162,7 +209,9 @@ pub fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_after: Sy
 
 /// certbot's `--deploy-hook`: `RENEWED_LINEAGE` and `RENEWED_DOMAINS` set.
 pub async fn run_deploy_hook(cfg: &Config, store: &Store, o: &Obtained) {
-    let Some(hook) = &cfg.acme.deploy_hook else { return };
+    let Some(hook) = &cfg.acme.deploy_hook else {
+        return;
+    };
     let out = tokio::process::Command::new(hook)
         .env("RENEWED_LINEAGE", store.live_dir(&o.lineage))
         .env("RENEWED_DOMAINS", o.info.names.join(" "))
@@ -171,7 +220,9 @@ pub async fn run_deploy_hook(cfg: &Config, store: &Store, o: &Obtained) {
         .await;
     match out {
         Ok(o2) if o2.status.success() => tracing::info!(hook = %hook.display(), "deploy hook ran"),
-        Ok(o2) => tracing::error!(hook = %hook.display(), status = ?o2.status.code(), stderr = %String::from_utf8_lossy(&o2.stderr).trim(), "deploy hook failed; the new certificate is stored and served"),
+        Ok(o2) => {
+            tracing::error!(hook = %hook.display(), status = ?o2.status.code(), stderr = %String::from_utf8_lossy(&o2.stderr).trim(), "deploy hook failed; the new certificate is stored and served")
+        }
         Err(e) => tracing::error!(hook = %hook.display(), "deploy hook could not be started: {e}"),
     }
 }
@@ -185,8 +236,14 @@ pub fn summary_line(lineage: &str, outcome: &Outcome) -> String {
             certinfo::rfc3339(o.info.not_after),
             o.elapsed.as_secs_f64()
         ),
-        Outcome::Skipped(Decision::NotYet(t)) => format!("{lineage}: not due until {}; skipped", certinfo::rfc3339(*t)),
-        Outcome::Skipped(Decision::BackingOff(t)) => format!("{lineage}: last attempt failed; backing off until {} (use --force to try now)", certinfo::rfc3339(*t)),
+        Outcome::Skipped(Decision::NotYet(t)) => format!(
+            "{lineage}: not due until {}; skipped",
+            certinfo::rfc3339(*t)
+        ),
+        Outcome::Skipped(Decision::BackingOff(t)) => format!(
+            "{lineage}: last attempt failed; backing off until {} (use --force to try now)",
+            certinfo::rfc3339(*t)
+        ),
         Outcome::Skipped(Decision::Due(_)) => format!("{lineage}: due"),
         Outcome::Failed(e) => format!("{lineage}: FAILED: {e}"),
     }
@@ -200,7 +257,14 @@ mod tests {
         let nb = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let na = nb + Duration::from_secs(life_days * 86400);
         (
-            CertInfo { names: vec![], not_before: nb, not_after: na, serial: "AA".into(), issuer: "x".into(), ari_id: None },
+            CertInfo {
+                names: vec![],
+                not_before: nb,
+                not_after: na,
+                serial: "AA".into(),
+                issuer: "x".into(),
+                ari_id: None,
+            },
             nb + Duration::from_secs(age_days * 86400),
         )
     }
@@ -208,17 +272,29 @@ mod tests {
     #[test]
     fn third_of_lifetime_rule() {
         let (i, now) = info(90, 59);
-        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::NotYet(_)));
+        assert!(matches!(
+            decide(&i, &RenewalState::default(), now, false),
+            Decision::NotYet(_)
+        ));
         let (i, now) = info(90, 61);
-        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::Due(_)));
+        assert!(matches!(
+            decide(&i, &RenewalState::default(), now, false),
+            Decision::Due(_)
+        ));
     }
 
     #[test]
     fn short_lifetimes_renew_at_half() {
         let (i, now) = info(6, 2);
-        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::NotYet(_)));
+        assert!(matches!(
+            decide(&i, &RenewalState::default(), now, false),
+            Decision::NotYet(_)
+        ));
         let (i, now) = info(6, 3);
-        assert!(matches!(decide(&i, &RenewalState::default(), now, false), Decision::Due(_)));
+        assert!(matches!(
+            decide(&i, &RenewalState::default(), now, false),
+            Decision::Due(_)
+        ));
     }
 
     #[test]
@@ -247,8 +323,15 @@ mod tests {
     #[test]
     fn backing_off_blocks_unless_forced() {
         let (i, now) = info(90, 70);
-        let s = RenewalState { failures: 1, not_before: Some(store::unix(now) + 100), ..Default::default() };
-        assert!(matches!(decide(&i, &s, now, false), Decision::BackingOff(_)));
+        let s = RenewalState {
+            failures: 1,
+            not_before: Some(store::unix(now) + 100),
+            ..Default::default()
+        };
+        assert!(matches!(
+            decide(&i, &s, now, false),
+            Decision::BackingOff(_)
+        ));
         assert!(matches!(decide(&i, &s, now, true), Decision::Due(_)));
     }
 }

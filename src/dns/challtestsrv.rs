@@ -12,10 +12,13 @@ pub struct Challtestsrv {
 
 impl Challtestsrv {
     pub fn new(url: String) -> Result<Challtestsrv, DnsError> {
-        let http = crate::acme::http::client(None, std::time::Duration::from_secs(10)).map_err(|e| DnsError::Api {
-            provider: "pebble-challtestsrv",
-            message: e.to_string(),
-        })?;
+        let http =
+            crate::acme::http::client(None, std::time::Duration::from_secs(10)).map_err(|e| {
+                DnsError::Api {
+                    provider: "pebble-challtestsrv",
+                    message: e.to_string(),
+                }
+            })?;
         Ok(Challtestsrv { url, http })
     }
 
@@ -43,8 +46,11 @@ impl Publisher for Challtestsrv {
     fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             for r in records {
-                self.post("/set-txt", json!({"host": format!("{}.", r.fqdn), "value": r.value}))
-                    .await?;
+                self.post(
+                    "/set-txt",
+                    json!({"host": format!("{}.", r.fqdn), "value": r.value}),
+                )
+                .await?;
             }
             Ok(())
         })
@@ -56,7 +62,8 @@ impl Publisher for Challtestsrv {
             names.sort();
             names.dedup();
             for n in names {
-                self.post("/clear-txt", json!({"host": format!("{n}.")})).await?;
+                self.post("/clear-txt", json!({"host": format!("{n}.")}))
+                    .await?;
             }
             Ok(())
         })

@@ -35,7 +35,13 @@ impl Exec {
         }
     }
 
-    async fn run(&self, action: &'static str, r: &TxtRecord, remaining: usize, all: &str) -> Result<String, DnsError> {
+    async fn run(
+        &self,
+        action: &'static str,
+        r: &TxtRecord,
+        remaining: usize,
+        all: &str,
+    ) -> Result<String, DnsError> {
         let base = r.domain.strip_prefix("*.").unwrap_or(&r.domain);
         let mut cmd = Command::new(&self.command);
         cmd.arg(action)
@@ -73,17 +79,35 @@ impl Exec {
             outcome,
             stderr,
         };
-        let child = cmd.spawn().map_err(|e| err(format!("could not be started: {e}"), String::new()))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| err(format!("could not be started: {e}"), String::new()))?;
         let out = match tokio::time::timeout(HOOK_TIMEOUT, child.wait_with_output()).await {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => return Err(err(format!("failed: {e}"), String::new())),
-            Err(_) => return Err(err(format!("did not finish within {}s and was killed", HOOK_TIMEOUT.as_secs()), String::new())),
+            Err(_) => {
+                return Err(err(
+                    format!(
+                        "did not finish within {}s and was killed",
+                        HOOK_TIMEOUT.as_secs()
+                    ),
+                    String::new(),
+                ))
+            }
         };
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            let stderr = if stderr.is_empty() { String::new() } else { format!("; its stderr: {stderr}") };
-            let code = out.status.code().map(|c| format!("exited with status {c}")).unwrap_or_else(|| "was killed by a signal".into());
+            let stderr = if stderr.is_empty() {
+                String::new()
+            } else {
+                format!("; its stderr: {stderr}")
+            };
+            let code = out
+                .status
+                .code()
+                .map(|c| format!("exited with status {c}"))
+                .unwrap_or_else(|| "was killed by a signal".into());
             return Err(err(code, stderr));
         }
         Ok(stdout)

@@ -34,7 +34,10 @@ pub enum DnsError {
         stderr: String,
     },
     #[error("{provider}: {message}")]
-    Api { provider: &'static str, message: String },
+    Api {
+        provider: &'static str,
+        message: String,
+    },
     #[error("the TXT record did not appear within {timeout}: {detail}")]
     NotPropagated { timeout: String, detail: String },
     #[error("DNS lookup failed: {0}")]
@@ -56,6 +59,8 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
     Ok(match &cfg.provider {
         Provider::Manual => Box::new(manual::Manual { ui }),
         Provider::Exec { command } => Box::new(exec::Exec::new(command.clone())),
-        Provider::PebbleChalltestsrv { url } => Box::new(challtestsrv::Challtestsrv::new(url.clone())?),
+        Provider::PebbleChalltestsrv { url } => {
+            Box::new(challtestsrv::Challtestsrv::new(url.clone())?)
+        }
     })
 }

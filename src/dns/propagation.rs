@@ -10,7 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use hickory_resolver::config::{NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    NameServerConfig, NameServerConfigGroup, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::name_server::TokioConnectionProvider;
 use hickory_resolver::proto::xfer::Protocol;
 use hickory_resolver::{Resolver, TokioResolver};
@@ -37,7 +39,11 @@ fn resolver_for(addr: SocketAddr, recursion: bool) -> TokioResolver {
 }
 
 /// The TXT strings one server returns for one name (empty when it has none).
-pub async fn query_txt(server: SocketAddr, name: &str, recursion: bool) -> Result<Vec<String>, String> {
+pub async fn query_txt(
+    server: SocketAddr,
+    name: &str,
+    recursion: bool,
+) -> Result<Vec<String>, String> {
     let r = resolver_for(server, recursion);
     match r.txt_lookup(format!("{name}.")).await {
         Ok(l) => Ok(l
@@ -87,12 +93,18 @@ async fn authoritative_servers(name: &str) -> Result<Vec<SocketAddr>, DnsError> 
 /// Waits until every record is visible at every server, up to the timeout.
 pub async fn wait(records: &[TxtRecord], cfg: &Dns, ui: &Ui) -> Result<(), DnsError> {
     if !cfg.propagation_delay.is_zero() {
-        ui.step(&format!("Waiting {} before checking DNS (dns.propagation_delay)", humantime::format_duration(cfg.propagation_delay)));
+        ui.step(&format!(
+            "Waiting {} before checking DNS (dns.propagation_delay)",
+            humantime::format_duration(cfg.propagation_delay)
+        ));
         tokio::time::sleep(cfg.propagation_delay).await;
     }
     let mut expected: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
     for r in records {
-        expected.entry(r.fqdn.as_str()).or_default().insert(r.value.as_str());
+        expected
+            .entry(r.fqdn.as_str())
+            .or_default()
+            .insert(r.value.as_str());
     }
     let mut servers: BTreeMap<&str, (Vec<SocketAddr>, bool)> = BTreeMap::new();
     for name in expected.keys() {
@@ -132,7 +144,10 @@ pub async fn wait(records: &[TxtRecord], cfg: &Dns, ui: &Ui) -> Result<(), DnsEr
             if let Some(s) = spinner {
                 s.finish_and_clear();
             }
-            ui.step(&format!("TXT record(s) visible at every checked server after {:.1}s", start.elapsed().as_secs_f64()));
+            ui.step(&format!(
+                "TXT record(s) visible at every checked server after {:.1}s",
+                start.elapsed().as_secs_f64()
+            ));
             return Ok(());
         }
         if start.elapsed() >= cfg.propagation_timeout {
@@ -146,7 +161,15 @@ pub async fn wait(records: &[TxtRecord], cfg: &Dns, ui: &Ui) -> Result<(), DnsEr
                 .join("; ");
             return Err(DnsError::NotPropagated {
                 timeout: humantime::format_duration(cfg.propagation_timeout).to_string(),
-                detail: format!("{detail} (expected {})", expected.values().flatten().map(|v| format!("{v:?}")).collect::<Vec<_>>().join(", ")),
+                detail: format!(
+                    "{detail} (expected {})",
+                    expected
+                        .values()
+                        .flatten()
+                        .map(|v| format!("{v:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
             });
         }
         let left = cfg.propagation_timeout.saturating_sub(start.elapsed());

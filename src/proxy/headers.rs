@@ -67,7 +67,12 @@ fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
 /// Sets X-Forwarded-*, X-Real-IP. A client's own X-Forwarded-For is replaced
 /// unless the peer is a trusted proxy, in which case the peer is appended and the
 /// real client is the right-most address that is not itself trusted.
-pub fn set_forwarding(headers: &mut HeaderMap, peer: IpAddr, host: &str, trusted_proxies: &[IpNet]) {
+pub fn set_forwarding(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    host: &str,
+    trusted_proxies: &[IpNet],
+) {
     let peer_str = peer.to_string();
     let mut real_ip = peer;
     let xff = if !trusted_proxies.is_empty() && trusted(peer, trusted_proxies) {
@@ -118,14 +123,21 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
 
     #[test]
     fn connection_listed_names_go_before_forwarding_is_set() {
-        let mut h = map(&[("connection", "close, X-Forwarded-For"), ("x-forwarded-for", "6.6.6.6"), ("keep-alive", "5")]);
+        let mut h = map(&[
+            ("connection", "close, X-Forwarded-For"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("keep-alive", "5"),
+        ]);
         strip_hop_by_hop(&mut h);
         assert!(h.get("x-forwarded-for").is_none());
         assert!(h.get("keep-alive").is_none());

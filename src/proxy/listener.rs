@@ -42,7 +42,10 @@ fn builder() -> auto::Builder<TokioExecutor> {
     b
 }
 
-fn with_header_timeout(mut b: auto::Builder<TokioExecutor>, limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn with_header_timeout(
+    mut b: auto::Builder<TokioExecutor>,
+    limits: &Limits,
+) -> auto::Builder<TokioExecutor> {
     b.http1().header_read_timeout(limits.header_read_timeout);
     b
 }
@@ -80,7 +83,9 @@ pub async fn serve_https(
         let (h1, h2, any) = (h1.clone(), h2.clone(), any.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
                     tracing::debug!(client = %peer, "TLS handshake failed: {e}");
@@ -150,9 +155,15 @@ pub async fn serve_http(
 async fn drain(graceful: GracefulShutdown, grace: Duration, what: &str) {
     let open = graceful.count();
     if open > 0 {
-        tracing::info!("{what} listener closed; waiting up to {} for {open} connection(s) to finish", humantime::format_duration(grace));
+        tracing::info!(
+            "{what} listener closed; waiting up to {} for {open} connection(s) to finish",
+            humantime::format_duration(grace)
+        );
     }
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("{what}: grace period over; closing the remaining connections");
     }
 }

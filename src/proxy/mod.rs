@@ -167,26 +167,38 @@ fn request_host<B>(req: &Request<B>) -> Result<&str, ProxyError> {
         Some(a) => a.as_str(),
         None => {
             let mut hosts = req.headers().get_all(header::HOST).iter();
-            let first = hosts.next().ok_or(ProxyError::BadRequest("missing Host header"))?;
+            let first = hosts
+                .next()
+                .ok_or(ProxyError::BadRequest("missing Host header"))?;
             if hosts.next().is_some() {
                 return Err(ProxyError::BadRequest("more than one Host header"));
             }
-            first.to_str().map_err(|_| ProxyError::BadRequest("Host header is not text"))?
+            first
+                .to_str()
+                .map_err(|_| ProxyError::BadRequest("Host header is not text"))?
         }
     };
     let host = names::host_without_port(raw);
     if host.is_empty()
         || host.len() > 253
-        || !host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
     {
-        return Err(ProxyError::BadRequest("Host header is not a valid host name"));
+        return Err(ProxyError::BadRequest(
+            "Host header is not a valid host name",
+        ));
     }
     Ok(host)
 }
 
 // ---------------------------------------------------------------- route
 
-fn route<'a>(routes: &'a Routes, host: &str, conn: &ConnInfo) -> Result<&'a Arc<SiteRt>, ProxyError> {
+fn route<'a>(
+    routes: &'a Routes,
+    host: &str,
+    conn: &ConnInfo,
+) -> Result<&'a Arc<SiteRt>, ProxyError> {
     let lower;
     let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
         lower = host.to_ascii_lowercase();
@@ -245,7 +257,8 @@ async fn forward(
             }
         };
         loop {
-            let sent = tokio::time::timeout(site.cfg.response_timeout, sender.try_send_request(req)).await;
+            let sent =
+                tokio::time::timeout(site.cfg.response_timeout, sender.try_send_request(req)).await;
             match sent {
                 Err(_) => {
                     return Err(fail(ProxyError::UpstreamTimeout(format!(
@@ -292,7 +305,12 @@ async fn forward(
 
 // ---------------------------------------------------------------- rewrite
 
-fn rewrite_request(req: Request<Incoming>, conn: &ConnInfo, host: &str, site: &Site) -> Request<Incoming> {
+fn rewrite_request(
+    req: Request<Incoming>,
+    conn: &ConnInfo,
+    host: &str,
+    site: &Site,
+) -> Request<Incoming> {
     let (mut parts, body) = req.into_parts();
     // Host is kept as the client sent it (with its port), like a transparent proxy.
     let host_value = match parts.uri.authority() {
@@ -301,12 +319,24 @@ fn rewrite_request(req: Request<Incoming>, conn: &ConnInfo, host: &str, site: &S
     };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_underscored(&mut parts.headers);
-    headers::set_forwarding(&mut parts.headers, conn.peer.ip(), host, &site.trusted_proxies);
+    headers::set_forwarding(
+        &mut parts.headers,
+        conn.peer.ip(),
+        host,
+        &site.trusted_proxies,
+    );
     if let Some(h) = host_value {
         parts.headers.insert(header::HOST, h);
     }
     // HTTP/2 clients may split cookies over several fields; HTTP/1.1 wants one.
-    if parts.version == Version::HTTP_2 && parts.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+    if parts.version == Version::HTTP_2
+        && parts
+            .headers
+            .get_all(header::COOKIE)
+            .iter()
+            .nth(1)
+            .is_some()
+    {
         let joined = parts
             .headers
             .get_all(header::COOKIE)
@@ -332,7 +362,11 @@ fn rewrite_request(req: Request<Incoming>, conn: &ConnInfo, host: &str, site: &S
 
 // ---------------------------------------------------------------- errors
 
-fn error_response(e: &ProxyError, site: Option<&SiteRt>, version: Version) -> Response<Either<Incoming, Full<Bytes>>> {
+fn error_response(
+    e: &ProxyError,
+    site: Option<&SiteRt>,
+    version: Version,
+) -> Response<Either<Incoming, Full<Bytes>>> {
     let status = e.status();
     let body = match site {
         Some(s) => s.pages.body(status),
@@ -340,10 +374,13 @@ fn error_response(e: &ProxyError, site: Option<&SiteRt>, version: Version) -> Re
     };
     let mut resp = Response::new(Either::Right(Full::new(body)));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

@@ -30,17 +30,39 @@ pub struct Redirect {
 }
 
 impl Redirect {
-    pub fn handle(self: &Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Body>, Infallible> {
+    pub fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
         let host = usable_host(&req);
         let resp = match &host {
             None => page(StatusCode::BAD_REQUEST, true),
-            Some(_) if req.uri().path().starts_with(ACME_HTTP01_PREFIX) => page(StatusCode::NOT_FOUND, false),
+            Some(_) if req.uri().path().starts_with(ACME_HTTP01_PREFIX) => {
+                page(StatusCode::NOT_FOUND, false)
+            }
             Some(h) => {
-                let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let pq = if pq.starts_with('/') { pq.to_string() } else { format!("/{pq}") };
-                let host = if h.contains(':') { format!("[{h}]") } else { h.clone() };
-                let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+                let pq = req
+                    .uri()
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/");
+                let pq = if pq.starts_with('/') {
+                    pq.to_string()
+                } else {
+                    format!("/{pq}")
+                };
+                let host = if h.contains(':') {
+                    format!("[{h}]")
+                } else {
+                    h.clone()
+                };
+                let port = if self.https_port == 443 {
+                    String::new()
+                } else {
+                    format!(":{}", self.https_port)
+                };
                 match HeaderValue::from_str(&format!("https://{host}{port}{pq}")) {
                     Ok(loc) => {
                         let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
@@ -81,17 +103,22 @@ fn usable_host<B>(req: &Request<B>) -> Option<String> {
     let host = names::host_without_port(&raw).to_ascii_lowercase();
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'));
     ok.then_some(host)
 }
 
 fn page(status: StatusCode, close: bool) -> Response<Either<Incoming, Full<Bytes>>> {
     let mut r = Response::new(Either::Right(Full::new(error::builtin(status))));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
     if close {
-        r.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
 }

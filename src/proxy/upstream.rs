@@ -33,7 +33,11 @@ impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConnectError::Io(e) => write!(f, "connect failed: {e}"),
-            ConnectError::Timeout(d) => write!(f, "connect timed out after {}", humantime::format_duration(*d)),
+            ConnectError::Timeout(d) => write!(
+                f,
+                "connect timed out after {}",
+                humantime::format_duration(*d)
+            ),
             ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
         }
     }
@@ -49,7 +53,10 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("addr", &self.addr).field("weight", &self.weight).finish()
+        f.debug_struct("Upstream")
+            .field("addr", &self.addr)
+            .field("weight", &self.weight)
+            .finish()
     }
 }
 
@@ -169,7 +176,10 @@ mod tests {
         let cfg: Vec<_> = weights
             .iter()
             .enumerate()
-            .map(|(i, w)| config::Upstream { addr: format!("127.0.0.1:{}", 5000 + i), weight: *w })
+            .map(|(i, w)| config::Upstream {
+                addr: format!("127.0.0.1:{}", 5000 + i),
+                weight: *w,
+            })
             .collect();
         Pool::new(&cfg)
     }

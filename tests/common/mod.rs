@@ -22,7 +22,11 @@ pub fn edge_bin() -> PathBuf {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process whose output is collected; `wait_for` blocks on a condvar
@@ -38,8 +42,12 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let out = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for stream in [
@@ -64,7 +72,13 @@ impl Proc {
             });
         }
         let stdin = child.stdin.take();
-        Proc { name: name.into(), child: Some(child), out, closed, stdin }
+        Proc {
+            name: name.into(),
+            child: Some(child),
+            out,
+            closed,
+            stdin,
+        }
     }
 
     pub fn output(&self) -> String {
@@ -82,10 +96,16 @@ impl Proc {
             }
             let now = Instant::now();
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) == 2 {
-                panic!("{}: exited before printing {needle:?}; output:\n{}", self.name, *s);
+                panic!(
+                    "{}: exited before printing {needle:?}; output:\n{}",
+                    self.name, *s
+                );
             }
             if now >= deadline {
-                panic!("{}: no line containing {needle:?} within {timeout:?}; output:\n{}", self.name, *s);
+                panic!(
+                    "{}: no line containing {needle:?} within {timeout:?}; output:\n{}",
+                    self.name, *s
+                );
             }
             s = cv.wait_timeout(s, deadline - now).unwrap().0;
         }
@@ -107,7 +127,11 @@ impl Proc {
     }
 
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status().unwrap();
+        let st = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
         assert!(st.success());
     }
 
@@ -123,7 +147,11 @@ impl Proc {
                 return st.code().unwrap_or(-1);
             }
             if Instant::now() >= deadline {
-                panic!("{} did not exit within {timeout:?}; output:\n{}", self.name, self.output());
+                panic!(
+                    "{} did not exit within {timeout:?}; output:\n{}",
+                    self.name,
+                    self.output()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -165,7 +193,11 @@ impl Flask {
             .env("PYTHONUNBUFFERED", "1");
         let proc = Proc::spawn(&format!("flask{version}"), cmd);
         proc.wait_for("Running on", Duration::from_secs(20));
-        Flask { proc, port, version }
+        Flask {
+            proc,
+            port,
+            version,
+        }
     }
 
     pub fn addr(&self) -> String {
@@ -226,7 +258,14 @@ impl Pebble {
     }
 
     /// Pebble whose `-dnsserver` is some other server (Knot, edge's responder).
-    pub fn start_pebble(dir: tempfile::TempDir, cts: Proc, dnsserver: &str, cts_mgmt: u16, validity_secs: u64, env: &[(&str, &str)]) -> Pebble {
+    pub fn start_pebble(
+        dir: tempfile::TempDir,
+        cts: Proc,
+        dnsserver: &str,
+        cts_mgmt: u16,
+        validity_secs: u64,
+        env: &[(&str, &str)],
+    ) -> Pebble {
         let (ca_pem, cert_pem, key_pem) = test_ca_and_leaf(&["localhost"], &["127.0.0.1"]);
         let ca_bundle = dir.path().join("pebble-ca.pem");
         std::fs::write(&ca_bundle, ca_pem).unwrap();
@@ -247,7 +286,12 @@ impl Pebble {
         let cfg_path = dir.path().join("pebble.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         let mut cmd = Command::new("/usr/bin/pebble");
-        cmd.arg("-config").arg(&cfg_path).arg("-dnsserver").arg(dnsserver).env("PEBBLE_VA_NOSLEEP", "1").envs(env.iter().copied());
+        cmd.arg("-config")
+            .arg(&cfg_path)
+            .arg("-dnsserver")
+            .arg(dnsserver)
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .envs(env.iter().copied());
         let pebble = Proc::spawn("pebble", cmd);
         pebble.wait_for("ACME directory available", Duration::from_secs(20));
         Pebble {
@@ -270,7 +314,11 @@ impl Pebble {
             .arg(format!("{}/roots/0", self.mgmt))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     }
 
@@ -296,7 +344,10 @@ impl Pebble {
     }
 
     pub fn challtestsrv_dns(&self) -> String {
-        format!("provider = \"pebble-challtestsrv\"\nurl = \"{}\"", self.cts_url)
+        format!(
+            "provider = \"pebble-challtestsrv\"\nurl = \"{}\"",
+            self.cts_url
+        )
     }
 }
 
@@ -305,14 +356,19 @@ pub fn test_ca_and_leaf(names: &[&str], ips: &[&str]) -> (String, String, String
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.distinguished_name.push(DnType::CommonName, "edge test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "edge test CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let mut params =
+        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     for ip in ips {
-        params.subject_alt_names.push(SanType::IpAddress(ip.parse().unwrap()));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(ip.parse().unwrap()));
     }
     let leaf = params.signed_by(&key, &issuer).unwrap();
     (ca.pem(), leaf.pem(), key.serialize_pem())
@@ -320,7 +376,9 @@ pub fn test_ca_and_leaf(names: &[&str], ips: &[&str]) -> (String, String, String
 
 /// A self-signed certificate and key for `names`, as PEM.
 pub fn self_signed(names: &[&str]) -> (String, String) {
-    let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let ck =
+        rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
     (ck.cert.pem(), ck.signing_key.serialize_pem())
 }
 
@@ -337,14 +395,26 @@ impl Edge {
     /// addresses actually bound (the configs use port 0).
     pub fn serve(config: &Path) -> Edge {
         let mut cmd = Command::new(edge_bin());
-        cmd.arg("serve").arg("--config").arg(config).env("RUST_LOG", "info");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info");
         let proc = Proc::spawn("edge", cmd);
         let line = proc.wait_for("edge ready", Duration::from_secs(20));
         let field = |k: &str| -> SocketAddr {
             let start = line.find(&format!("{k}=")).unwrap() + k.len() + 1;
-            line[start..].split_whitespace().next().unwrap().parse().unwrap()
+            line[start..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
         };
-        Edge { https: field("https"), http: field("http"), proc }
+        Edge {
+            https: field("https"),
+            http: field("http"),
+            proc,
+        }
     }
 }
 
@@ -360,7 +430,11 @@ pub fn edge(args: &[&str], config: &Path) -> Output {
 }
 
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// curl against edge: (status, body). `host` is resolved to 127.0.0.1.
@@ -404,7 +478,10 @@ pub fn raw(addr: SocketAddr, request: &[u8]) -> String {
 pub fn config(body: &str) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge.toml");
-    let text = format!("state_dir = \"{}\"\n{body}", dir.path().join("state").display());
+    let text = format!(
+        "state_dir = \"{}\"\n{body}",
+        dir.path().join("state").display()
+    );
     std::fs::write(&path, text).unwrap();
     (dir, path)
 }
@@ -416,5 +493,9 @@ pub fn listen_any() -> &'static str {
 pub fn site(domains: &[&str], upstreams: &[String]) -> String {
     let d: Vec<String> = domains.iter().map(|d| format!("\"{d}\"")).collect();
     let u: Vec<String> = upstreams.iter().map(|u| format!("\"{u}\"")).collect();
-    format!("\n[[site]]\ndomains = [{}]\nupstreams = [{}]\n", d.join(", "), u.join(", "))
+    format!(
+        "\n[[site]]\ndomains = [{}]\nupstreams = [{}]\n",
+        d.join(", "),
+        u.join(", ")
+    )
 }
