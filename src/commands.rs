@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use edge::acme::order::{self, Obtained};
-use edge::acme::renew::{self, Outcome};
+use edge::acme::renew;
 use edge::certinfo::rfc3339;
 use edge::config::Config;
 use edge::names;
@@ -26,6 +26,10 @@ pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let req = edge::control::Request::Obtain { domains: names.clone() };
+    if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
+        return exit(code);
+    }
     let store = match open_store(cfg) {
         Ok(s) => s,
         Err(c) => return c,
@@ -61,51 +65,32 @@ fn print_saved(o: &Obtained) {
 }
 
 pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode {
+    let req = edge::control::Request::Renew { force, domain: domain.map(str::to_string) };
+    if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
+        return exit(code);
+    }
     let store = match open_store(cfg) {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let mut lineages = store.lineages();
-    if let Some(d) = domain {
-        let d = d.to_ascii_lowercase();
-        lineages.retain(|l| {
-            *l == d
-                || store
-                    .load_live(l)
-                    .map(|c| c.info.names.iter().any(|n| names::covers(n, &d) || *n == d))
-                    .unwrap_or(false)
-        });
-        if lineages.is_empty() {
-            eprintln!("edge: error: no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one");
+    let lineages = match renew::select(&store, domain) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("edge: error: {e}");
             return ExitCode::FAILURE;
         }
-    }
+    };
     if lineages.is_empty() {
-        println!(
-            "No certificates stored in {}; nothing to renew.",
-            store.root().join("live").display()
-        );
+        println!("No certificates stored in {}; nothing to renew.", store.root().join("live").display());
         return ExitCode::SUCCESS;
     }
-    let ui = Ui::detect();
-    let mut failed = 0;
-    let mut lines = Vec::new();
-    for l in &lineages {
-        let outcome = renew::renew_lineage(cfg, &store, l, force, &ui).await;
-        if matches!(outcome, Outcome::Failed(_)) {
-            failed += 1;
-        }
-        lines.push(renew::summary_line(l, &outcome));
-    }
+    let (lines, failed, _) = renew::renew_many(cfg, &store, &lineages, force, &Ui::detect()).await;
     println!();
     for l in &lines {
         println!("{l}");
     }
     if failed > 0 {
-        println!(
-            "{failed} of {} renewal(s) failed; the previous certificates stay in place.",
-            lineages.len()
-        );
+        println!("{failed} of {} renewal(s) failed; the previous certificates stay in place.", lineages.len());
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -176,5 +161,13 @@ pub async fn certs(cfg: &Config) -> ExitCode {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+fn exit(code: i32) -> ExitCode {
+    if code == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

@@ -9,12 +9,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
+use crate::certinfo::rfc3339;
 use crate::config::{self, Config};
+use crate::control;
+use crate::renewer::Renewer;
+use crate::sdnotify;
 use crate::proxy::listener::{self, Limits};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Proxy, Routes};
@@ -84,6 +89,7 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
         access: cfg.log.access,
     });
+    let control = control::bind(&cfg.state_dir).await.map_err(DaemonError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let https_task = tokio::spawn(listener::serve_https(
         https,
@@ -93,8 +99,60 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         limits,
         stop_rx.clone(),
     ));
-    let http_task = tokio::spawn(listener::serve_http(http, redirect, limits, stop_rx));
+    let http_task = tokio::spawn(listener::serve_http(http, redirect, limits, stop_rx.clone()));
+
+    let shared_cfg = Arc::new(ArcSwap::from_pointee(cfg.clone()));
+    let wake = Arc::new(Notify::new());
+    let next = Arc::new(ArcSwap::from_pointee(None));
+    let renewer = Renewer {
+        cfg: shared_cfg.clone(),
+        store: store.clone(),
+        certs: certs.clone(),
+        wake: wake.clone(),
+        next: next.clone(),
+    };
+    let renew_task = tokio::spawn(renewer.run(stop_rx.clone()));
+    let ctx = control::Ctx {
+        cfg: shared_cfg.clone(),
+        store: store.clone(),
+        certs: certs.clone(),
+        wake: wake.clone(),
+    };
+    let control_task = tokio::spawn(control::serve(control, ctx, stop_rx.clone()));
+    let watch_task = {
+        let (st, certs, cfg) = (store.clone(), certs.clone(), shared_cfg.clone());
+        let on_change = move || {
+            tracing::info!("certificates in live/ changed; reloading");
+            certs.reload(&st, &cfg.load().sites);
+        };
+        tokio::spawn(crate::watch::run(store.clone(), stop_rx.clone(), on_change))
+    };
+    if let Some(every) = sdnotify::watchdog_interval() {
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                sdnotify::notify("WATCHDOG=1");
+                tokio::select! {
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
     tracing::info!(https = %bound.https, http = %bound.http, sites = cfg.sites.len(), "edge ready");
+    sdnotify::notify("READY=1");
+    let status = {
+        let next = next.clone();
+        let sites = cfg.sites.len();
+        move || {
+            let n = match next.load().as_ref() {
+                Some((l, t)) => format!("next renewal {l} at {}", rfc3339(*t)),
+                None => "no renewal planned".into(),
+            };
+            sdnotify::notify(&format!("STATUS=serving {sites} site(s); {n}"));
+        }
+    };
+    let mut status_tick = tokio::time::interval(Duration::from_secs(30));
 
     let mut hup = signal(SignalKind::hangup())
         .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
@@ -105,17 +163,24 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     let mut current = cfg;
     loop {
         tokio::select! {
+            _ = status_tick.tick() => status(),
             _ = hup.recv() => {
+                sdnotify::notify("RELOADING=1");
                 if let Some(next) = reload(&current.path, &current, &store, &certs, &proxy) {
+                    shared_cfg.store(Arc::new(next.clone()));
                     current = next;
                 }
+                wake.notify_one();
+                sdnotify::notify("READY=1");
             }
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
         }
     }
+    sdnotify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
-    let _ = tokio::join!(https_task, http_task);
+    let _ = std::fs::remove_file(control::socket_path(&current.state_dir));
+    let _ = tokio::join!(https_task, http_task, renew_task, control_task, watch_task);
     tracing::info!("edge stopped");
     Ok(())
 }

@@ -116,8 +116,10 @@ pub struct BuildReport {
 }
 
 /// Loads every lineage in `live/` and adds a self-signed placeholder for each
-/// site name no stored certificate covers, so the listener always starts.
-pub fn build_map(store: &Store, sites: &[Site]) -> (CertMap, BuildReport) {
+/// site name no stored certificate covers, so the listener always starts. A
+/// lineage that fails to load (a half-copied or mismatched pair) keeps what
+/// `previous` served for it.
+pub fn build_map(store: &Store, sites: &[Site], previous: Option<&CertMap>) -> (CertMap, BuildReport) {
     let mut map = CertMap::default();
     let mut report = BuildReport::default();
     for name in store.lineages() {
@@ -132,7 +134,14 @@ pub fn build_map(store: &Store, sites: &[Site]) -> (CertMap, BuildReport) {
                     not_after: loaded.info.not_after,
                 }));
             }
-            Err(e) => report.refused.push(e.to_string()),
+            Err(e) => {
+                report.refused.push(e.to_string());
+                if let Some(prev) = previous {
+                    for old in prev.entries.iter().filter(|x| x.lineage.as_deref() == Some(name.as_str())) {
+                        map.insert(old.clone());
+                    }
+                }
+            }
         }
     }
     for site in sites {
@@ -203,7 +212,8 @@ impl Certs {
 
     /// Rebuilds the map from disk and logs what changed.
     pub fn reload(&self, store: &Store, sites: &[Site]) -> BuildReport {
-        let (map, report) = build_map(store, sites);
+        let previous = self.map.load_full();
+        let (map, report) = build_map(store, sites, Some(&previous));
         log_report(&report);
         self.replace(map);
         report

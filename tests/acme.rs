@@ -407,3 +407,142 @@ fn bad_input_gets_clear_errors() {
         text(&o)
     );
 }
+
+/// A tiny ACME directory double that offers `renewalInfo`, which Pebble 2.4 does
+/// not. It answers just enough (directory, nonce, account) for edge to ask for
+/// the ARI window, and records the payload of any new-order request. It is a
+/// stand-in for a CA feature, not for a CA: the order flow itself is tested
+/// against Pebble above.
+struct AriDouble {
+    url: String,
+    orders: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+fn ari_double(window: (i64, i64)) -> AriDouble {
+    use base64::Engine;
+    use std::io::{BufRead, BufReader, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let orders = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (b, o) = (base.clone(), orders.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() {
+                continue;
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let (status, extra, resp) = match path.as_str() {
+                "/dir" => ("200 OK", String::new(), serde_json::json!({
+                    "newNonce": format!("{b}/nonce"), "newAccount": format!("{b}/acct"),
+                    "newOrder": format!("{b}/order"), "renewalInfo": format!("{b}/renewal-info")
+                }).to_string()),
+                "/nonce" => ("200 OK", String::new(), String::new()),
+                "/acct" => ("201 Created", format!("Location: {b}/acct/1\r\n"), "{\"status\":\"valid\"}".into()),
+                p if p.starts_with("/renewal-info/") => ("200 OK", "Retry-After: 3600\r\n".into(), serde_json::json!({
+                    "suggestedWindow": {"start": time_fmt(window.0), "end": time_fmt(window.1)}
+                }).to_string()),
+                "/order" => {
+                    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let payload = v["payload"].as_str().unwrap_or("");
+                    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default();
+                    o.lock().unwrap().push(String::from_utf8_lossy(&decoded).into_owned());
+                    ("403 Forbidden", String::new(), "{\"type\":\"urn:ietf:params:acme:error:unauthorized\",\"detail\":\"the ARI double issues no certificates\"}".into())
+                }
+                _ => ("404 Not Found", String::new(), String::new()),
+            };
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status}\r\nReplay-Nonce: n{}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{resp}",
+                rand_nonce(),
+                resp.len()
+            );
+        }
+    });
+    AriDouble { url: format!("{base}/dir"), orders }
+}
+
+fn rand_nonce() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn time_fmt(t: i64) -> String {
+    let o = Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A certificate with an Authority Key Identifier (so it has an ARI id), stored
+/// as lineage `ari.test`; its lifetime alone would make it due in centuries.
+fn store_ari_cert(state: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["ari.test".to_string()]).unwrap();
+    p.use_authority_key_identifier_extension = true;
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let live = state.join("live/ari.test");
+    std::fs::create_dir_all(&live).unwrap();
+    std::fs::write(live.join("fullchain.pem"), cert.pem()).unwrap();
+    std::fs::write(live.join("privkey.pem"), key.serialize_pem()).unwrap();
+}
+
+fn ari_config(url: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (dir, cfg) = config(&format!(
+        "{}[acme]\ndirectory = \"{url}\"\n[dns]\nprovider = \"pebble-challtestsrv\"\nurl = \"http://127.0.0.1:9\"\n{}",
+        listen_any(),
+        site(&["ari.test"], &["127.0.0.1:9".to_string()])
+    ));
+    store_ari_cert(&state(&dir));
+    (dir, cfg)
+}
+
+#[test]
+fn ari_window_in_the_future_sets_the_due_time() {
+    let now = rand_nonce() as i64 / 1_000_000_000;
+    let (start, end) = (now + 3600, now + 7200);
+    let double = ari_double((start, end));
+    let (_dir, cfg) = ari_config(&double.url);
+    let o = edge(&["renew"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let line = t.lines().find(|l| l.starts_with("ari.test: not due until ")).unwrap_or_else(|| panic!("{t}"));
+    let when = line.trim_start_matches("ari.test: not due until ").split(';').next().unwrap();
+    assert!(when >= time_fmt(start).as_str() && when <= time_fmt(end).as_str(), "{when} not in the window: {t}");
+    // The point is kept: a second run reports the same time.
+    let t2 = text(&edge(&["renew"], &cfg));
+    assert!(t2.contains(line), "{t2}");
+    assert!(double.orders.lock().unwrap().is_empty());
+}
+
+#[test]
+fn ari_window_in_the_past_renews_and_sends_replaces() {
+    let now = rand_nonce() as i64 / 1_000_000_000;
+    let double = ari_double((now - 7200, now - 3600));
+    let (_dir, cfg) = ari_config(&double.url);
+    let o = edge(&["renew"], &cfg);
+    let t = text(&o);
+    // The double refuses to issue, so the renewal fails; what matters is that it was attempted with `replaces`.
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("ari.test: FAILED") && t.contains("ARI double issues no certificates"), "{t}");
+    let orders = double.orders.lock().unwrap();
+    assert_eq!(orders.len(), 1, "{t}");
+    assert!(orders[0].contains("\"replaces\""), "{}", orders[0]);
+}

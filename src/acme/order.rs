@@ -137,7 +137,7 @@ async fn run_order(
         }
     }
     if !records.is_empty() {
-        let publisher = dns::publisher(&cfg.dns, *ui)?;
+        let publisher = dns::publisher(&cfg.dns, ui.clone())?;
         ui.step(&format!(
             "Publishing {} TXT record(s) with provider {}",
             records.len(),
@@ -164,7 +164,7 @@ async fn run_order(
 /// Waits for DNS; with `manual`, Enter on stdin also proceeds (the person
 /// vouches for the record), while end-of-file (no terminal) is ignored.
 async fn wait_visible(cfg: &Config, records: &[TxtRecord], ui: &Ui) -> Result<(), AcmeError> {
-    if !matches!(cfg.dns.provider, Provider::Manual) {
+    if !matches!(cfg.dns.provider, Provider::Manual) || !ui.is_interactive() {
         return Ok(propagation::wait(records, &cfg.dns, ui).await?);
     }
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();

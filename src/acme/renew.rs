@@ -227,6 +227,45 @@ pub async fn run_deploy_hook(cfg: &Config, store: &Store, o: &Obtained) {
     }
 }
 
+/// The lineages `edge renew [--domain D]` works on: all, or the one named D or
+/// covering D.
+pub fn select(store: &Store, domain: Option<&str>) -> Result<Vec<String>, String> {
+    let mut lineages = store.lineages();
+    if let Some(d) = domain {
+        let d = d.to_ascii_lowercase();
+        lineages.retain(|l| {
+            *l == d
+                || store
+                    .load_live(l)
+                    .map(|c| c.info.names.iter().any(|n| crate::names::covers(n, &d) || *n == d))
+                    .unwrap_or(false)
+        });
+        if lineages.is_empty() {
+            return Err(format!(
+                "no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one"
+            ));
+        }
+    }
+    Ok(lineages)
+}
+
+/// Renews the given lineages; returns the summary lines and how many failed.
+pub async fn renew_many(cfg: &Config, store: &Store, lineages: &[String], force: bool, ui: &Ui) -> (Vec<String>, usize, Vec<Obtained>) {
+    let mut failed = 0;
+    let mut lines = Vec::new();
+    let mut renewed = Vec::new();
+    for l in lineages {
+        let outcome = renew_lineage(cfg, store, l, force, ui).await;
+        lines.push(summary_line(l, &outcome));
+        match outcome {
+            Outcome::Failed(_) => failed += 1,
+            Outcome::Renewed(o) => renewed.push(o),
+            Outcome::Skipped(_) => {}
+        }
+    }
+    (lines, failed, renewed)
+}
+
 /// The line `edge renew` prints for one certificate.
 pub fn summary_line(lineage: &str, outcome: &Outcome) -> String {
     match outcome {
