@@ -26,7 +26,9 @@ pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let req = edge::control::Request::Obtain { domains: names.clone() };
+    let req = edge::control::Request::Obtain {
+        domains: names.clone(),
+    };
     if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
         return exit(code);
     }
@@ -65,7 +67,10 @@ fn print_saved(o: &Obtained) {
 }
 
 pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode {
-    let req = edge::control::Request::Renew { force, domain: domain.map(str::to_string) };
+    let req = edge::control::Request::Renew {
+        force,
+        domain: domain.map(str::to_string),
+    };
     if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
         return exit(code);
     }
@@ -81,7 +86,10 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
         }
     };
     if lineages.is_empty() {
-        println!("No certificates stored in {}; nothing to renew.", store.root().join("live").display());
+        println!(
+            "No certificates stored in {}; nothing to renew.",
+            store.root().join("live").display()
+        );
         return ExitCode::SUCCESS;
     }
     let (lines, failed, _) = renew::renew_many(cfg, &store, &lineages, force, &Ui::detect()).await;
@@ -90,7 +98,10 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
         println!("{l}");
     }
     if failed > 0 {
-        println!("{failed} of {} renewal(s) failed; the previous certificates stay in place.", lineages.len());
+        println!(
+            "{failed} of {} renewal(s) failed; the previous certificates stay in place.",
+            lineages.len()
+        );
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS

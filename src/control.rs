@@ -91,7 +91,13 @@ async fn handle(stream: UnixStream, ctx: Ctx) -> std::io::Result<()> {
     let req: Request = match serde_json::from_str(&line) {
         Ok(r) => r,
         Err(e) => {
-            send(&mut w, &Reply::Out { out: format!("bad request: {e}") }).await?;
+            send(
+                &mut w,
+                &Reply::Out {
+                    out: format!("bad request: {e}"),
+                },
+            )
+            .await?;
             return send(&mut w, &Reply::Exit { exit: 2 }).await;
         }
     };
@@ -124,7 +130,8 @@ async fn run(req: Request, ctx: Ctx, ui: Ui, tx: mpsc::UnboundedSender<String>) 
                 1
             }
             Ok(lineages) => {
-                let (lines, failed, renewed) = renew::renew_many(&cfg, &ctx.store, &lineages, force, &ui).await;
+                let (lines, failed, renewed) =
+                    renew::renew_many(&cfg, &ctx.store, &lineages, force, &ui).await;
                 if !renewed.is_empty() {
                     ctx.certs.reload(&ctx.store, &cfg.sites);
                     for o in &renewed {

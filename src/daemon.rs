@@ -18,11 +18,11 @@ use tokio::sync::{watch, Notify};
 use crate::certinfo::rfc3339;
 use crate::config::{self, Config};
 use crate::control;
-use crate::renewer::Renewer;
-use crate::sdnotify;
 use crate::proxy::listener::{self, Limits};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Proxy, Routes};
+use crate::renewer::Renewer;
+use crate::sdnotify;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, Certs};
 
@@ -52,6 +52,7 @@ pub struct Bound {
 
 pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     let store = Store::open(&cfg.state_dir)?;
+    let baseline = crate::watch::snapshot(&store);
     let certs = Certs::default();
     let report = certs.reload(&store, &cfg.sites);
     for name in &report.loaded {
@@ -89,7 +90,9 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
         access: cfg.log.access,
     });
-    let control = control::bind(&cfg.state_dir).await.map_err(DaemonError::Config)?;
+    let control = control::bind(&cfg.state_dir)
+        .await
+        .map_err(DaemonError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let https_task = tokio::spawn(listener::serve_https(
         https,
@@ -99,7 +102,12 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         limits,
         stop_rx.clone(),
     ));
-    let http_task = tokio::spawn(listener::serve_http(http, redirect, limits, stop_rx.clone()));
+    let http_task = tokio::spawn(listener::serve_http(
+        http,
+        redirect,
+        limits,
+        stop_rx.clone(),
+    ));
 
     let shared_cfg = Arc::new(ArcSwap::from_pointee(cfg.clone()));
     let wake = Arc::new(Notify::new());
@@ -125,7 +133,12 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
             tracing::info!("certificates in live/ changed; reloading");
             certs.reload(&st, &cfg.load().sites);
         };
-        tokio::spawn(crate::watch::run(store.clone(), stop_rx.clone(), on_change))
+        tokio::spawn(crate::watch::run(
+            store.clone(),
+            baseline,
+            stop_rx.clone(),
+            on_change,
+        ))
     };
     if let Some(every) = sdnotify::watchdog_interval() {
         let mut stop = stop_rx.clone();

@@ -139,7 +139,16 @@ impl Renewer {
         let start = Instant::now();
         tracing::info!(lineage, reason = why, "obtaining a certificate");
         let replaces = old.as_ref().and_then(|o| o.info.ari_id.clone());
-        match order::obtain(cfg, &self.store, lineage, &site.domains, replaces, &Ui::log_only()).await {
+        match order::obtain(
+            cfg,
+            &self.store,
+            lineage,
+            &site.domains,
+            replaces,
+            &Ui::log_only(),
+        )
+        .await
+        {
             Ok(o) => {
                 renew::run_deploy_hook(cfg, &self.store, &o).await;
                 tracing::info!(

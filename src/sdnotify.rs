@@ -6,8 +6,12 @@ use std::time::Duration;
 
 /// Sends one notification; does nothing when not run by systemd.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = UnixDatagram::unbound() else {
+        return;
+    };
     let path = path.to_string_lossy().into_owned();
     let res = if let Some(abstract_name) = path.strip_prefix('@') {
         use std::os::linux::net::SocketAddrExt;
@@ -24,7 +28,10 @@ pub fn notify(state: &str) {
 /// Half of `WATCHDOG_USEC`, when systemd asks for watchdog pings for this process.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok().and_then(|p| p.parse::<u32>().ok()) {
+    if let Some(pid) = std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+    {
         if pid != std::process::id() {
             return None;
         }

@@ -166,19 +166,6 @@ impl Store {
         }
     }
 
-    /// Whether some process holds the lineage lock right now (a write may be under way).
-    pub fn is_locked(&self, name: &str) -> bool {
-        let path = self.root.join("locks").join(format!("{name}.lock"));
-        let Ok(file) = File::open(&path) else { return false };
-        match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(_) => true,
-        }
-    }
-
     /// Writes `data` to `path` so that readers see either the old or the new file.
     pub fn write_atomic(&self, path: &Path, data: &[u8], mode: u32) -> Result<(), StoreError> {
         let dir = path.parent().unwrap_or(Path::new("."));

@@ -119,7 +119,11 @@ pub struct BuildReport {
 /// site name no stored certificate covers, so the listener always starts. A
 /// lineage that fails to load (a half-copied or mismatched pair) keeps what
 /// `previous` served for it.
-pub fn build_map(store: &Store, sites: &[Site], previous: Option<&CertMap>) -> (CertMap, BuildReport) {
+pub fn build_map(
+    store: &Store,
+    sites: &[Site],
+    previous: Option<&CertMap>,
+) -> (CertMap, BuildReport) {
     let mut map = CertMap::default();
     let mut report = BuildReport::default();
     for name in store.lineages() {
@@ -137,7 +141,11 @@ pub fn build_map(store: &Store, sites: &[Site], previous: Option<&CertMap>) -> (
             Err(e) => {
                 report.refused.push(e.to_string());
                 if let Some(prev) = previous {
-                    for old in prev.entries.iter().filter(|x| x.lineage.as_deref() == Some(name.as_str())) {
+                    for old in prev
+                        .entries
+                        .iter()
+                        .filter(|x| x.lineage.as_deref() == Some(name.as_str()))
+                    {
                         map.insert(old.clone());
                     }
                 }

@@ -448,20 +448,38 @@ fn ari_double(window: (i64, i64)) -> AriDouble {
             let mut body = vec![0; len];
             r.read_exact(&mut body).unwrap();
             let (status, extra, resp) = match path.as_str() {
-                "/dir" => ("200 OK", String::new(), serde_json::json!({
-                    "newNonce": format!("{b}/nonce"), "newAccount": format!("{b}/acct"),
-                    "newOrder": format!("{b}/order"), "renewalInfo": format!("{b}/renewal-info")
-                }).to_string()),
+                "/dir" => (
+                    "200 OK",
+                    String::new(),
+                    serde_json::json!({
+                        "newNonce": format!("{b}/nonce"), "newAccount": format!("{b}/acct"),
+                        "newOrder": format!("{b}/order"), "renewalInfo": format!("{b}/renewal-info")
+                    })
+                    .to_string(),
+                ),
                 "/nonce" => ("200 OK", String::new(), String::new()),
-                "/acct" => ("201 Created", format!("Location: {b}/acct/1\r\n"), "{\"status\":\"valid\"}".into()),
-                p if p.starts_with("/renewal-info/") => ("200 OK", "Retry-After: 3600\r\n".into(), serde_json::json!({
-                    "suggestedWindow": {"start": time_fmt(window.0), "end": time_fmt(window.1)}
-                }).to_string()),
+                "/acct" => (
+                    "201 Created",
+                    format!("Location: {b}/acct/1\r\n"),
+                    "{\"status\":\"valid\"}".into(),
+                ),
+                p if p.starts_with("/renewal-info/") => (
+                    "200 OK",
+                    "Retry-After: 3600\r\n".into(),
+                    serde_json::json!({
+                        "suggestedWindow": {"start": time_fmt(window.0), "end": time_fmt(window.1)}
+                    })
+                    .to_string(),
+                ),
                 "/order" => {
                     let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                     let payload = v["payload"].as_str().unwrap_or("");
-                    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap_or_default();
-                    o.lock().unwrap().push(String::from_utf8_lossy(&decoded).into_owned());
+                    let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(payload)
+                        .unwrap_or_default();
+                    o.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&decoded).into_owned());
                     ("403 Forbidden", String::new(), "{\"type\":\"urn:ietf:params:acme:error:unauthorized\",\"detail\":\"the ARI double issues no certificates\"}".into())
                 }
                 _ => ("404 Not Found", String::new(), String::new()),
@@ -474,15 +492,24 @@ fn ari_double(window: (i64, i64)) -> AriDouble {
             );
         }
     });
-    AriDouble { url: format!("{base}/dir"), orders }
+    AriDouble {
+        url: format!("{base}/dir"),
+        orders,
+    }
 }
 
 fn rand_nonce() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
 }
 
 fn time_fmt(t: i64) -> String {
-    let o = Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]).output().unwrap();
+    let o = Command::new("date")
+        .args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
 
@@ -523,9 +550,19 @@ fn ari_window_in_the_future_sets_the_due_time() {
     let o = edge(&["renew"], &cfg);
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    let line = t.lines().find(|l| l.starts_with("ari.test: not due until ")).unwrap_or_else(|| panic!("{t}"));
-    let when = line.trim_start_matches("ari.test: not due until ").split(';').next().unwrap();
-    assert!(when >= time_fmt(start).as_str() && when <= time_fmt(end).as_str(), "{when} not in the window: {t}");
+    let line = t
+        .lines()
+        .find(|l| l.starts_with("ari.test: not due until "))
+        .unwrap_or_else(|| panic!("{t}"));
+    let when = line
+        .trim_start_matches("ari.test: not due until ")
+        .split(';')
+        .next()
+        .unwrap();
+    assert!(
+        when >= time_fmt(start).as_str() && when <= time_fmt(end).as_str(),
+        "{when} not in the window: {t}"
+    );
     // The point is kept: a second run reports the same time.
     let t2 = text(&edge(&["renew"], &cfg));
     assert!(t2.contains(line), "{t2}");
@@ -541,7 +578,10 @@ fn ari_window_in_the_past_renews_and_sends_replaces() {
     let t = text(&o);
     // The double refuses to issue, so the renewal fails; what matters is that it was attempted with `replaces`.
     assert_eq!(o.status.code(), Some(1), "{t}");
-    assert!(t.contains("ari.test: FAILED") && t.contains("ARI double issues no certificates"), "{t}");
+    assert!(
+        t.contains("ari.test: FAILED") && t.contains("ARI double issues no certificates"),
+        "{t}"
+    );
     let orders = double.orders.lock().unwrap();
     assert_eq!(orders.len(), 1, "{t}");
     assert!(orders[0].contains("\"replaces\""), "{}", orders[0]);

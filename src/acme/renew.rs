@@ -237,7 +237,12 @@ pub fn select(store: &Store, domain: Option<&str>) -> Result<Vec<String>, String
             *l == d
                 || store
                     .load_live(l)
-                    .map(|c| c.info.names.iter().any(|n| crate::names::covers(n, &d) || *n == d))
+                    .map(|c| {
+                        c.info
+                            .names
+                            .iter()
+                            .any(|n| crate::names::covers(n, &d) || *n == d)
+                    })
                     .unwrap_or(false)
         });
         if lineages.is_empty() {
@@ -250,7 +255,13 @@ pub fn select(store: &Store, domain: Option<&str>) -> Result<Vec<String>, String
 }
 
 /// Renews the given lineages; returns the summary lines and how many failed.
-pub async fn renew_many(cfg: &Config, store: &Store, lineages: &[String], force: bool, ui: &Ui) -> (Vec<String>, usize, Vec<Obtained>) {
+pub async fn renew_many(
+    cfg: &Config,
+    store: &Store,
+    lineages: &[String],
+    force: bool,
+    ui: &Ui,
+) -> (Vec<String>, usize, Vec<Obtained>) {
     let mut failed = 0;
     let mut lines = Vec::new();
     let mut renewed = Vec::new();
