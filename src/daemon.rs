@@ -90,6 +90,18 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
         access: cfg.log.access,
     });
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Bind {
+                    key: "metrics.listen",
+                    addr,
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let control = control::bind(&cfg.state_dir)
         .await
         .map_err(DaemonError::Config)?;
@@ -152,7 +164,11 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
             }
         });
     }
-    tracing::info!(https = %bound.https, http = %bound.http, sites = cfg.sites.len(), "edge ready");
+    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = metrics {
+        tokio::spawn(crate::metrics::serve(l, stop_rx.clone()));
+    }
+    tracing::info!(https = %bound.https, http = %bound.http, metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
     sdnotify::notify("READY=1");
     let status = {
         let next = next.clone();

@@ -8,6 +8,7 @@ pub mod config; // TOML wire format -> validated Config
 pub mod control; // the daemon's control socket for edge obtain / renew
 pub mod daemon; // `edge serve`: listeners, signals, reload, shutdown
 pub mod dns; // TXT publishers behind one trait, propagation check
+pub mod metrics; // Prometheus metrics and their endpoint
 pub mod names; // domain-name rules shared by config, CLI and store
 pub mod proxy; // the HTTPS request path, upstream pool, redirect listener
 pub mod renewer; // certificate upkeep inside edge serve

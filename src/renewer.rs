@@ -160,6 +160,7 @@ impl Renewer {
                     duration_ms = start.elapsed().as_millis() as u64,
                     "renewal succeeded"
                 );
+                renew::count(&renew::Outcome::Renewed(o));
                 true
             }
             Err(e) => {
@@ -168,6 +169,7 @@ impl Renewer {
                     .map(|c| c.info.not_after)
                     .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30 * 86400));
                 renew::record_failure(&self.store, lineage, &e, not_after);
+                renew::count(&renew::Outcome::Failed(e));
                 false
             }
         }

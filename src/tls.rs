@@ -223,6 +223,19 @@ impl Certs {
         let previous = self.map.load_full();
         let (map, report) = build_map(store, sites, Some(&previous));
         log_report(&report);
+        for e in map.entries() {
+            if let Some(l) = &e.lineage {
+                let secs = e
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                crate::metrics::METRICS
+                    .cert_expiry
+                    .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
+                    .set(secs);
+            }
+        }
         self.replace(map);
         report
     }

@@ -283,3 +283,52 @@ fn check_rejects_bad_configs_naming_the_key() {
         );
     }
 }
+
+#[test]
+fn metrics_show_requests_per_upstream_and_certificate_expiry() {
+    let trio = flask_trio();
+    let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
+    let (dir, cfg) = config(&format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n{}",
+        listen_any(),
+        site(&["flask.test"], &ups)
+    ));
+    let live = dir.path().join("state/live/flask.test");
+    std::fs::create_dir_all(&live).unwrap();
+    let (c, k) = self_signed(&["flask.test"]);
+    std::fs::write(live.join("fullchain.pem"), c).unwrap();
+    std::fs::write(live.join("privkey.pem"), k).unwrap();
+    let edge = Edge::serve(&cfg);
+    let line = edge.proc.wait_for("edge ready", Duration::from_secs(1));
+    let metrics = line
+        .split("metrics=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    for _ in 0..6 {
+        assert_eq!(curl("flask.test", edge.https.port(), "/", &[]).0, 200);
+    }
+    let out = std::process::Command::new("curl")
+        .args(["-sS", &format!("http://{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout);
+    for up in &ups {
+        let want =
+            format!("edge_requests_total{{site=\"flask.test\",class=\"2xx\",upstream=\"{up}\"}} 2");
+        assert!(m.contains(&want), "{want} missing:\n{m}");
+    }
+    assert!(
+        m.contains("edge_certificate_expiry_timestamp_seconds{name=\"flask.test\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("edge_tls_handshakes_total{result=\"ok\"}"),
+        "{m}"
+    );
+    assert!(m.contains("edge_request_duration_seconds_bucket"), "{m}");
+    assert!(m.contains("edge_open_connections"), "{m}");
+}

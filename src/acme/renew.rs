@@ -268,6 +268,7 @@ pub async fn renew_many(
     for l in lineages {
         let outcome = renew_lineage(cfg, store, l, force, ui).await;
         lines.push(summary_line(l, &outcome));
+        count(&outcome);
         match outcome {
             Outcome::Failed(_) => failed += 1,
             Outcome::Renewed(o) => renewed.push(o),
@@ -275,6 +276,19 @@ pub async fn renew_many(
         }
     }
     (lines, failed, renewed)
+}
+
+/// Counts a renewal outcome in the metrics.
+pub fn count(outcome: &Outcome) {
+    let result = match outcome {
+        Outcome::Renewed(_) => "success",
+        Outcome::Failed(_) => "failure",
+        Outcome::Skipped(_) => return,
+    };
+    crate::metrics::METRICS
+        .renewals
+        .get_or_create(&crate::metrics::ResultLabel { result })
+        .inc();
 }
 
 /// The line `edge renew` prints for one certificate.

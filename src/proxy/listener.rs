@@ -17,6 +17,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
+use crate::metrics::{ConnGuard, ResultLabel, METRICS};
 use crate::tls::Certs;
 
 /// Timeouts that bound what a slow client can hold.
@@ -83,15 +84,22 @@ pub async fn serve_https(
         let (h1, h2, any) = (h1.clone(), h2.clone(), any.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _conn = ConnGuard::new();
+            let hs = &METRICS.handshakes;
             let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
                 .await
             {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    hs.get_or_create(&ResultLabel { result: "ok" }).inc();
+                    s
+                }
                 Ok(Err(e)) => {
+                    hs.get_or_create(&ResultLabel { result: "failed" }).inc();
                     tracing::debug!(client = %peer, "TLS handshake failed: {e}");
                     return;
                 }
                 Err(_) => {
+                    hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
                     tracing::debug!(client = %peer, "TLS handshake timed out");
                     return;
                 }
@@ -139,6 +147,7 @@ pub async fn serve_http(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _conn = ConnGuard::new();
             let svc = service_fn(move |req| {
                 let r = redirect.handle(req, peer);
                 async move { r }

@@ -117,11 +117,15 @@ impl Proxy {
             req.uri().path().to_string()
         };
         let version = req.version();
+        let mut site_name: Option<String> = None;
         let (host, result) = match request_host(&req) {
             Ok(h) => {
                 let h = h.to_string();
                 let r = match route(&routes, &h, &conn) {
-                    Ok(site) => forward(site, req, &conn, &h).await,
+                    Ok(site) => {
+                        site_name = site.cfg.domains.first().cloned();
+                        forward(site, req, &conn, &h).await
+                    }
                     Err(e) => Err((e, None)),
                 };
                 (Some(h), r)
@@ -143,6 +147,19 @@ impl Proxy {
                 (error_response(&e, site.as_deref(), version), None)
             }
         };
+        let status = response.status().as_u16();
+        let m = &crate::metrics::METRICS;
+        let site_label = site_name.unwrap_or_else(|| "-".into());
+        m.requests
+            .get_or_create(&crate::metrics::RequestLabels {
+                site: site_label.clone(),
+                class: crate::metrics::status_class(status),
+                upstream: upstream.as_deref().unwrap_or("-").to_string(),
+            })
+            .inc();
+        m.latency
+            .get_or_create(&crate::metrics::SiteLabel { site: site_label })
+            .observe(start.elapsed().as_secs_f64());
         let record = (self.access != AccessLog::Off).then(|| {
             Box::new(Record {
                 client: conn.peer.ip(),
@@ -247,8 +264,12 @@ async fn forward(
             None => {
                 fresh_tried = true;
                 match up.connect(site.cfg.connect_timeout).await {
-                    Ok(s) => s,
+                    Ok(s) => {
+                        upstream_state(site, &up.addr, true);
+                        s
+                    }
                     Err(e) => {
+                        upstream_state(site, &up.addr, false);
                         tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
                         last_error = format!("{}: {e}", up.addr);
                         continue;
@@ -301,6 +322,16 @@ async fn forward(
         }
     }
     Err(fail(ProxyError::UpstreamUnavailable(last_error)))
+}
+
+fn upstream_state(site: &SiteRt, addr: &str, up: bool) {
+    crate::metrics::METRICS
+        .upstream_up
+        .get_or_create(&crate::metrics::UpstreamLabels {
+            site: site.cfg.domains.first().cloned().unwrap_or_default(),
+            upstream: addr.to_string(),
+        })
+        .set(i64::from(up));
 }
 
 // ---------------------------------------------------------------- rewrite

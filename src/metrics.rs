@@ -1,0 +1,193 @@
+//! Prometheus metrics, served on `[metrics] listen` when configured.
+//!
+//! One process-wide set, because metrics describe the process: requests by site,
+//! status class and upstream, latency, upstream health, open connections, TLS
+//! handshakes, certificate expiry and renewal outcomes. prometheus-client does
+//! the text encoding; edge only records.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub site: String,
+    pub class: &'static str,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SiteLabel {
+    pub site: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub site: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NameLabel {
+    pub name: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<SiteLabel, Histogram>,
+    pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub open_connections: Gauge,
+    pub handshakes: Family<ResultLabel, Counter>,
+    pub cert_expiry: Family<NameLabel, Gauge<f64, AtomicU64>>,
+    pub renewals: Family<ResultLabel, Counter>,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("edge");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<SiteLabel, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        let open_connections = Gauge::default();
+        let handshakes = Family::<ResultLabel, Counter>::default();
+        let cert_expiry = Family::<NameLabel, Gauge<f64, AtomicU64>>::default();
+        let renewals = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by site, status class and upstream",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to response headers",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_up",
+            "1 when the last attempt to reach the upstream succeeded",
+            upstream_up.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by result",
+            handshakes.clone(),
+        );
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "notAfter of the served certificate, unix seconds",
+            cert_expiry.clone(),
+        );
+        registry.register(
+            "renewals",
+            "Certificate renewals by result",
+            renewals.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_up,
+            open_connections,
+            handshakes,
+            cert_expiry,
+            renewals,
+        }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        s
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+/// Counts an open connection for as long as it lives.
+pub struct ConnGuard;
+
+impl ConnGuard {
+    pub fn new() -> ConnGuard {
+        METRICS.open_connections.inc();
+        ConnGuard
+    }
+}
+
+impl Default for ConnGuard {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        METRICS.open_connections.dec();
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) until `stop` fires.
+pub async fn serve(listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+            _ = stop.changed() => return,
+        };
+        tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                let mut r = http::Response::new(Full::new(Bytes::from(METRICS.encode())));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                Ok::<_, Infallible>(r)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,120 @@
+//! The shipping files: the systemd unit passes systemd's own checks, and every
+//! path the Dockerfile and compose file copy or mount exists in the repository
+//! (no Docker engine runs here, so this is what can be checked).
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn systemd_unit_verifies_and_is_hardened() {
+    let unit = std::fs::read_to_string(repo().join("systemd/edge.service")).unwrap();
+    // verify checks that ExecStart= binaries exist: point it at the one just built.
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("edge.service");
+    std::fs::write(
+        &local,
+        unit.replace("/usr/local/bin/edge", &edge_bin().display().to_string()),
+    )
+    .unwrap();
+    let v = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+        .expect("systemd-analyze");
+    assert!(
+        v.status.success() && v.stderr.is_empty(),
+        "systemd-analyze verify: {}",
+        text(&v)
+    );
+
+    let s = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(repo().join("systemd/edge.service"))
+        .output()
+        .unwrap();
+    let out = text(&s);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{out}"));
+    let score: f64 = line
+        .split("edge.service:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    println!("{line}");
+    assert!(score <= 2.0, "exposure {score} > 2.0: {out}");
+    for key in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "StateDirectory=edge",
+        "UMask=0077",
+    ] {
+        assert!(unit.contains(key), "{key} missing");
+    }
+}
+
+#[test]
+fn docker_files_refer_only_to_paths_that_exist() {
+    let root = repo();
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    for line in dockerfile
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(root.join(src).exists(), "Dockerfile copies missing {src}");
+        }
+    }
+    let flask = root.join("backends/flask");
+    let fd = std::fs::read_to_string(flask.join("Dockerfile")).unwrap();
+    for line in fd.lines().filter(|l| l.starts_with("COPY ")) {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for src in &parts[1..parts.len() - 1] {
+            assert!(
+                flask.join(src).exists(),
+                "backends/flask/Dockerfile copies missing {src}"
+            );
+        }
+    }
+    let compose = std::fs::read_to_string(flask.join("compose.yaml")).unwrap();
+    for line in compose.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("- ../") {
+            let host = rest.split(':').next().unwrap();
+            assert!(
+                flask.join(format!("../{host}")).exists(),
+                "compose mounts missing {host}"
+            );
+        }
+        if let Some(ctx) = line.strip_prefix("context: ") {
+            assert!(
+                flask.join(ctx).join("Dockerfile").exists(),
+                "compose build context {ctx} has no Dockerfile"
+            );
+        }
+    }
+    for svc in ["website1:", "website2:", "website3:", "edge:"] {
+        assert!(compose.contains(svc), "{svc} missing from compose.yaml");
+    }
+    // The config the image and compose ship is valid and matches the tutorial.
+    let cfg = edge::config::load(&root.join("config/edge.toml")).unwrap();
+    assert_eq!(cfg.sites[0].domains, vec!["flask.ashna.online"]);
+    assert_eq!(
+        cfg.sites[0]
+            .upstreams
+            .iter()
+            .map(|u| u.addr.as_str())
+            .collect::<Vec<_>>(),
+        ["website1:5000", "website2:5000", "website3:5000"]
+    );
+    assert_eq!(cfg.state_dir, std::path::PathBuf::from("/var/lib/edge"));
+}
