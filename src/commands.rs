@@ -123,6 +123,12 @@ pub async fn certs(cfg: &Config) -> ExitCode {
     }
     let now = SystemTime::now();
     let mut bad = false;
+    if tokio::net::UnixStream::connect(edge::control::socket_path(&cfg.state_dir))
+        .await
+        .is_ok()
+    {
+        println!("edge serve is running on this state_dir: it renews these on its own.\n");
+    }
     for l in lineages {
         println!("Certificate Name: {l}");
         match store.load_live(&l) {

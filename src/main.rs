@@ -11,11 +11,27 @@ mod commands;
 
 use edge::config::{self, AccessLog, Config};
 
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nTLS: rustls 0.23 (aws-lc-rs), TLS 1.2 and 1.3, ALPN h2 and http/1.1",
+    "\nACME: instant-acme 0.8, DNS-01; default directory \"letsencrypt\" = https://acme-v02.api.letsencrypt.org/directory",
+    "\nconfig: --config, else $EDGE_CONFIG, else config/edge.toml, else /etc/edge/edge.toml"
+);
+
 #[derive(Parser)]
 #[command(
     name = "edge",
     version,
-    about = "Automatic HTTPS in front of web applications"
+    long_version = LONG_VERSION,
+    about = "Automatic HTTPS in front of web applications: ACME DNS-01 certificates, renewal, and a load-balancing HTTPS proxy",
+    after_help = concat!(
+        "Examples:\n",
+        "  edge obtain --domain flask.ashna.online      # first certificate (DNS-01)\n",
+        "  edge serve --config /etc/edge/edge.toml      # the daemon (systemd runs this)\n",
+        "  edge renew                                   # renew what is due (from a timer)\n",
+        "  edge certs                                   # what is stored, when it renews\n\n",
+        "Exit status: 0 success; 1 failure (bad config, failed order or renewal, problems found by check); 2 usage error."
+    )
 )]
 struct Cli {
     /// Config file [default: config/edge.toml, then /etc/edge/edge.toml]
@@ -28,8 +44,14 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: HTTPS proxy, HTTP redirect, certificate renewal
+    #[command(
+        after_help = "Example:\n  edge serve --config config/local.toml\n\nSIGHUP reloads config and certificates; SIGTERM drains and exits 0."
+    )]
     Serve,
     /// Validate config, certificates and upstream reachability; exit 1 on problems
+    #[command(
+        after_help = "Example:\n  edge check --config /etc/edge/edge.toml && systemctl reload edge"
+    )]
     Check,
     /// Obtain one certificate now for the given names (DNS-01)
     #[command(
@@ -41,6 +63,9 @@ enum Command {
         domains: Vec<String>,
     },
     /// Renew the stored certificates that are due, then exit
+    #[command(
+        after_help = "Examples:\n  edge renew                                # what is due\n  edge renew --force --domain flask.ashna.online\n\nWith edge serve running, the daemon does the work and serves the result at once."
+    )]
     Renew {
         /// Renew even if not due (and ignore a failure backoff)
         #[arg(long)]
@@ -50,11 +75,23 @@ enum Command {
         domain: Option<String>,
     },
     /// List stored certificates: names, expiry, issuer, next renewal
+    #[command(after_help = "Example:\n  edge certs --config /etc/edge/edge.toml")]
     Certs,
+    /// Print shell completions
+    #[command(after_help = "Example:\n  edge completions bash > /etc/bash_completion.d/edge")]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "edge", &mut std::io::stdout());
+        return ExitCode::SUCCESS;
+    }
     // One crypto library for every TLS client and server in the process.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let path = match config::locate(cli.config.as_deref()) {
@@ -86,6 +123,7 @@ fn main() -> ExitCode {
                 commands::renew(&cfg, force, domain.as_deref()).await
             }
             Command::Certs => commands::certs(&cfg).await,
+            Command::Completions { .. } => ExitCode::SUCCESS,
         }
     });
     // Nothing may keep the process alive after the command is done.

@@ -586,3 +586,58 @@ fn ari_window_in_the_past_renews_and_sends_replaces() {
     assert_eq!(orders.len(), 1, "{t}");
     assert!(orders[0].contains("\"replaces\""), "{}", orders[0]);
 }
+
+/// External Account Binding against a Pebble that requires it.
+#[test]
+fn external_account_binding() {
+    use base64::Engine;
+    let hmac = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(b"edge-test-eab-hmac-key-0123456789");
+    let dir = tempfile::tempdir().unwrap();
+    let (dns_port, cts_mgmt) = (free_port(), free_port());
+    let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+    cmd.args([
+        "-dns01",
+        &format!("127.0.0.1:{dns_port}"),
+        "-management",
+        &format!("127.0.0.1:{cts_mgmt}"),
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+    ]);
+    let cts = Proc::spawn("challtestsrv", cmd);
+    cts.wait_for("Starting management server", Duration::from_secs(20));
+    // start_pebble writes the config; patch it to require EAB before Pebble reads it.
+    let p = Pebble::start_pebble_with(
+        dir,
+        cts,
+        &format!("127.0.0.1:{dns_port}"),
+        cts_mgmt,
+        3600,
+        &[],
+        &|cfg: &mut serde_json::Value| {
+            cfg["pebble"]["externalAccountBindingRequired"] = true.into();
+            cfg["pebble"]["externalAccountMACKeys"] = serde_json::json!({ "kid-edge": hmac });
+        },
+    );
+    let (_d, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    // Without EAB: refused, and the error says so.
+    let o = edge(&["obtain", "-d", "eab.test"], &cfg);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o).contains("External Account Binding") && text(&o).contains("[acme] eab"),
+        "{}",
+        text(&o)
+    );
+    let with = std::fs::read_to_string(&cfg).unwrap().replace(
+        "ca_bundle =",
+        &format!("eab = {{ kid = \"kid-edge\", hmac = \"{hmac}\" }}\nca_bundle ="),
+    );
+    std::fs::write(&cfg, with).unwrap();
+    let o = edge(&["obtain", "-d", "eab.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!text(&o).contains(&hmac), "the EAB HMAC was printed");
+}

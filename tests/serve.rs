@@ -332,3 +332,101 @@ fn metrics_show_requests_per_upstream_and_certificate_expiry() {
     assert!(m.contains("edge_request_duration_seconds_bucket"), "{m}");
     assert!(m.contains("edge_open_connections"), "{m}");
 }
+
+#[test]
+fn tls_resumes_sessions_and_drops_stalled_handshakes() {
+    let (dir, cfg) = config(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nhandshake_timeout = \"1s\"\n{}",
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    // Session resumption with tickets, TLS 1.2 and 1.3, as openssl sees it.
+    for (v, flag) in [("1.3", "-tls1_3"), ("1.2", "-tls1_2")] {
+        let sess = dir.path().join(format!("sess{v}"));
+        let run = |extra: &str| {
+            let o = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "printf 'GET / HTTP/1.1\\r\\nHost: flask.test\\r\\nConnection: close\\r\\n\\r\\n' | openssl s_client -ign_eof {flag} -connect 127.0.0.1:{port} -servername flask.test {extra} 2>&1"
+                ))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&o.stdout).into_owned()
+        };
+        let first = run(&format!("-sess_out {}", sess.display()));
+        assert!(first.contains("New,"), "TLS {v}: {first}");
+        let second = run(&format!("-sess_in {}", sess.display()));
+        assert!(
+            second.contains("Reused,"),
+            "TLS {v} session not resumed: {second}"
+        );
+    }
+    // TLS 1.1 is refused.
+    let o = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("openssl s_client -tls1_1 -connect 127.0.0.1:{port} -servername flask.test </dev/null 2>&1"))
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&o.stdout).contains("Cipher is ECDHE"),
+        "TLS 1.1 accepted"
+    );
+
+    // A client that connects and never starts the handshake is dropped at the timeout.
+    let start = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(edge.https).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 1];
+    let n = std::io::Read::read(&mut s, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "expected the connection to be closed");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    // And edge still serves a clean handshake afterwards.
+    assert!(served_serial(port, "flask.test").contains("DNS:flask.test"));
+}
+
+#[test]
+fn systemd_notify_ready_reloading_and_stopping() {
+    let (dir, cfg) = config(&format!(
+        "{}{}",
+        listen_any(),
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let sock_path = dir.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = std::process::Command::new(edge_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path);
+    let mut proc = Proc::spawn("edge", cmd);
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(), "READY=1");
+    proc.wait_for("edge ready", Duration::from_secs(5));
+    proc.signal("HUP");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|s: &String| s == "READY=1") {
+        let m = recv();
+        if !m.starts_with("STATUS=") {
+            seen.push(m);
+        }
+    }
+    assert_eq!(seen, vec!["RELOADING=1".to_string(), "READY=1".to_string()]);
+    proc.signal("TERM");
+    let mut last = recv();
+    while last.starts_with("STATUS=") {
+        last = recv();
+    }
+    assert_eq!(last, "STOPPING=1");
+    assert_eq!(proc.wait_exit(Duration::from_secs(40)), 0);
+}

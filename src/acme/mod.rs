@@ -72,6 +72,9 @@ pub fn from_problem(p: &instant_acme::Problem) -> AcmeError {
         "unauthorized" | "dns" | "incorrectResponse" | "connection" | "caa" => {
             AcmeError::Validation(detail)
         }
+        "externalAccountRequired" => AcmeError::Problem(format!(
+            "this CA requires External Account Binding: set [acme] eab = {{ kid = \"...\", hmac = \"...\" }} from your account at the CA ({detail})"
+        )),
         _ => AcmeError::Problem(format!("{detail} ({kind})")),
     }
 }

@@ -266,13 +266,26 @@ impl Pebble {
         validity_secs: u64,
         env: &[(&str, &str)],
     ) -> Pebble {
+        Self::start_pebble_with(dir, cts, dnsserver, cts_mgmt, validity_secs, env, &|_| {})
+    }
+
+    /// As `start_pebble`, letting the caller change Pebble's JSON config first.
+    pub fn start_pebble_with(
+        dir: tempfile::TempDir,
+        cts: Proc,
+        dnsserver: &str,
+        cts_mgmt: u16,
+        validity_secs: u64,
+        env: &[(&str, &str)],
+        patch: &dyn Fn(&mut serde_json::Value),
+    ) -> Pebble {
         let (ca_pem, cert_pem, key_pem) = test_ca_and_leaf(&["localhost"], &["127.0.0.1"]);
         let ca_bundle = dir.path().join("pebble-ca.pem");
         std::fs::write(&ca_bundle, ca_pem).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
         let (acme, mgmt) = (free_port(), free_port());
-        let cfg = serde_json::json!({"pebble": {
+        let mut cfg = serde_json::json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{acme}"),
             "managementListenAddress": format!("127.0.0.1:{mgmt}"),
             "certificate": dir.path().join("cert.pem"),
@@ -283,6 +296,7 @@ impl Pebble {
             "externalAccountBindingRequired": false,
             "certificateValidityPeriod": validity_secs,
         }});
+        patch(&mut cfg);
         let cfg_path = dir.path().join("pebble.json");
         std::fs::write(&cfg_path, cfg.to_string()).unwrap();
         let mut cmd = Command::new("/usr/bin/pebble");
