@@ -70,6 +70,8 @@ struct RawConfig {
     dns: RawDns,
     #[serde(default)]
     log: RawLog,
+    #[serde(default)]
+    limits: RawLimits,
     metrics: Option<RawMetrics>,
     #[serde(default)]
     site: Vec<RawSite>,
@@ -135,6 +137,21 @@ struct RawLog {
     level: Option<String>,
 }
 
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    header_read_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+    body_idle_timeout: Option<String>,
+    max_header_bytes: Option<toml::Value>,
+    max_body_bytes: Option<toml::Value>,
+    h2_max_concurrent_streams: Option<i64>,
+    h2_max_pending_resets: Option<i64>,
+    max_connections: Option<i64>,
+    max_connections_per_ip: Option<i64>,
+    shutdown_grace: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
@@ -179,8 +196,43 @@ pub struct Config {
     pub acme: Acme,
     pub dns: Dns,
     pub log: Log,
+    pub limits: Limits,
     pub metrics: Option<SocketAddr>,
     pub sites: Vec<Site>,
+}
+
+/// What one client may hold or send. Every value has a default chosen so that
+/// real browsers and APIs never meet it and a hostile client meets it early;
+/// the README lists each with its reason.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub header_read_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub body_idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub h2_max_concurrent_streams: u32,
+    pub h2_max_pending_resets: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            header_read_timeout: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(75),
+            body_idle_timeout: Duration::from_secs(60),
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: 16 * 1024 * 1024,
+            h2_max_concurrent_streams: 250,
+            h2_max_pending_resets: 100,
+            max_connections: 10_000,
+            max_connections_per_ip: 256,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -420,6 +472,7 @@ impl Validator<'_> {
         let acme = self.acme(raw.acme)?;
         let dns = self.dns(raw.dns)?;
         let log = self.log(raw.log)?;
+        let limits = self.limits(raw.limits)?;
         let metrics = match raw.metrics {
             None => None,
             Some(m) => Some(self.addr("metrics.listen", Some(&m.listen), "")?),
@@ -454,8 +507,130 @@ impl Validator<'_> {
             acme,
             dns,
             log,
+            limits,
             metrics,
             sites,
+        })
+    }
+
+    /// A size: an integer number of bytes or a string such as "64k", "16m", "1g".
+    fn size(
+        &self,
+        key: &str,
+        value: Option<&toml::Value>,
+        default: u64,
+    ) -> Result<u64, ConfigError> {
+        let bad = |v: &dyn std::fmt::Display| {
+            self.err(
+                key,
+                format!("{v} is not a size; expected bytes (65536) or \"64k\", \"16m\", \"1g\""),
+            )
+        };
+        match value {
+            None => Ok(default),
+            Some(toml::Value::Integer(n)) if *n >= 0 => Ok(*n as u64),
+            Some(toml::Value::String(s)) => {
+                let t = s.trim().to_ascii_lowercase();
+                let (num, mult) = match t.chars().last() {
+                    Some('k') => (&t[..t.len() - 1], 1024),
+                    Some('m') => (&t[..t.len() - 1], 1024 * 1024),
+                    Some('g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
+                    _ => (t.as_str(), 1),
+                };
+                num.trim()
+                    .parse::<u64>()
+                    .map(|n| n * mult)
+                    .map_err(|_| bad(&format!("{s:?}")))
+            }
+            Some(v) => Err(bad(v)),
+        }
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(n) if range.contains(&n) => Ok(n as usize),
+            Some(n) => Err(self.err(
+                key,
+                format!(
+                    "{n} is out of range; expected {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let max_header_bytes = self.size(
+            "limits.max_header_bytes",
+            raw.max_header_bytes.as_ref(),
+            d.max_header_bytes as u64,
+        )?;
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(self.err(
+                "limits.max_header_bytes",
+                format!("{max_header_bytes} is out of range; expected 8k to 1m"),
+            ));
+        }
+        Ok(Limits {
+            header_read_timeout: self.duration(
+                "limits.header_read_timeout",
+                raw.header_read_timeout.as_deref(),
+                d.header_read_timeout,
+            )?,
+            keepalive_timeout: self.duration(
+                "limits.keepalive_timeout",
+                raw.keepalive_timeout.as_deref(),
+                d.keepalive_timeout,
+            )?,
+            body_idle_timeout: self.duration(
+                "limits.body_idle_timeout",
+                raw.body_idle_timeout.as_deref(),
+                d.body_idle_timeout,
+            )?,
+            max_header_bytes: max_header_bytes as usize,
+            max_body_bytes: self.size(
+                "limits.max_body_bytes",
+                raw.max_body_bytes.as_ref(),
+                d.max_body_bytes,
+            )?,
+            h2_max_concurrent_streams: self.count(
+                "limits.h2_max_concurrent_streams",
+                raw.h2_max_concurrent_streams,
+                d.h2_max_concurrent_streams as usize,
+                1..=10_000,
+            )? as u32,
+            h2_max_pending_resets: self.count(
+                "limits.h2_max_pending_resets",
+                raw.h2_max_pending_resets,
+                d.h2_max_pending_resets,
+                1..=10_000,
+            )?,
+            max_connections: self.count(
+                "limits.max_connections",
+                raw.max_connections,
+                d.max_connections,
+                1..=1_000_000,
+            )?,
+            max_connections_per_ip: self.count(
+                "limits.max_connections_per_ip",
+                raw.max_connections_per_ip,
+                d.max_connections_per_ip,
+                1..=1_000_000,
+            )?,
+            shutdown_grace: self.duration(
+                "limits.shutdown_grace",
+                raw.shutdown_grace.as_deref(),
+                d.shutdown_grace,
+            )?,
         })
     }
 

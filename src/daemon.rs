@@ -18,7 +18,8 @@ use tokio::sync::{watch, Notify};
 use crate::certinfo::rfc3339;
 use crate::config::{self, Config};
 use crate::control;
-use crate::proxy::listener::{self, Limits};
+use crate::proxy::conn_limit::ConnLimiter;
+use crate::proxy::listener::{self, ListenLimits};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Proxy, Routes};
 use crate::renewer::Renewer;
@@ -59,7 +60,7 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         tracing::info!(lineage = %name, "certificate loaded");
     }
     let routes = Routes::build(&cfg.sites).map_err(DaemonError::Config)?;
-    let proxy = Arc::new(Proxy::new(routes, cfg.log.access));
+    let proxy = Arc::new(Proxy::new(routes, cfg.log.access, cfg.limits.clone()));
     let tls_cfg = tls::server_config(&certs)?;
 
     let https = TcpListener::bind(cfg.listen.https)
@@ -80,11 +81,15 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         https: https.local_addr().unwrap_or(cfg.listen.https),
         http: http.local_addr().unwrap_or(cfg.listen.http),
     };
-    let limits = Limits {
+    let limits = ListenLimits {
         handshake_timeout: cfg.listen.handshake_timeout,
-        header_read_timeout: Duration::from_secs(30),
-        shutdown_grace: Duration::from_secs(30),
+        limits: cfg.limits.clone(),
     };
+    // One budget of connections across both listeners.
+    let conns = ConnLimiter::new(
+        cfg.limits.max_connections,
+        cfg.limits.max_connections_per_ip,
+    );
     let redirect = Arc::new(Redirect {
         https_port: bound.https.port(),
         status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
@@ -111,13 +116,15 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         tls_cfg,
         certs.clone(),
         proxy.clone(),
-        limits,
+        limits.clone(),
+        conns.clone(),
         stop_rx.clone(),
     ));
     let http_task = tokio::spawn(listener::serve_http(
         http,
         redirect,
         limits,
+        conns,
         stop_rx.clone(),
     ));
 

@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -24,6 +25,23 @@ pub struct Record {
     pub start: Instant,
 }
 
+/// Counts a request as in flight until its response body is done; the
+/// keep-alive idle timer only runs while the count is zero.
+pub struct Inflight(Arc<AtomicUsize>);
+
+impl Inflight {
+    pub fn new(counter: &Arc<AtomicUsize>) -> Inflight {
+        counter.fetch_add(1, Ordering::AcqRel);
+        Inflight(counter.clone())
+    }
+}
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A response body that counts what it sends and logs once when dropped.
     pub struct Logged<B> {
@@ -31,6 +49,7 @@ pin_project_lite::pin_project! {
         inner: B,
         bytes: u64,
         record: Option<Box<Record>>,
+        inflight: Option<Inflight>,
     }
 
     impl<B> PinnedDrop for Logged<B> {
@@ -44,11 +63,12 @@ pin_project_lite::pin_project! {
 }
 
 impl<B> Logged<B> {
-    pub fn new(inner: B, record: Option<Box<Record>>) -> Self {
+    pub fn new(inner: B, record: Option<Box<Record>>, inflight: Option<Inflight>) -> Self {
         Logged {
             inner,
             bytes: 0,
             record,
+            inflight,
         }
     }
 }

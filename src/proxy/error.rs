@@ -26,6 +26,10 @@ pub enum ProxyError {
     Misdirected(String),
     #[error("method not allowed: {0}")]
     MethodNotAllowed(&'static str),
+    #[error("request body larger than limits.max_body_bytes ({0} bytes)")]
+    BodyTooLarge(u64),
+    #[error("request body stalled longer than limits.body_idle_timeout")]
+    BodyTimeout,
     #[error("no upstream answered: {0}")]
     UpstreamUnavailable(String),
     #[error("upstream timed out: {0}")]
@@ -39,6 +43,8 @@ impl ProxyError {
             ProxyError::UnknownHost(_) => StatusCode::NOT_FOUND,
             ProxyError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }

@@ -1,9 +1,12 @@
-//! Accept loops for the HTTPS and HTTP listeners, with graceful shutdown.
+//! Accept loops for the HTTPS and HTTP listeners, with limits and graceful shutdown.
 //!
-//! The TLS handshake has its own timeout so a client that connects and says
+//! Each accepted socket first takes a connection slot (total and per client IP);
+//! the TLS handshake has its own timeout so a client that connects and says
 //! nothing cannot hold a task forever. After the handshake the ALPN result picks
-//! an HTTP/1.1-only or HTTP/2-only connection, so no bytes are spent sniffing.
+//! an HTTP/1.1-only or HTTP/2-only connection, so no bytes are spent sniffing,
+//! and HTTP/1 connections get the framing guard (see `framing`).
 
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,39 +18,34 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::conn_limit::ConnLimiter;
+use super::framing::Guard;
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
+use crate::config::Limits;
 use crate::metrics::{ConnGuard, ResultLabel, METRICS};
 use crate::tls::Certs;
 
-/// Timeouts that bound what a slow client can hold.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
+/// What bounds a client on the listeners.
+#[derive(Debug, Clone)]
+pub struct ListenLimits {
     pub handshake_timeout: Duration,
-    pub header_read_timeout: Duration,
-    /// How long in-flight requests get to finish after SIGTERM.
-    pub shutdown_grace: Duration,
+    pub limits: Limits,
 }
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(l.header_read_timeout)
+        .max_buf_size(l.max_header_bytes)
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
-        .max_pending_accept_reset_streams(Some(100))
-        .max_local_error_reset_streams(Some(1024));
-    b
-}
-
-fn with_header_timeout(
-    mut b: auto::Builder<TokioExecutor>,
-    limits: &Limits,
-) -> auto::Builder<TokioExecutor> {
-    b.http1().header_read_timeout(limits.header_read_timeout);
+        .max_concurrent_streams(l.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(l.h2_max_pending_resets))
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(l.max_header_bytes as u32);
     b
 }
 
@@ -56,11 +54,12 @@ pub async fn serve_https(
     tls: Arc<rustls::ServerConfig>,
     certs: Certs,
     proxy: Arc<Proxy>,
-    limits: Limits,
+    limits: ListenLimits,
+    conns: Arc<ConnLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let base = with_header_timeout(builder(), &limits);
+    let base = builder(&limits.limits);
     let h1 = Arc::new(base.clone().http1_only());
     let h2 = Arc::new(base.clone().http2_only());
     let any = Arc::new(base);
@@ -77,18 +76,26 @@ pub async fn serve_https(
             },
             _ = shutdown.changed() => break,
         };
+        let permit = match conns.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(which) => {
+                tracing::warn!(client = %peer, "connection refused: {which} reached");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
         let certs = certs.clone();
         let proxy = proxy.clone();
         let (h1, h2, any) = (h1.clone(), h2.clone(), any.clone());
         let watcher = graceful.watcher();
+        let (handshake_timeout, keepalive) =
+            (limits.handshake_timeout, limits.limits.keepalive_timeout);
         tokio::spawn(async move {
+            let _permit = permit;
             let _conn = ConnGuard::new();
             let hs = &METRICS.handshakes;
-            let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
+            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => {
                     hs.get_or_create(&ResultLabel { result: "ok" }).inc();
                     s
@@ -106,29 +113,37 @@ pub async fn serve_https(
             };
             let (_, session) = tls.get_ref();
             let served = certs.current().for_sni(session.server_name()).cloned();
+            let is_h2 = session.alpn_protocol() == Some(b"h2");
             let builder = match session.alpn_protocol() {
                 Some(b"h2") => h2,
                 Some(_) => h1,
                 None => any,
             };
-            let info = Arc::new(ConnInfo { peer, served });
+            let inflight = Arc::new(AtomicUsize::new(0));
+            let io = Guard::new(tls, !is_h2, Some((keepalive, inflight.clone())));
+            let info = Arc::new(ConnInfo {
+                peer,
+                served,
+                inflight,
+            });
             let svc = service_fn(move |req| proxy.clone().handle(req, info.clone()));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(client = %peer, "connection ended: {e}");
             }
         });
     }
-    drain(graceful, limits.shutdown_grace, "HTTPS").await;
+    drain(graceful, limits.limits.shutdown_grace, "HTTPS").await;
 }
 
 pub async fn serve_http(
     listener: TcpListener,
     redirect: Arc<Redirect>,
-    limits: Limits,
+    limits: ListenLimits,
+    conns: Arc<ConnLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(with_header_timeout(builder(), &limits).http1_only());
+    let builder = Arc::new(builder(&limits.limits).http1_only());
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -142,23 +157,34 @@ pub async fn serve_http(
             },
             _ = shutdown.changed() => break,
         };
+        let permit = match conns.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(which) => {
+                tracing::warn!(client = %peer, "connection refused: {which} reached");
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         let redirect = redirect.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let keepalive = limits.limits.keepalive_timeout;
         tokio::spawn(async move {
+            let _permit = permit;
             let _conn = ConnGuard::new();
+            let inflight = Arc::new(AtomicUsize::new(0));
+            let io = Guard::new(stream, false, Some((keepalive, inflight.clone())));
             let svc = service_fn(move |req| {
-                let r = redirect.handle(req, peer);
+                let r = redirect.handle(req, peer, &inflight);
                 async move { r }
             });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            let conn = builder.serve_connection(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
                 tracing::debug!(client = %peer, "connection ended: {e}");
             }
         });
     }
-    drain(graceful, limits.shutdown_grace, "HTTP").await;
+    drain(graceful, limits.limits.shutdown_grace, "HTTP").await;
 }
 
 async fn drain(graceful: GracefulShutdown, grace: Duration, what: &str) {

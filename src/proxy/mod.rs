@@ -3,7 +3,10 @@
 //! rewrite response -> log. Each phase is a function below, in that order.
 
 pub mod access_log;
+pub mod body;
+pub mod conn_limit;
 pub mod error;
+pub mod framing;
 pub mod headers;
 pub mod listener;
 pub mod redirect;
@@ -12,6 +15,7 @@ pub mod upstream;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -22,10 +26,11 @@ use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use crate::config::{AccessLog, Site};
+use crate::config::{AccessLog, Limits, Site};
 use crate::names;
 use crate::tls::Entry;
-use access_log::{Logged, Record};
+use access_log::{Inflight, Logged, Record};
+use body::Guarded;
 use error::{ErrorPages, ProxyError};
 use upstream::Pool;
 
@@ -38,6 +43,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The certificate this connection was given; decides 421 versus 404.
     pub served: Option<Arc<Entry>>,
+    /// Requests on this connection whose responses are not finished.
+    pub inflight: Arc<AtomicUsize>,
 }
 
 /// One site at run time: its config, upstream pool and error pages.
@@ -88,13 +95,15 @@ impl Routes {
 pub struct Proxy {
     routes: ArcSwap<Routes>,
     access: AccessLog,
+    limits: Limits,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, access: AccessLog) -> Proxy {
+    pub fn new(routes: Routes, access: AccessLog, limits: Limits) -> Proxy {
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             access,
+            limits,
         }
     }
 
@@ -109,6 +118,7 @@ impl Proxy {
         conn: Arc<ConnInfo>,
     ) -> Result<Response<Body>, Infallible> {
         let start = Instant::now();
+        let inflight = Inflight::new(&conn.inflight);
         let routes = self.routes.load_full();
         let method = req.method().clone();
         let path = if self.access == AccessLog::Off {
@@ -124,7 +134,7 @@ impl Proxy {
                 let r = match route(&routes, &h, &conn) {
                     Ok(site) => {
                         site_name = site.cfg.domains.first().cloned();
-                        forward(site, req, &conn, &h).await
+                        forward(site, req, &conn, &h, &self.limits).await
                     }
                     Err(e) => Err((e, None)),
                 };
@@ -172,7 +182,10 @@ impl Proxy {
             })
         });
         let (parts, body) = response.into_parts();
-        Ok(Response::from_parts(parts, Logged::new(body, record)))
+        Ok(Response::from_parts(
+            parts,
+            Logged::new(body, record, Some(inflight)),
+        ))
     }
 }
 
@@ -246,11 +259,31 @@ async fn forward(
     req: Request<Incoming>,
     conn: &ConnInfo,
     host: &str,
+    limits: &Limits,
 ) -> Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)> {
     let fail = |e| (e, Some(site.clone()));
     if req.method() == http::Method::CONNECT {
         return Err(fail(ProxyError::MethodNotAllowed("CONNECT")));
     }
+    // A declared length over the cap is refused before anything is sent upstream.
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        return Err(fail(ProxyError::BodyTooLarge(limits.max_body_bytes)));
+    }
+    let (req, tripped) = {
+        let (parts, body) = req.into_parts();
+        let (g, t) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
+        (Request::from_parts(parts, g), t)
+    };
+    let body_error = |t: &body::Tripped| match t.get() {
+        body::TOO_LARGE => Some(ProxyError::BodyTooLarge(limits.max_body_bytes)),
+        body::IDLE => Some(ProxyError::BodyTimeout),
+        _ => None,
+    };
     let mut req = rewrite_request(req, conn, host, &site.cfg);
     let pool = &site.pool;
     let mut tried: u64 = 0;
@@ -311,11 +344,14 @@ async fn forward(
                         break;
                     }
                     None => {
+                        if let Some(be) = body_error(&tripped) {
+                            return Err(fail(be));
+                        }
                         return Err(fail(ProxyError::UpstreamUnavailable(format!(
                             "{}: {}",
                             up.addr,
                             e.into_error()
-                        ))))
+                        ))));
                     }
                 },
             }
@@ -337,11 +373,11 @@ fn upstream_state(site: &SiteRt, addr: &str, up: bool) {
 // ---------------------------------------------------------------- rewrite
 
 fn rewrite_request(
-    req: Request<Incoming>,
+    req: Request<Guarded>,
     conn: &ConnInfo,
     host: &str,
     site: &Site,
-) -> Request<Incoming> {
+) -> Request<Guarded> {
     let (mut parts, body) = req.into_parts();
     // Host is kept as the client sent it (with its port), like a transparent proxy.
     let host_value = match parts.uri.authority() {

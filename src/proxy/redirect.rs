@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,7 +15,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
-use super::access_log::{Logged, Record};
+use super::access_log::{Inflight, Logged, Record};
 use super::{error, Body};
 use crate::config::AccessLog;
 use crate::names;
@@ -34,7 +35,9 @@ impl Redirect {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        inflight: &Arc<AtomicUsize>,
     ) -> Result<Response<Body>, Infallible> {
+        let inflight = Inflight::new(inflight);
         let start = Instant::now();
         let host = usable_host(&req);
         let resp = match &host {
@@ -86,7 +89,10 @@ impl Redirect {
             })
         });
         let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(parts, Logged::new(body, record)))
+        Ok(Response::from_parts(
+            parts,
+            Logged::new(body, record, Some(inflight)),
+        ))
     }
 }
 

@@ -9,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -19,7 +18,7 @@ use crate::config;
 /// Idle connections kept per upstream; more are closed when returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 128;
 
-pub type Sender = SendRequest<Incoming>;
+pub type Sender = SendRequest<super::body::Guarded>;
 
 #[derive(Debug)]
 pub enum ConnectError {
