@@ -122,6 +122,13 @@ impl Proc {
         s.flush().unwrap();
     }
 
+    /// Like `write_stdin`, but reports a closed pipe instead of panicking.
+    pub fn try_write_stdin(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let s = self.stdin.as_mut().expect("stdin");
+        s.write_all(bytes)?;
+        s.flush()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }

@@ -1,0 +1,345 @@
+//! Hostile input over real TLS connections (openssl s_client as a raw client).
+//! Each case asserts three things: the status edge answers, that the Flask
+//! backend never saw the request (its access log is read), and that edge still
+//! serves a clean request afterwards.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+struct Setup {
+    flask: Flask,
+    edge: Edge,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(limits: &str) -> Setup {
+    let flask = Flask::start(1);
+    let (dir, cfg) = config(&format!(
+        "{}[limits]\n{limits}\n{}",
+        listen_any(),
+        site(&["flask.test"], &[flask.addr()])
+    ));
+    let edge = Edge::serve(&cfg);
+    Setup {
+        flask,
+        edge,
+        _dir: dir,
+    }
+}
+
+/// Sends raw bytes over TLS and returns what came back until the server closed.
+fn raw_tls(port: u16, request: &[u8]) -> String {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "flask.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(request).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+impl Setup {
+    fn port(&self) -> u16 {
+        self.edge.https.port()
+    }
+
+    /// The three-part check: status line, backend untouched, edge still fine.
+    fn assert_refused(&self, request: &[u8], status: &str, marker: &str) {
+        let out = raw_tls(self.port(), request);
+        assert!(
+            out.starts_with(&format!("HTTP/1.1 {status}")),
+            "expected {status} for {marker}, got: {out:?}"
+        );
+        self.assert_backend_never_saw(marker);
+        self.assert_clean_request_works();
+    }
+
+    fn assert_backend_never_saw(&self, marker: &str) {
+        // A clean request after the attack is logged by Flask; once it is, any
+        // earlier request would be in the log too.
+        let (code, _) = curl("flask.test", self.port(), "/healthz?after-check", &[]);
+        assert_eq!(code, 200);
+        self.flask
+            .proc
+            .wait_for("/healthz?after-check", Duration::from_secs(5));
+        assert!(
+            !self.flask.proc.output().contains(marker),
+            "backend saw {marker}:\n{}",
+            self.flask.proc.output()
+        );
+    }
+
+    fn assert_clean_request_works(&self) {
+        let (code, body) = curl("flask.test", self.port(), "/", &[]);
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("Version1"));
+    }
+}
+
+#[test]
+fn content_length_with_transfer_encoding_is_400_and_never_forwarded() {
+    let s = setup("");
+    s.assert_refused(
+        b"POST /smuggle-clte HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-inner HTTP/1.1\r\nHost: flask.test\r\n\r\n",
+        "400",
+        "/smuggle",
+    );
+    // Same, with the headers the other way round.
+    s.assert_refused(
+        b"POST /smuggle-tecl HTTP/1.1\r\nHost: flask.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n0\r\n\r\n",
+        "400",
+        "/smuggle-tecl",
+    );
+}
+
+#[test]
+fn differing_content_lengths_te_on_http10_and_odd_te_are_400() {
+    let s = setup("");
+    s.assert_refused(
+        b"POST /dup-cl HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        "400",
+        "/dup-cl",
+    );
+    let out = raw_tls(
+        s.port(),
+        b"POST /te-10 HTTP/1.0\r\nHost: flask.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    );
+    assert!(out.contains(" 400 "), "{out:?}");
+    s.assert_backend_never_saw("/te-10");
+    s.assert_refused(
+        b"POST /te-gzip HTTP/1.1\r\nHost: flask.test\r\nTransfer-Encoding: gzip\r\n\r\nxx",
+        "400",
+        "/te-gzip",
+    );
+}
+
+#[test]
+fn header_smuggling_via_underscores_and_connection_is_neutralised() {
+    let s = setup("");
+    let out = raw_tls(
+        s.port(),
+        b"GET /headers HTTP/1.1\r\nHost: flask.test\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nConnection: close, X-Forwarded-For, X-Real-IP\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
+    let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    assert_eq!(v["headers"]["X-Forwarded-For"], "127.0.0.1", "{body}");
+    assert_eq!(v["headers"]["X-Real-Ip"], "127.0.0.1", "{body}");
+    assert_eq!(v["environ_forwarded_for"], "127.0.0.1", "{body}");
+    assert!(
+        !body.contains("6.6.6.6") && !body.contains("7.7.7.7"),
+        "{body}"
+    );
+    s.assert_clean_request_works();
+}
+
+#[test]
+fn oversized_header_is_431_and_connect_is_405() {
+    let s = setup("");
+    let big = format!(
+        "GET /big-header HTTP/1.1\r\nHost: flask.test\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    s.assert_refused(big.as_bytes(), "431", "/big-header");
+    let out = raw_tls(
+        s.port(),
+        b"CONNECT flask.test:443 HTTP/1.1\r\nHost: flask.test:443\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 405"), "{out:?}");
+    s.assert_backend_never_saw("CONNECT");
+    s.assert_clean_request_works();
+}
+
+#[test]
+fn body_limits_413_and_408() {
+    let s = setup("max_body_bytes = \"1k\"\nbody_idle_timeout = \"1s\"");
+    // Declared too large: refused before anything is forwarded.
+    let mut req = b"POST /echo?declared HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 2048\r\nConnection: close\r\n\r\n".to_vec();
+    req.extend(vec![b'a'; 2048]);
+    let out = raw_tls(s.port(), &req);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
+    s.assert_backend_never_saw("/echo?declared");
+    // Chunked, too large once counted.
+    let mut req = b"POST /echo?chunked HTTP/1.1\r\nHost: flask.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        req.extend(b"200\r\n");
+        req.extend(vec![b'a'; 0x200]);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    let out = raw_tls(s.port(), &req);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
+    // A body that stalls: 408 after the idle timeout.
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{}", s.port()),
+            "-servername",
+            "flask.test",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin
+            .write_all(
+                b"POST /echo?stall HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 10\r\n\r\nab",
+            )
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    let start = Instant::now();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    drop(stdin);
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = String::from_utf8_lossy(&got).into_owned();
+    assert!(got.starts_with("HTTP/1.1 408"), "{got:?}");
+    assert!(
+        start.elapsed() >= Duration::from_millis(900),
+        "408 came too early: {:?}",
+        start.elapsed()
+    );
+    s.assert_clean_request_works();
+}
+
+#[test]
+fn slow_header_dribble_and_idle_keepalive_are_closed() {
+    let s = setup("header_read_timeout = \"1s\"\nkeepalive_timeout = \"1s\"");
+    // One byte every 200 ms never completes a header within 1 s.
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-ign_eof",
+        "-connect",
+        &format!("127.0.0.1:{}", s.port()),
+        "-servername",
+        "flask.test",
+    ]);
+    let mut p = Proc::spawn("slow client", cmd);
+    let start = Instant::now();
+    let req = b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n";
+    let mut closed = false;
+    for b in req.iter() {
+        std::thread::sleep(Duration::from_millis(200));
+        if p.try_write_stdin(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let code = p.wait_exit(Duration::from_secs(5));
+    let took = start.elapsed();
+    assert!(closed || code >= 0, "slow client still connected");
+    assert!(
+        took < Duration::from_secs(5),
+        "dribbling client held the connection for {took:?}"
+    );
+    s.assert_backend_never_saw("/dribble");
+
+    // A keep-alive connection that goes quiet after one request is closed.
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-ign_eof",
+        "-connect",
+        &format!("127.0.0.1:{}", s.port()),
+        "-servername",
+        "flask.test",
+    ]);
+    let mut p = Proc::spawn("idle client", cmd);
+    p.wait_for("verify return", Duration::from_secs(5));
+    let start = Instant::now();
+    p.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+    p.wait_exit(Duration::from_secs(5));
+    let idle = start.elapsed();
+    // The body has no trailing newline, so it shows up once the connection closes.
+    assert!(p.output().contains("Version1"), "{}", p.output());
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        "idle connection closed after {idle:?}"
+    );
+    s.assert_clean_request_works();
+}
+
+#[test]
+fn connections_per_ip_are_capped() {
+    let s = setup("max_connections_per_ip = 2");
+    // Two idle TLS connections hold both slots.
+    let hold = || {
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-ign_eof",
+            "-connect",
+            &format!("127.0.0.1:{}", s.port()),
+            "-servername",
+            "flask.test",
+        ]);
+        let p = Proc::spawn("holder", cmd);
+        p.wait_for("Verify return code", Duration::from_secs(5));
+        p
+    };
+    let a = hold();
+    let b = hold();
+    let (code, _) = curl("flask.test", s.port(), "/capped", &[]);
+    assert_eq!(code, 0, "a third connection from the same IP was served");
+    s.edge.proc.wait_for(
+        "limits.max_connections_per_ip reached",
+        Duration::from_secs(5),
+    );
+    drop(a);
+    drop(b);
+    // Slots come back when the connections close.
+    let start = Instant::now();
+    loop {
+        if curl("flask.test", s.port(), "/", &[]).0 == 200 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "slots never came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    s.assert_backend_never_saw("/capped");
+}
