@@ -168,6 +168,21 @@ struct RawSite {
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     error_pages: Option<BTreeMap<String, String>>,
+    max_fails: Option<i64>,
+    fail_timeout: Option<String>,
+    max_tries: Option<i64>,
+    health_check: Option<RawHealthCheck>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHealthCheck {
+    path: Option<String>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    status: Option<i64>,
+    rise: Option<i64>,
+    fall: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -355,7 +370,28 @@ pub struct Log {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Balance {
+    /// nginx's smooth weighted round robin.
     RoundRobin,
+    /// Fewest requests in flight per unit of weight.
+    LeastConn,
+    /// Client IP on a consistent-hash ring: a client sticks to one upstream, and
+    /// an upstream leaving moves only its own clients.
+    IpHash,
+    /// Power of two random choices, the less loaded of the two.
+    P2c,
+}
+
+/// Active health checking of a site's upstreams.
+#[derive(Debug, Clone)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub status: u16,
+    /// Consecutive passes before a down upstream gets traffic again.
+    pub rise: u32,
+    /// Consecutive failures before an upstream is taken out.
+    pub fall: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -375,6 +411,12 @@ pub struct Site {
     pub response_timeout: Duration,
     /// Status -> HTML file that replaces the built-in page (nginx's `error_page`).
     pub error_pages: BTreeMap<u16, PathBuf>,
+    /// Failures within `fail_timeout` that take an upstream out for `fail_timeout` (nginx).
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+    /// Upstreams one request may try; 0 means every one.
+    pub max_tries: usize,
+    pub health_check: Option<HealthCheck>,
 }
 
 impl Site {
@@ -882,8 +924,56 @@ impl Validator<'_> {
         }
         let balance = match raw.balance.as_deref().unwrap_or("round_robin") {
             "round_robin" => Balance::RoundRobin,
-            other => {
-                return Err(self.err(k("balance"), format!("{other:?}: expected \"round_robin\"")))
+            "least_conn" => Balance::LeastConn,
+            "ip_hash" => Balance::IpHash,
+            "p2c" => Balance::P2c,
+            other => return Err(self.err(
+                k("balance"),
+                format!(
+                    "{other:?}: expected \"round_robin\", \"least_conn\", \"ip_hash\" or \"p2c\""
+                ),
+            )),
+        };
+        let max_fails = self.count(&k("max_fails"), raw.max_fails, 1, 0..=1000)? as u32;
+        let fail_timeout = self.duration(
+            &k("fail_timeout"),
+            raw.fail_timeout.as_deref(),
+            Duration::from_secs(10),
+        )?;
+        let max_tries = self.count(&k("max_tries"), raw.max_tries, 0, 0..=100)?;
+        let health_check = match raw.health_check {
+            None => None,
+            Some(h) => {
+                let path = h.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/') {
+                    return Err(self.err(
+                        k("health_check.path"),
+                        format!("{path:?}: expected a path starting with '/'"),
+                    ));
+                }
+                let status = h.status.unwrap_or(200);
+                if !(100..=599).contains(&status) {
+                    return Err(self.err(
+                        k("health_check.status"),
+                        format!("{status}: expected an HTTP status"),
+                    ));
+                }
+                Some(HealthCheck {
+                    path,
+                    interval: self.duration(
+                        &k("health_check.interval"),
+                        h.interval.as_deref(),
+                        Duration::from_secs(5),
+                    )?,
+                    timeout: self.duration(
+                        &k("health_check.timeout"),
+                        h.timeout.as_deref(),
+                        Duration::from_secs(2),
+                    )?,
+                    status: status as u16,
+                    rise: self.count(&k("health_check.rise"), h.rise, 2, 1..=100)? as u32,
+                    fall: self.count(&k("health_check.fall"), h.fall, 3, 1..=100)? as u32,
+                })
             }
         };
         let mut trusted_proxies = Vec::new();
@@ -931,6 +1021,10 @@ impl Validator<'_> {
             connect_timeout,
             response_timeout,
             error_pages,
+            max_fails,
+            fail_timeout,
+            max_tries,
+            health_check,
         })
     }
 }

@@ -6,15 +6,21 @@ the same file runs as website1..3 in Docker and as three local processes in test
 """
 import os
 import sys
+import time
 
 from flask import Flask, jsonify, request
 
 app = Flask(__name__)
 VERSION = os.getenv("FLASK_VERSION", "1")
+# Tests use FLASK_DELAY to make one backend slow; FLASK_HEALTH_STATUS to make its
+# health endpoint fail.
+DELAY = float(os.getenv("FLASK_DELAY", "0"))
 
 
 @app.route("/")
 def index():
+    if DELAY:
+        time.sleep(DELAY)
     return f"<h1><center>This is Flask Application - Version{VERSION} Nginx</center></h1>"
 
 
@@ -36,7 +42,8 @@ def echo():
 
 @app.route("/healthz")
 def healthz():
-    return "ok"
+    status = int(os.getenv("FLASK_HEALTH_STATUS", "200"))
+    return "ok" if status == 200 else ("unhealthy", status)
 
 
 if __name__ == "__main__":

@@ -50,6 +50,7 @@ pin_project_lite::pin_project! {
         bytes: u64,
         record: Option<Box<Record>>,
         inflight: Option<Inflight>,
+        upstream: Option<super::upstream::InflightGuard>,
     }
 
     impl<B> PinnedDrop for Logged<B> {
@@ -69,7 +70,14 @@ impl<B> Logged<B> {
             bytes: 0,
             record,
             inflight,
+            upstream: None,
         }
+    }
+
+    /// Keeps the upstream's in-flight count up until the body is done.
+    pub fn holding(mut self, guard: Option<super::upstream::InflightGuard>) -> Self {
+        self.upstream = guard;
+        self
     }
 }
 

@@ -39,7 +39,8 @@ impl Tripped {
 }
 
 pub struct Guarded {
-    inner: Incoming,
+    /// `None` for a replayed request that has no body.
+    inner: Option<Incoming>,
     seen: u64,
     max: u64,
     idle: Duration,
@@ -53,7 +54,7 @@ impl Guarded {
         let tripped = Tripped::default();
         (
             Guarded {
-                inner,
+                inner: Some(inner),
                 seen: 0,
                 max,
                 idle,
@@ -62,6 +63,20 @@ impl Guarded {
             },
             tripped,
         )
+    }
+}
+
+impl Guarded {
+    /// An empty body, for sending a bodyless request again.
+    pub fn empty() -> Guarded {
+        Guarded {
+            inner: None,
+            seen: 0,
+            max: 0,
+            idle: Duration::ZERO,
+            sleep: None,
+            tripped: Tripped::default(),
+        }
     }
 }
 
@@ -74,7 +89,10 @@ impl Body for Guarded {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
@@ -105,10 +123,13 @@ impl Body for Guarded {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map(|b| b.size_hint())
+            .unwrap_or_else(|| SizeHint::with_exact(0))
     }
 }

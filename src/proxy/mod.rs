@@ -69,7 +69,11 @@ impl Routes {
         for s in sites {
             let rt = Arc::new(SiteRt {
                 cfg: s.clone(),
-                pool: Pool::new(&s.upstreams),
+                pool: Pool::new(
+                    &s.upstreams,
+                    s.balance,
+                    s.domains.first().map(String::as_str).unwrap_or("-"),
+                ),
                 pages: ErrorPages::load(&s.error_pages)?,
             });
             for d in &s.domains {
@@ -142,11 +146,15 @@ impl Proxy {
             }
             Err(e) => (None, Err((e, None))),
         };
-        let (response, upstream) = match result {
-            Ok((resp, up)) => {
+        let (response, upstream, up_guard) = match result {
+            Ok((resp, up, guard)) => {
                 let (mut parts, body) = resp.into_parts();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                (Response::from_parts(parts, Either::Left(body)), Some(up))
+                (
+                    Response::from_parts(parts, Either::Left(body)),
+                    Some(up),
+                    Some(guard),
+                )
             }
             Err((e, site)) => {
                 if e.source() == error::Source::Upstream {
@@ -154,7 +162,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(client = %conn.peer, "{e}");
                 }
-                (error_response(&e, site.as_deref(), version), None)
+                (error_response(&e, site.as_deref(), version), None, None)
             }
         };
         let status = response.status().as_u16();
@@ -184,7 +192,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            Logged::new(body, record, Some(inflight)),
+            Logged::new(body, record, Some(inflight)).holding(up_guard),
         ))
     }
 }
@@ -249,11 +257,22 @@ fn route<'a>(
 
 // ---------------------------------------------------------------- forward
 
-type Forwarded = (Response<Incoming>, Arc<str>);
+type Forwarded = (Response<Incoming>, Arc<str>, upstream::InflightGuard);
+
+fn idempotent(m: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
 
 /// Picks upstreams in balancing order and sends the request to the first that
 /// takes it. A refused connection moves on to the next upstream; a stale pooled
-/// connection gives the request back and it is sent again on a fresh one.
+/// connection gives the request back and it is sent again on a fresh one. A
+/// request that was sent and then failed before response headers (or timed
+/// out) is tried on the next upstream only when it is idempotent and had no
+/// body, so it can be replayed exactly; never after a body was streamed.
 async fn forward(
     site: &Arc<SiteRt>,
     req: Request<Incoming>,
@@ -274,6 +293,7 @@ async fn forward(
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(fail(ProxyError::BodyTooLarge(limits.max_body_bytes)));
     }
+    let bodyless = http_body::Body::is_end_stream(req.body());
     let (req, tripped) = {
         let (parts, body) = req.into_parts();
         let (g, t) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
@@ -284,90 +304,124 @@ async fn forward(
         body::IDLE => Some(ProxyError::BodyTimeout),
         _ => None,
     };
-    let mut req = rewrite_request(req, conn, host, &site.cfg);
+    let req = rewrite_request(req, conn, host, &site.cfg);
+    let replay = (bodyless && idempotent(req.method())).then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let rebuild = |r: &(http::Method, http::Uri, http::HeaderMap)| {
+        let mut q = Request::new(Guarded::empty());
+        *q.method_mut() = r.0.clone();
+        *q.uri_mut() = r.1.clone();
+        *q.headers_mut() = r.2.clone();
+        q
+    };
     let pool = &site.pool;
+    let cfg = &site.cfg;
+    let max_tries = if cfg.max_tries == 0 {
+        pool.len()
+    } else {
+        cfg.max_tries.min(pool.len())
+    };
+    let mut current = Some(req);
     let mut tried: u64 = 0;
+    let mut tries = 0;
     let mut last_error = String::from("no upstream configured");
-    while let Some(i) = pool.pick(tried) {
+    let mut timed_out = false;
+    while tries < max_tries {
+        let Some(i) = pool.pick(tried, conn.peer.ip()) else {
+            break;
+        };
         tried |= 1u64 << i.min(63);
+        tries += 1;
         let up = &pool.upstreams[i];
-        let mut fresh_tried = false;
+        let Some(mut req) = current.take().or_else(|| replay.as_ref().map(rebuild)) else {
+            break;
+        };
+        let mut fresh = false;
         let mut sender = match up.take_idle() {
             Some(s) => s,
             None => {
-                fresh_tried = true;
-                match up.connect(site.cfg.connect_timeout).await {
-                    Ok(s) => {
-                        upstream_state(site, &up.addr, true);
-                        s
-                    }
+                fresh = true;
+                match up.connect(cfg.connect_timeout).await {
+                    Ok(s) => s,
                     Err(e) => {
-                        upstream_state(site, &up.addr, false);
+                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
                         tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
                         last_error = format!("{}: {e}", up.addr);
+                        current = Some(req);
                         continue;
                     }
                 }
             }
         };
+        let guard = upstream::InflightGuard::new(up);
         loop {
             let sent =
-                tokio::time::timeout(site.cfg.response_timeout, sender.try_send_request(req)).await;
+                tokio::time::timeout(cfg.response_timeout, sender.try_send_request(req)).await;
             match sent {
                 Err(_) => {
-                    return Err(fail(ProxyError::UpstreamTimeout(format!(
+                    up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                    timed_out = true;
+                    last_error = format!(
                         "{} sent no response headers within {}",
                         up.addr,
-                        humantime::format_duration(site.cfg.response_timeout)
-                    ))))
+                        humantime::format_duration(cfg.response_timeout)
+                    );
+                    tracing::warn!(upstream = %up.addr, "{last_error}");
+                    break;
                 }
                 Ok(Ok(resp)) => {
+                    up.record_success();
                     up.recycle(sender);
-                    return Ok((resp, Arc::from(up.addr.as_str())));
+                    return Ok((resp, Arc::from(up.addr.as_str()), guard));
                 }
                 Ok(Err(mut e)) => match e.take_message() {
                     // Never sent: the pooled connection was closed under us.
-                    Some(back) if !fresh_tried => {
+                    Some(back) if !fresh => {
                         req = back;
-                        fresh_tried = true;
-                        match up.connect(site.cfg.connect_timeout).await {
+                        fresh = true;
+                        match up.connect(cfg.connect_timeout).await {
                             Ok(s) => sender = s,
                             Err(ce) => {
+                                up.record_failure(cfg.max_fails, cfg.fail_timeout);
                                 last_error = format!("{}: {ce}", up.addr);
+                                current = Some(req);
                                 break;
                             }
                         }
                     }
                     Some(back) => {
-                        req = back;
+                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
                         last_error = format!("{}: {}", up.addr, e.into_error());
+                        current = Some(back);
                         break;
                     }
                     None => {
                         if let Some(be) = body_error(&tripped) {
                             return Err(fail(be));
                         }
-                        return Err(fail(ProxyError::UpstreamUnavailable(format!(
-                            "{}: {}",
-                            up.addr,
-                            e.into_error()
-                        ))));
+                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                        last_error = format!("{}: {}", up.addr, e.into_error());
+                        tracing::warn!(upstream = %up.addr, "upstream failed before answering: {last_error}");
+                        break;
                     }
                 },
             }
         }
+        if current.is_none() && replay.is_none() {
+            // The request (and its body) is spent: it cannot be sent again.
+            break;
+        }
     }
-    Err(fail(ProxyError::UpstreamUnavailable(last_error)))
-}
-
-fn upstream_state(site: &SiteRt, addr: &str, up: bool) {
-    crate::metrics::METRICS
-        .upstream_up
-        .get_or_create(&crate::metrics::UpstreamLabels {
-            site: site.cfg.domains.first().cloned().unwrap_or_default(),
-            upstream: addr.to_string(),
-        })
-        .set(i64::from(up));
+    if timed_out {
+        Err(fail(ProxyError::UpstreamTimeout(last_error)))
+    } else {
+        Err(fail(ProxyError::UpstreamUnavailable(last_error)))
+    }
 }
 
 // ---------------------------------------------------------------- rewrite

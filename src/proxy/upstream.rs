@@ -1,22 +1,31 @@
-//! Upstream servers: their keep-alive connections and the balancing between them.
+//! Upstream servers: keep-alive connections, health, and balancing between them.
 //!
 //! edge keeps its own small pool instead of hyper-util's client so that the proxy
 //! decides which upstream a request goes to, sees a refused connection before the
 //! request is spent, and gets a request back from a stale pooled connection
 //! (`try_send_request`) to send it again on a fresh one.
+//!
+//! Health has two sources. Passive, as nginx: `max_fails` failures within
+//! `fail_timeout` take an upstream out for `fail_timeout`. Active, when a site has
+//! `health_check`: `fall` failed probes take it out, `rise` passes bring it back.
+//! Each change is logged once.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rand::Rng;
 use tokio::net::TcpStream;
 
-use crate::config;
+use crate::config::{self, Balance};
 
 /// Idle connections kept per upstream; more are closed when returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 128;
+/// Points per unit of weight on the ip_hash ring: enough for an even spread.
+const RING_POINTS: u32 = 160;
 
 pub type Sender = SendRequest<super::body::Guarded>;
 
@@ -42,12 +51,29 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
+/// Milliseconds since the process started: a cheap monotonic clock for atomics.
+fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 pub struct Upstream {
     pub addr: String,
     /// Parsed once when the address is an IP, so the hot path skips name resolution.
     socket: Option<SocketAddr>,
     pub weight: u32,
     idle: Mutex<Vec<Sender>>,
+    /// Requests sent and not yet answered (least_conn, p2c).
+    pub inflight: AtomicUsize,
+    fails: AtomicU32,
+    fail_window_start: AtomicU64,
+    /// Passively out until this time (ms), 0 when in.
+    down_until: AtomicU64,
+    /// Out by active health check.
+    active_down: AtomicBool,
+    /// What was last logged, so each change is logged once.
+    reported_down: AtomicBool,
+    site: String,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -60,12 +86,89 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    pub fn new(cfg: &config::Upstream) -> Upstream {
+    pub fn new(cfg: &config::Upstream, site: &str) -> Upstream {
+        crate::metrics::METRICS
+            .upstream_up
+            .get_or_create(&crate::metrics::UpstreamLabels {
+                site: site.to_string(),
+                upstream: cfg.addr.clone(),
+            })
+            .set(1);
         Upstream {
             addr: cfg.addr.clone(),
             socket: cfg.addr.parse().ok(),
             weight: cfg.weight,
             idle: Mutex::new(Vec::new()),
+            inflight: AtomicUsize::new(0),
+            fails: AtomicU32::new(0),
+            fail_window_start: AtomicU64::new(0),
+            down_until: AtomicU64::new(0),
+            active_down: AtomicBool::new(false),
+            reported_down: AtomicBool::new(false),
+            site: site.to_string(),
+        }
+    }
+
+    /// In rotation: neither failed passively nor by active check.
+    pub fn available(&self) -> bool {
+        !self.active_down.load(Ordering::Relaxed)
+            && self.down_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn actively_down(&self) -> bool {
+        self.active_down.load(Ordering::Relaxed)
+    }
+
+    /// A connect error, timeout or failure before response headers.
+    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) {
+        if max_fails == 0 {
+            return;
+        }
+        let now = now_ms();
+        let window = fail_timeout.as_millis() as u64;
+        let start = self.fail_window_start.load(Ordering::Relaxed);
+        if start == 0 || now.saturating_sub(start) > window {
+            self.fail_window_start.store(now, Ordering::Relaxed);
+            self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.fails.fetch_add(1, Ordering::Relaxed) + 1 >= max_fails {
+            self.down_until.store(now + window, Ordering::Relaxed);
+            self.report();
+        }
+    }
+
+    pub fn record_success(&self) {
+        if self.fails.load(Ordering::Relaxed) != 0 {
+            self.fails.store(0, Ordering::Relaxed);
+        }
+        if self.down_until.load(Ordering::Relaxed) != 0 {
+            self.down_until.store(0, Ordering::Relaxed);
+        }
+        self.report();
+    }
+
+    /// Active health check outcome.
+    pub fn set_active(&self, up: bool) {
+        self.active_down.store(!up, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// Logs a change of availability once, and keeps the metric in step.
+    fn report(&self) {
+        let down = !self.available();
+        if self.reported_down.swap(down, Ordering::Relaxed) != down {
+            if down {
+                tracing::warn!(site = %self.site, upstream = %self.addr, "upstream marked down");
+            } else {
+                tracing::info!(site = %self.site, upstream = %self.addr, "upstream back up");
+            }
+            crate::metrics::METRICS
+                .upstream_up
+                .get_or_create(&crate::metrics::UpstreamLabels {
+                    site: self.site.clone(),
+                    upstream: self.addr.clone(),
+                })
+                .set(i64::from(!down));
         }
     }
 
@@ -93,7 +196,7 @@ impl Upstream {
         });
     }
 
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+    pub async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
         let connect = async {
             match self.socket {
                 Some(sa) => TcpStream::connect(sa).await,
@@ -105,6 +208,11 @@ impl Upstream {
             .map_err(|_| ConnectError::Timeout(timeout))?
             .map_err(ConnectError::Io)?;
         let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let stream = self.connect_tcp(timeout).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await
@@ -119,18 +227,66 @@ impl Upstream {
     }
 }
 
-/// A site's upstreams and nginx's smooth weighted round robin over them.
+/// Counts a request against its upstream until the response is finished.
+pub struct InflightGuard(Arc<Upstream>);
+
+impl InflightGuard {
+    pub fn new(up: &Arc<Upstream>) -> InflightGuard {
+        up.inflight.fetch_add(1, Ordering::AcqRel);
+        InflightGuard(up.clone())
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A site's upstreams and the policy that picks among them.
 #[derive(Debug)]
 pub struct Pool {
     pub upstreams: Vec<Arc<Upstream>>,
+    policy: Balance,
     current: Mutex<Vec<i64>>,
+    /// ip_hash: sorted (point, upstream index).
+    ring: Vec<(u64, usize)>,
+}
+
+fn hash64(bytes: &[u8]) -> u64 {
+    // FNV-1a, then a final mix: stable across runs and builds, which a
+    // consistent-hash ring needs (std's SipHash keys are random per process).
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51afd7ed558ccd);
+    h ^= h >> 33;
+    h
 }
 
 impl Pool {
-    pub fn new(cfg: &[config::Upstream]) -> Pool {
+    pub fn new(cfg: &[config::Upstream], policy: Balance, site: &str) -> Pool {
+        let upstreams: Vec<Arc<Upstream>> = cfg
+            .iter()
+            .map(|u| Arc::new(Upstream::new(u, site)))
+            .collect();
+        let mut ring = Vec::new();
+        if policy == Balance::IpHash {
+            for (i, u) in upstreams.iter().enumerate() {
+                for p in 0..RING_POINTS * u.weight {
+                    ring.push((hash64(format!("{}#{p}", u.addr).as_bytes()), i));
+                }
+            }
+            ring.sort_unstable();
+        }
         Pool {
-            upstreams: cfg.iter().map(|u| Arc::new(Upstream::new(u))).collect(),
-            current: Mutex::new(vec![0; cfg.len()]),
+            current: Mutex::new(vec![0; upstreams.len()]),
+            upstreams,
+            policy,
+            ring,
         }
     }
 
@@ -142,15 +298,64 @@ impl Pool {
         self.upstreams.is_empty()
     }
 
-    /// Picks the next upstream not yet tried for this request. With weights 5,1,1
-    /// this gives a a b a c a a rather than a a a a a b c: heavy servers are
-    /// spread out, as nginx does it.
-    pub fn pick(&self, tried: u64) -> Option<usize> {
+    /// Picks the next upstream for a request from `client` that has not tried
+    /// the ones in `tried` (a bit set). Upstreams out of rotation are skipped
+    /// unless every untried one is out passively: then they are tried anyway,
+    /// since a request that might succeed beats one certain to fail.
+    pub fn pick(&self, tried: u64, client: IpAddr) -> Option<usize> {
+        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
+        let candidates = |i: usize| untried(i) && self.upstreams[i].available();
+        let any = (0..self.len()).any(candidates);
+        let eligible = |i: usize| {
+            if any {
+                candidates(i)
+            } else {
+                untried(i) && !self.upstreams[i].actively_down()
+            }
+        };
+        match self.policy {
+            Balance::RoundRobin => self.round_robin(&eligible),
+            Balance::LeastConn => self.least_loaded((0..self.len()).filter(|i| eligible(*i))),
+            Balance::P2c => {
+                let e: Vec<usize> = (0..self.len()).filter(|i| eligible(*i)).collect();
+                match e.len() {
+                    0 => None,
+                    1 => Some(e[0]),
+                    n => {
+                        let mut rng = rand::rng();
+                        let a = rng.random_range(0..n);
+                        let mut b = rng.random_range(0..n - 1);
+                        if b >= a {
+                            b += 1;
+                        }
+                        self.least_loaded([e[a], e[b]].into_iter())
+                    }
+                }
+            }
+            Balance::IpHash => {
+                if self.ring.is_empty() {
+                    return None;
+                }
+                let key = match client {
+                    IpAddr::V4(v4) => hash64(&v4.octets()),
+                    IpAddr::V6(v6) => hash64(&v6.octets()),
+                };
+                let start = self.ring.partition_point(|(p, _)| *p < key);
+                (0..self.ring.len())
+                    .map(|k| self.ring[(start + k) % self.ring.len()].1)
+                    .find(|i| eligible(*i))
+            }
+        }
+    }
+
+    /// nginx's smooth weighted round robin over the eligible upstreams: with
+    /// weights 5,1,1 this gives a a b a c a a, spreading the heavy one out.
+    fn round_robin(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
         let mut total = 0i64;
         let mut best: Option<usize> = None;
         for (i, up) in self.upstreams.iter().enumerate() {
-            if i < 64 && tried & (1 << i) != 0 {
+            if !eligible(i) {
                 continue;
             }
             let w = up.weight as i64;
@@ -165,13 +370,40 @@ impl Pool {
         }
         best
     }
+
+    /// The one with the fewest in-flight requests per unit of weight; ties go
+    /// to a random one so equal upstreams share the load.
+    fn least_loaded(&self, it: impl Iterator<Item = usize>) -> Option<usize> {
+        let mut best: Option<(usize, u64)> = None;
+        let mut ties = 0u32;
+        for i in it {
+            let u = &self.upstreams[i];
+            // Scaled load: inflight / weight, compared without floats.
+            let load =
+                (u.inflight.load(Ordering::Relaxed) as u64 + 1) * 1_000_000 / u.weight as u64;
+            match best {
+                Some((_, b)) if load > b => {}
+                Some((_, b)) if load == b => {
+                    ties += 1;
+                    if rand::rng().random_range(0..=ties) == 0 {
+                        best = Some((i, load));
+                    }
+                }
+                _ => {
+                    ties = 0;
+                    best = Some((i, load));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn pool(weights: &[u32]) -> Pool {
+    fn pool(weights: &[u32], policy: Balance) -> Pool {
         let cfg: Vec<_> = weights
             .iter()
             .enumerate()
@@ -180,33 +412,92 @@ mod tests {
                 weight: *w,
             })
             .collect();
-        Pool::new(&cfg)
+        Pool::new(&cfg, policy, "t")
     }
+
+    const C: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
     #[test]
     fn equal_weights_rotate() {
-        let p = pool(&[1, 1, 1]);
-        let seq: Vec<_> = (0..6).map(|_| p.pick(0).unwrap()).collect();
+        let p = pool(&[1, 1, 1], Balance::RoundRobin);
+        let seq: Vec<_> = (0..6).map(|_| p.pick(0, C).unwrap()).collect();
         assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
     fn smooth_weighted_matches_nginx() {
-        let p = pool(&[5, 1, 1]);
-        let seq: Vec<_> = (0..7).map(|_| p.pick(0).unwrap()).collect();
+        let p = pool(&[5, 1, 1], Balance::RoundRobin);
+        let seq: Vec<_> = (0..7).map(|_| p.pick(0, C).unwrap()).collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
-        let p = pool(&[3, 1]);
+        let p = pool(&[3, 1], Balance::RoundRobin);
         let mut counts = [0; 2];
         for _ in 0..1000 {
-            counts[p.pick(0).unwrap()] += 1;
+            counts[p.pick(0, C).unwrap()] += 1;
         }
         assert_eq!(counts, [750, 250]);
     }
 
     #[test]
-    fn skips_tried() {
-        let p = pool(&[1, 1, 1]);
-        assert_eq!(p.pick(0b011), Some(2));
-        assert_eq!(p.pick(0b111), None);
+    fn skips_tried_and_down() {
+        let p = pool(&[1, 1, 1], Balance::RoundRobin);
+        assert_eq!(p.pick(0b011, C), Some(2));
+        assert_eq!(p.pick(0b111, C), None);
+        p.upstreams[1].record_failure(1, Duration::from_secs(10));
+        for _ in 0..6 {
+            assert_ne!(p.pick(0, C), Some(1));
+        }
+        // Everything else tried: the passively-down one is still tried as a last resort.
+        assert_eq!(p.pick(0b101, C), Some(1));
+        p.upstreams[1].set_active(false);
+        assert_eq!(p.pick(0b101, C), None);
+    }
+
+    #[test]
+    fn ip_hash_is_sticky_and_moves_only_the_lost_upstreams_clients() {
+        let p = pool(&[1, 1, 1], Balance::IpHash);
+        let clients: Vec<IpAddr> = (0..600u32)
+            .map(|i| IpAddr::V4((0x0a00_0000 + i * 7919).into()))
+            .collect();
+        let before: Vec<usize> = clients.iter().map(|c| p.pick(0, *c).unwrap()).collect();
+        let again: Vec<usize> = clients.iter().map(|c| p.pick(0, *c).unwrap()).collect();
+        assert_eq!(before, again, "not sticky");
+        let mut counts = [0; 3];
+        for b in &before {
+            counts[*b] += 1;
+        }
+        assert!(counts.iter().all(|c| *c > 120), "uneven spread: {counts:?}");
+        p.upstreams[1].set_active(false);
+        for (c, b) in clients.iter().zip(&before) {
+            let now = p.pick(0, *c).unwrap();
+            if *b != 1 {
+                assert_eq!(now, *b, "a client of a healthy upstream moved");
+            } else {
+                assert_ne!(now, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn least_conn_and_p2c_avoid_the_busy_one() {
+        for policy in [Balance::LeastConn, Balance::P2c] {
+            let p = pool(&[1, 1, 1], policy);
+            p.upstreams[0].inflight.store(50, Ordering::Relaxed);
+            let mut zero = 0;
+            for _ in 0..300 {
+                if p.pick(0, C) == Some(0) {
+                    zero += 1;
+                }
+            }
+            assert_eq!(zero, 0, "{policy:?} sent to the busy upstream");
+        }
+    }
+
+    #[test]
+    fn least_conn_honours_weights() {
+        let p = pool(&[3, 1], Balance::LeastConn);
+        p.upstreams[0].inflight.store(2, Ordering::Relaxed);
+        p.upstreams[1].inflight.store(1, Ordering::Relaxed);
+        // 3/3 = 1.0 beats 2/1 = 2.0
+        assert_eq!(p.pick(0, C), Some(0));
     }
 }

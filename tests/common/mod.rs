@@ -192,7 +192,13 @@ impl Flask {
     }
 
     pub fn start_on(version: u32, port: u16) -> Flask {
+        Self::start_env(version, port, &[])
+    }
+
+    /// A backend with extra environment (FLASK_DELAY, FLASK_HEALTH_STATUS).
+    pub fn start_env(version: u32, port: u16, env: &[(&str, &str)]) -> Flask {
         let mut cmd = Command::new(PYTHON);
+        cmd.envs(env.iter().copied());
         cmd.arg(repo().join("backends/flask/app.py"))
             .env("FLASK_VERSION", version.to_string())
             .env("FLASK_PORT", port.to_string())
