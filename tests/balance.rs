@@ -10,11 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn version_of(body: &str) -> Option<u32> {
-    let i = body.find("Version")? + "Version".len();
-    body[i..i + 1].parse().ok()
-}
-
 /// `n` requests on keep-alive connections (curl reuses one per invocation),
 /// optionally from a given loopback source address; returns versions seen.
 fn versions(port: u16, n: usize, source: Option<&str>) -> Vec<u32> {
