@@ -927,12 +927,14 @@ impl Validator<'_> {
             "least_conn" => Balance::LeastConn,
             "ip_hash" => Balance::IpHash,
             "p2c" => Balance::P2c,
-            other => return Err(self.err(
-                k("balance"),
-                format!(
+            other => {
+                return Err(self.err(
+                    k("balance"),
+                    format!(
                     "{other:?}: expected \"round_robin\", \"least_conn\", \"ip_hash\" or \"p2c\""
                 ),
-            )),
+                ))
+            }
         };
         let max_fails = self.count(&k("max_fails"), raw.max_fails, 1, 0..=1000)? as u32;
         let fail_timeout = self.duration(

@@ -209,3 +209,38 @@ fn least_conn_and_p2c_avoid_a_slow_backend() {
         );
     }
 }
+
+#[test]
+fn active_health_check_takes_out_and_puts_back() {
+    let one = Flask::start(1);
+    let port2 = free_port();
+    let sick = Flask::start_env(2, port2, &[("FLASK_HEALTH_STATUS", "500")]);
+    let three = Flask::start(3);
+    let (_d, edge) = edge_for(
+        &[&one, &sick, &three],
+        "health_check = { path = \"/healthz\", interval = \"200ms\", timeout = \"1s\", status = 200, rise = 2, fall = 2 }",
+        None,
+    );
+    let port = edge.https.port();
+    edge.proc.wait_for(
+        "health check failed 2 time(s) in a row",
+        Duration::from_secs(10),
+    );
+    edge.proc
+        .wait_for("upstream marked down", Duration::from_secs(1));
+    let v = versions(port, 30, None);
+    assert_eq!(v.len(), 30);
+    assert!(
+        !v.contains(&2),
+        "traffic reached the unhealthy backend: {v:?}"
+    );
+    // Healthy again (restarted without the failing health status): back in rotation.
+    drop(sick);
+    let _healthy = Flask::start_on(2, port2);
+    edge.proc
+        .wait_for("upstream back up", Duration::from_secs(10));
+    assert!(versions(port, 9, None).contains(&2));
+    // Each change was logged once.
+    assert_eq!(edge.proc.count("upstream marked down"), 1);
+    assert_eq!(edge.proc.count("upstream back up"), 1);
+}

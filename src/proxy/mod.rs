@@ -8,6 +8,7 @@ pub mod conn_limit;
 pub mod error;
 pub mod framing;
 pub mod headers;
+pub mod health;
 pub mod listener;
 pub mod redirect;
 pub mod upstream;
@@ -82,6 +83,7 @@ impl Routes {
                     None => r.exact.insert(d.clone(), rt.clone()),
                 };
             }
+            health::spawn(&rt);
             r.sites.push(rt);
         }
         Ok(r)
