@@ -244,3 +244,46 @@ fn active_health_check_takes_out_and_puts_back() {
     assert_eq!(edge.proc.count("upstream marked down"), 1);
     assert_eq!(edge.proc.count("upstream back up"), 1);
 }
+
+#[test]
+fn websocket_echo_through_edge_and_other_upgrades_refused() {
+    let port = free_port();
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(repo().join("tests/support/ws_echo.py"))
+        .args(["serve", &port.to_string()]);
+    let ws = Proc::spawn("ws echo", cmd);
+    ws.wait_for("ws echo listening", Duration::from_secs(10));
+    let (_d, edge) = edge_for(&[], "", Some(format!("\"127.0.0.1:{port}\"")));
+    let url = format!("wss://flask.test:{}/chat", edge.https.port());
+    let out = Command::new(PYTHON)
+        .arg(repo().join("tests/support/ws_echo.py"))
+        .args(["client", &url, "hello", "through edge"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["echo:hello", "echo:through edge"]
+    );
+    // h2c and unknown upgrades are refused, never tunnelled.
+    let (code, _) = curl(
+        "flask.test",
+        edge.https.port(),
+        "/",
+        &[
+            "--http1.1",
+            "-H",
+            "Upgrade: h2c",
+            "-H",
+            "Connection: Upgrade, HTTP2-Settings",
+            "-H",
+            "HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA",
+        ],
+    );
+    assert_eq!(code, 400);
+}

@@ -151,7 +151,16 @@ impl Proxy {
         let (response, upstream, up_guard) = match result {
             Ok((resp, up, guard)) => {
                 let (mut parts, body) = resp.into_parts();
+                let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
+                    .then(|| parts.headers.get(header::UPGRADE).cloned())
+                    .flatten();
                 headers::strip_hop_by_hop(&mut parts.headers);
+                if let Some(u) = upgrade {
+                    parts.headers.insert(header::UPGRADE, u);
+                    parts
+                        .headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                }
                 (
                     Response::from_parts(parts, Either::Left(body)),
                     Some(up),
@@ -295,6 +304,12 @@ async fn forward(
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(fail(ProxyError::BodyTooLarge(limits.max_body_bytes)));
     }
+    let mut req = req;
+    let client_upgrade = match websocket_upgrade(&req) {
+        Ok(true) => Some(hyper::upgrade::on(&mut req)),
+        Ok(false) => None,
+        Err(e) => return Err(fail(e)),
+    };
     let bodyless = http_body::Body::is_end_stream(req.body());
     let (req, tripped) = {
         let (parts, body) = req.into_parts();
@@ -306,7 +321,15 @@ async fn forward(
         body::IDLE => Some(ProxyError::BodyTimeout),
         _ => None,
     };
-    let req = rewrite_request(req, conn, host, &site.cfg);
+    let mut req = rewrite_request(req, conn, host, &site.cfg);
+    if client_upgrade.is_some() {
+        // Hop-by-hop stripping removed these; a WebSocket handshake needs them.
+        req.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        req.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let mut client_upgrade = client_upgrade;
     let replay = (bodyless && idempotent(req.method())).then(|| {
         (
             req.method().clone(),
@@ -376,9 +399,26 @@ async fn forward(
                     tracing::warn!(upstream = %up.addr, "{last_error}");
                     break;
                 }
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
                     up.record_success();
-                    up.recycle(sender);
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        // The upstream agreed: from here on the two connections are one tunnel.
+                        match client_upgrade.take() {
+                            Some(client) => {
+                                let upstream = hyper::upgrade::on(&mut resp);
+                                let hold = Inflight::new(&conn.inflight);
+                                tokio::spawn(tunnel(client, upstream, hold, up.addr.clone()));
+                            }
+                            None => {
+                                return Err(fail(ProxyError::UpstreamUnavailable(format!(
+                                    "{} switched protocols unasked",
+                                    up.addr
+                                ))))
+                            }
+                        }
+                    } else {
+                        up.recycle(sender);
+                    }
                     return Ok((resp, Arc::from(up.addr.as_str()), guard));
                 }
                 Ok(Err(mut e)) => match e.take_message() {
@@ -423,6 +463,58 @@ async fn forward(
         Err(fail(ProxyError::UpstreamTimeout(last_error)))
     } else {
         Err(fail(ProxyError::UpstreamUnavailable(last_error)))
+    }
+}
+
+/// Whether this is a WebSocket handshake to tunnel. Other upgrades (`h2c`,
+/// anything unknown) are refused: edge only tunnels what it understands.
+fn websocket_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
+    let Some(u) = req.headers().get(header::UPGRADE) else {
+        return Ok(false);
+    };
+    if req.version() != Version::HTTP_11 {
+        return Err(ProxyError::BadRequest("Upgrade is only valid on HTTP/1.1"));
+    }
+    let asks = req
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        });
+    if u.as_bytes().eq_ignore_ascii_case(b"websocket") && asks && req.method() == http::Method::GET
+    {
+        Ok(true)
+    } else {
+        Err(ProxyError::BadRequest(
+            "only WebSocket upgrades are supported",
+        ))
+    }
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    _hold: Inflight,
+    addr: String,
+) {
+    let (c, u) = match tokio::try_join!(client, upstream) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(upstream = %addr, "upgrade failed: {e}");
+            return;
+        }
+    };
+    let (mut c, mut u) = (
+        hyper_util::rt::TokioIo::new(c),
+        hyper_util::rt::TokioIo::new(u),
+    );
+    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
+        Ok((up, down)) => tracing::debug!(upstream = %addr, up, down, "WebSocket tunnel closed"),
+        Err(e) => tracing::debug!(upstream = %addr, "WebSocket tunnel ended: {e}"),
     }
 }
 
