@@ -52,6 +52,14 @@ pub struct Bound {
 }
 
 pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
+    // Handlers first: a SIGHUP or SIGTERM sent the moment READY=1 goes out must
+    // find them installed, not the default action (which kills the process).
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
     let store = Store::open(&cfg.state_dir)?;
     let baseline = crate::watch::snapshot(&store);
     let certs = Certs::default();
@@ -190,12 +198,6 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
     };
     let mut status_tick = tokio::time::interval(Duration::from_secs(30));
 
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
     let mut current = cfg;
     loop {
         tokio::select! {

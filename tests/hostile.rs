@@ -343,3 +343,110 @@ fn connections_per_ip_are_capped() {
     }
     s.assert_backend_never_saw("/capped");
 }
+
+/// Accepts any server certificate: the rapid-reset client only needs the bytes.
+#[derive(Debug)]
+struct AnyCert;
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[test]
+fn http2_rapid_reset_gets_goaway_and_others_are_served() {
+    let s = setup("");
+    let port = s.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = rt.block_on(async move {
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls_pki_types::ServerName::try_from("flask.test").unwrap();
+        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut h2c, conn) = h2::client::handshake(tls).await.unwrap();
+        let driver = tokio::spawn(conn);
+        let mut sent = 0;
+        let mut refused = String::new();
+        for _ in 0..5000 {
+            let req = http::Request::get(format!("https://flask.test:{port}/rapid-reset"))
+                .body(())
+                .unwrap();
+            match h2c.send_request(req, false) {
+                Ok((_resp, mut stream)) => {
+                    stream.send_reset(h2::Reason::CANCEL);
+                    sent += 1;
+                }
+                Err(e) => {
+                    refused = format!("{e:?}");
+                    break;
+                }
+            }
+            if sent % 50 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        let result = tokio::time::timeout(Duration::from_secs(10), driver).await;
+        (sent, format!("{refused} / {result:?}"))
+    });
+    println!(
+        "rapid reset: {} streams opened and reset; connection ended with {}",
+        outcome.0, outcome.1
+    );
+    // The client sees edge's GOAWAY (too_many_resets, ENHANCE_YOUR_CALM) or, when
+    // it was still writing as edge closed the connection, a broken pipe.
+    assert!(outcome.0 < 5000, "the flood was never cut off");
+    assert!(
+        outcome.1.contains("ENHANCE_YOUR_CALM") || outcome.1.contains("BrokenPipe"),
+        "{}",
+        outcome.1
+    );
+    // Other clients are still served, and the backend saw none of the reset streams.
+    s.assert_backend_never_saw("/rapid-reset");
+    s.assert_clean_request_works();
+    let (code, _) = curl("flask.test", port, "/", &["--http2"]);
+    assert_eq!(code, 200);
+}

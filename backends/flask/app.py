@@ -20,6 +20,7 @@ DELAY = float(os.getenv("FLASK_DELAY", "0"))
 @app.route("/")
 def index():
     if DELAY:
+        print(f"slow request started, answering in {DELAY}s", file=sys.stderr, flush=True)
         time.sleep(DELAY)
     return f"<h1><center>This is Flask Application - Version{VERSION} Nginx</center></h1>"
 

@@ -129,7 +129,8 @@ pub async fn serve_https(
             let svc = service_fn(move |req| proxy.clone().handle(req, info.clone()));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(client = %peer, "connection ended: {e}");
+                let chain = crate::acme::error_chain(e.as_ref());
+                tracing::debug!(client = %peer, "connection ended: {chain}");
             }
         });
     }

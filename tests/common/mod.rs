@@ -422,10 +422,10 @@ impl Edge {
     /// addresses actually bound (the configs use port 0).
     pub fn serve(config: &Path) -> Edge {
         let mut cmd = Command::new(edge_bin());
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", "info");
+        cmd.arg("serve").arg("--config").arg(config).env(
+            "RUST_LOG",
+            std::env::var("EDGE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let proc = Proc::spawn("edge", cmd);
         let line = proc.wait_for("edge ready", Duration::from_secs(20));
         let field = |k: &str| -> SocketAddr {

@@ -1,0 +1,104 @@
+//! SIGHUP and SIGTERM with real connections open.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn sighup_adds_an_upstream_while_a_keepalive_connection_stays_open() {
+    let trio = flask_trio();
+    let four = Flask::start(4);
+    let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
+    let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["flask.test"], &ups)));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+
+    // A keep-alive connection, one request answered.
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-quiet",
+        "-ign_eof",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "flask.test",
+    ]);
+    let mut client = Proc::spawn("keep-alive client", cmd);
+    client.wait_for("verify return", Duration::from_secs(5));
+    client.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+    client.wait_for("200 OK", Duration::from_secs(5));
+
+    // Add the fourth backend and reload.
+    let mut all = ups.clone();
+    all.push(four.addr());
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let old_ups = ups
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let new_ups = all
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    std::fs::write(&cfg, text.replace(&old_ups, &new_ups)).unwrap();
+    edge.proc.signal("HUP");
+    edge.proc.wait_for("reload done", Duration::from_secs(5));
+
+    // The open connection still works.
+    client.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+    let start = std::time::Instant::now();
+    while client.count("200 OK") < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "second request on the kept-alive connection failed:\n{}",
+            client.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // New requests reach all four.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let (code, body) = curl("flask.test", port, "/", &[]);
+        assert_eq!(code, 200);
+        let i = body.find("Version").unwrap() + 7;
+        seen.insert(body[i..i + 1].to_string());
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+
+    // A bad config on SIGHUP is refused and the running one kept.
+    std::fs::write(&cfg, "this is = not [valid").unwrap();
+    edge.proc.signal("HUP");
+    edge.proc.wait_for(
+        "reload refused, keeping the running config",
+        Duration::from_secs(5),
+    );
+    assert_eq!(curl("flask.test", port, "/", &[]).0, 200);
+}
+
+#[test]
+fn sigterm_lets_a_slow_request_finish() {
+    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "1.5")]);
+    let (_dir, cfg) = config(&format!(
+        "{}{}",
+        listen_any(),
+        site(&["flask.test"], &[slow.addr()])
+    ));
+    let mut edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    let req = std::thread::spawn(move || curl("flask.test", port, "/", &[]));
+    slow.proc
+        .wait_for("slow request started", Duration::from_secs(5));
+    edge.proc.signal("TERM");
+    let (code, body) = req.join().unwrap();
+    assert_eq!(code, 200, "in-flight request was cut: {body}");
+    assert!(body.contains("Version1"));
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), 0);
+    // New connections are refused once it stopped accepting.
+    assert_eq!(curl("flask.test", port, "/", &[]).0, 0);
+}
