@@ -205,6 +205,10 @@ struct RawUpstreamTable {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// Things worth a warning that do not stop edge (logged once logging is up).
+    pub warnings: Vec<String>,
+    /// The file holds a credential inline (TSIG secret, API token, password).
+    pub holds_secrets: bool,
     pub state_dir: PathBuf,
     pub workers: usize,
     pub listen: Listen,
@@ -338,7 +342,54 @@ pub enum Provider {
     Exec { command: PathBuf },
     /// Pebble's test DNS server, through its management API.
     PebbleChalltestsrv { url: String },
+    /// lego's httpreq convention: POST {fqdn, value} to `<url>/present` and `/cleanup`.
+    Httpreq {
+        url: String,
+        username: Option<String>,
+        password: Option<SecretSource>,
+    },
+    /// Cloudflare's v4 API with a scoped API token.
+    Cloudflare {
+        token: SecretSource,
+        api_url: String,
+    },
 }
+
+/// A credential, kept out of every `Debug` and log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a credential comes from. Files and environment variables are read when
+/// the provider is built, so the config stays free of secrets and of I/O.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(PathBuf),
+    Env(&'static str),
+}
+
+impl SecretSource {
+    /// Reads the secret; the error names the source, never the value.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match self {
+            SecretSource::Inline(s) => Ok(s.clone()),
+            SecretSource::File(p) => std::fs::read_to_string(p)
+                .map(|s| Secret(s.trim().to_string()))
+                .map_err(|e| format!("{}: {e}", p.display())),
+            SecretSource::Env(v) => std::env::var(v)
+                .map(Secret)
+                .map_err(|_| format!("environment variable {v} is not set")),
+        }
+    }
+}
+
+pub const CLOUDFLARE_API: &str = "https://api.cloudflare.com/client/v4";
 
 impl Provider {
     pub fn name(&self) -> &'static str {
@@ -346,6 +397,8 @@ impl Provider {
             Provider::Manual => "manual",
             Provider::Exec { .. } => "exec",
             Provider::PebbleChalltestsrv { .. } => "pebble-challtestsrv",
+            Provider::Httpreq { .. } => "httpreq",
+            Provider::Cloudflare { .. } => "cloudflare",
         }
     }
 
@@ -434,7 +487,21 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text)
+    let mut cfg = parse(path, &text)?;
+    if cfg.holds_secrets {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0);
+        if mode & 0o044 != 0 {
+            cfg.warnings.push(format!(
+                "{} holds a credential and is readable by others (mode {mode:o}); run `chmod 600 {}` or move the secret to a *_file key or an EDGE_DNS_* environment variable",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    Ok(cfg)
 }
 
 /// Validates config text; `path` is only used in messages and is kept in the result.
@@ -443,14 +510,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
         path: path.to_path_buf(),
         message: format!("invalid config: {}", e.to_string().trim_end()),
     })?;
-    Validator { path }.config(raw)
+    Validator {
+        path,
+        secrets: std::cell::Cell::new(false),
+    }
+    .config(raw)
 }
 
 struct Validator<'a> {
     path: &'a Path,
+    /// Set when the file itself holds a credential.
+    secrets: std::cell::Cell<bool>,
 }
 
 impl Validator<'_> {
+    fn note_secret_in_file(&self) {
+        self.secrets.set(true);
+    }
+
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::Invalid {
             path: self.path.to_path_buf(),
@@ -543,6 +620,8 @@ impl Validator<'_> {
         }
         Ok(Config {
             path: self.path.to_path_buf(),
+            warnings: Vec::new(),
+            holds_secrets: self.secrets.get(),
             state_dir,
             workers,
             listen,
@@ -763,10 +842,14 @@ impl Validator<'_> {
             "manual" => &[],
             "exec" => &["command"],
             "pebble-challtestsrv" => &["url"],
+            "httpreq" => &["url", "username", "password"],
+            "cloudflare" => &["api_token", "api_token_file", "api_url"],
             other => {
-                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv")))
+                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv, httpreq, cloudflare")))
             }
         };
+        let inline_secret =
+            raw.password.is_some() || raw.api_token.is_some() || raw.tsig_secret.is_some();
         let set: [(&str, bool); 16] = [
             ("command", raw.command.is_some()),
             ("url", raw.url.is_some()),
@@ -800,6 +883,53 @@ impl Validator<'_> {
                     )
                 })?),
             },
+            "httpreq" => {
+                let url = raw.url.ok_or_else(|| {
+                    self.err(
+                        "dns.url",
+                        "missing; expected the base URL that takes /present and /cleanup",
+                    )
+                })?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(self.err(
+                        "dns.url",
+                        format!("{url:?}: expected an http:// or https:// URL"),
+                    ));
+                }
+                let password = match raw.password {
+                    Some(p) => Some(SecretSource::Inline(Secret(p))),
+                    None if raw.username.is_some() => Some(SecretSource::Env("EDGE_DNS_PASSWORD")),
+                    None => None,
+                };
+                Provider::Httpreq {
+                    url: url.trim_end_matches('/').to_string(),
+                    username: raw.username,
+                    password,
+                }
+            }
+            "cloudflare" => {
+                let token = match (raw.api_token, raw.api_token_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(
+                            self.err("dns.api_token", "set api_token or api_token_file, not both")
+                        )
+                    }
+                    (Some(t), None) => SecretSource::Inline(Secret(t)),
+                    (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
+                    (None, None) => SecretSource::Env("EDGE_DNS_API_TOKEN"),
+                };
+                let api_url = raw.api_url.unwrap_or_else(|| CLOUDFLARE_API.to_string());
+                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
+                    return Err(self.err(
+                        "dns.api_url",
+                        format!("{api_url:?}: expected an https:// URL"),
+                    ));
+                }
+                Provider::Cloudflare {
+                    token,
+                    api_url: api_url.trim_end_matches('/').to_string(),
+                }
+            }
             _ => {
                 let url = raw.url.ok_or_else(|| {
                     self.err(
@@ -843,6 +973,9 @@ impl Validator<'_> {
                     )
                 })?;
             resolvers.push(addr);
+        }
+        if inline_secret {
+            self.note_secret_in_file();
         }
         Ok(Dns {
             provider,

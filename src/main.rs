@@ -103,6 +103,9 @@ fn main() -> ExitCode {
         Err(e) => return fail(e),
     };
     init_logging(&cfg);
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cfg.workers)
         .enable_all()

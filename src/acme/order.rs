@@ -136,6 +136,9 @@ async fn run_order(
             });
         }
     }
+    for r in records.iter_mut() {
+        r.fqdn = propagation::follow_cname(&r.fqdn, &cfg.dns.resolvers).await;
+    }
     if !records.is_empty() {
         let publisher = dns::publisher(&cfg.dns, ui.clone())?;
         ui.step(&format!(

@@ -2,7 +2,9 @@
 //! the [`Publisher`] trait; and checking that the records are visible.
 
 pub mod challtestsrv;
+pub mod cloudflare;
 pub mod exec;
+pub mod httpreq;
 pub mod manual;
 pub mod propagation;
 
@@ -61,6 +63,30 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
         Provider::Exec { command } => Box::new(exec::Exec::new(command.clone())),
         Provider::PebbleChalltestsrv { url } => {
             Box::new(challtestsrv::Challtestsrv::new(url.clone())?)
+        }
+        Provider::Httpreq {
+            url,
+            username,
+            password,
+        } => {
+            let auth = match (username, password) {
+                (Some(u), Some(p)) => Some((
+                    u.clone(),
+                    p.resolve().map_err(|e| DnsError::Api {
+                        provider: "httpreq",
+                        message: format!("password: {e}"),
+                    })?,
+                )),
+                _ => None,
+            };
+            Box::new(httpreq::Httpreq::new(url.clone(), auth)?)
+        }
+        Provider::Cloudflare { token, api_url } => {
+            let token = token.resolve().map_err(|e| DnsError::Api {
+                provider: "cloudflare",
+                message: format!("API token: {e}"),
+            })?;
+            Box::new(cloudflare::Cloudflare::new(api_url.clone(), token)?)
         }
     })
 }

@@ -60,6 +60,41 @@ pub async fn query_txt(
     }
 }
 
+/// Where `_acme-challenge.<name>` really lives: the end of its CNAME chain, if
+/// it has one. Delegating the challenge name with a CNAME is how people keep
+/// DNS credentials narrow; every publisher writes at the target.
+pub async fn follow_cname(name: &str, resolvers: &[SocketAddr]) -> String {
+    use hickory_resolver::proto::rr::{RData, RecordType};
+    let resolver = match resolvers.first() {
+        Some(addr) => resolver_for(*addr, true),
+        None => match Resolver::builder_tokio() {
+            Ok(b) => b.build(),
+            Err(_) => return name.to_string(),
+        },
+    };
+    let mut current = name.trim_end_matches('.').to_string();
+    for _ in 0..8 {
+        let Ok(answer) = resolver
+            .lookup(format!("{current}."), RecordType::CNAME)
+            .await
+        else {
+            break;
+        };
+        let next = answer.iter().find_map(|r| match r {
+            RData::CNAME(c) => Some(c.0.to_utf8().trim_end_matches('.').to_string()),
+            _ => None,
+        });
+        match next {
+            Some(n) if n != current => {
+                tracing::info!(from = %current, to = %n, "challenge name is a CNAME; publishing at its target");
+                current = n;
+            }
+            _ => break,
+        }
+    }
+    current
+}
+
 /// The servers to ask about `name`: its zone's authoritative servers.
 async fn authoritative_servers(name: &str) -> Result<Vec<SocketAddr>, DnsError> {
     let system = Resolver::builder_tokio()

@@ -526,3 +526,88 @@ pub fn site(domains: &[&str], upstreams: &[String]) -> String {
         u.join(", ")
     )
 }
+
+// ---------------------------------------------------------------- tiny HTTP server
+
+/// One request as a test server saw it.
+#[derive(Debug, Clone)]
+pub struct SeenRequest {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl SeenRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 server on a free loopback port, one thread, `Connection:
+/// close`; `handler` returns (status, JSON body). Returns the base URL and the
+/// log of requests.
+pub fn http_server(
+    handler: impl Fn(&SeenRequest) -> (u16, String) + Send + 'static,
+) -> (String, Arc<Mutex<Vec<SeenRequest>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let base = format!("http://{}", l.local_addr().unwrap());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let seen = log.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_err() || line.is_empty() {
+                continue;
+            }
+            let mut parts = line.split_whitespace();
+            let method = parts.next().unwrap_or("").to_string();
+            let path = parts.next().unwrap_or("").to_string();
+            let mut headers = Vec::new();
+            let mut len = 0usize;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).is_err() || h.trim().is_empty() {
+                    break;
+                }
+                if let Some((k, v)) = h.trim_end().split_once(':') {
+                    if k.eq_ignore_ascii_case("content-length") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                    headers.push((k.trim().to_string(), v.trim().to_string()));
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let req = SeenRequest {
+                method,
+                path,
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            };
+            let (status, resp) = handler(&req);
+            seen.lock().unwrap().push(req);
+            let _ = write!(
+                s,
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{resp}",
+                resp.len()
+            );
+        }
+    });
+    (base, log)
+}
+
+/// Sets or clears a TXT record in challtestsrv from a test server thread.
+pub fn cts_post(cts_url: &str, path: &str, body: serde_json::Value) {
+    let st = Command::new("curl")
+        .args(["-sS", "-f", "-X", "POST", "-d", &body.to_string()])
+        .arg(format!("{cts_url}{path}"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+}

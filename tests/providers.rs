@@ -1,0 +1,210 @@
+//! DNS publishers against local servers: `httpreq` against a server written
+//! here that feeds Pebble's DNS (as people's own tooling would), `cloudflare`
+//! against a local stub of the v4 API endpoints (the real API cannot be reached
+//! from this machine; the stub is named a stub), and CNAME following.
+
+mod common;
+
+use common::*;
+
+fn provider_config(p: &Pebble, provider: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    config(&format!(
+        "{}{}{}",
+        listen_any(),
+        p.acme_toml(provider),
+        site(&["flask.test"], &["127.0.0.1:9".to_string()])
+    ))
+}
+
+#[test]
+fn httpreq_publishes_through_the_users_endpoint_with_basic_auth() {
+    let p = Pebble::start();
+    let cts = p.cts_url.clone();
+    // user:s3cret-pass
+    let (url, log) = http_server(move |r| {
+        if r.header("authorization") != Some("Basic dXNlcjpzM2NyZXQtcGFzcw==") {
+            return (401, "{\"error\":\"bad credentials\"}".into());
+        }
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        match r.path.as_str() {
+            "/present" => cts_post(
+                &cts,
+                "/set-txt",
+                serde_json::json!({"host": v["fqdn"], "value": v["value"]}),
+            ),
+            "/cleanup" => cts_post(&cts, "/clear-txt", serde_json::json!({"host": v["fqdn"]})),
+            _ => return (404, "{}".into()),
+        }
+        (200, "{}".into())
+    });
+    let (_d, cfg) = provider_config(&p, &format!("provider = \"httpreq\"\nurl = \"{url}\"\nusername = \"user\"\npassword = \"s3cret-pass\""));
+    let o = edge(
+        &["obtain", "-d", "x.example.test", "-d", "*.x.example.test"],
+        &cfg,
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    let seen = log.lock().unwrap().clone();
+    let presents: Vec<_> = seen.iter().filter(|r| r.path == "/present").collect();
+    assert_eq!(presents.len(), 2, "{seen:?}");
+    assert!(
+        presents.iter().all(|r| r
+            .body
+            .contains("\"fqdn\":\"_acme-challenge.x.example.test.\"")),
+        "{seen:?}"
+    );
+    assert_eq!(seen.iter().filter(|r| r.path == "/cleanup").count(), 2);
+    assert!(!t.contains("s3cret-pass"));
+
+    // A wrong password: a clear error, the secret never printed.
+    let bad = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("s3cret-pass", "wrong-pass-123");
+    std::fs::write(&cfg, bad).unwrap();
+    let o = edge(&["obtain", "-d", "y.example.test"], &cfg);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(t.contains("401") && t.contains("dns.username"), "{t}");
+    assert!(!t.contains("wrong-pass-123"), "{t}");
+}
+
+#[test]
+fn cloudflare_against_a_local_stub_of_the_v4_api() {
+    let p = Pebble::start();
+    let cts = p.cts_url.clone();
+    const TOKEN: &str = "cf-token-0123456789abcdef";
+    // STUB of api.cloudflare.com/client/v4: zones lookup, create and delete TXT.
+    // Records it "creates" are put into challtestsrv, which Pebble asks.
+    let records = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        (String, String),
+    >::new()));
+    let recs = records.clone();
+    let (url, log) = http_server(move |r| {
+        if r.header("authorization") != Some(&format!("Bearer {TOKEN}")) {
+            return (403, r#"{"success":false,"errors":[{"code":9109,"message":"Invalid access token"}],"result":null}"#.into());
+        }
+        let path = r.path.as_str();
+        if r.method == "GET" && path.starts_with("/zones?name=") {
+            let name = &path["/zones?name=".len()..];
+            let result = if name == "example.test" {
+                r#"[{"id":"zone-1","name":"example.test"}]"#
+            } else {
+                "[]"
+            };
+            return (
+                200,
+                format!(r#"{{"success":true,"errors":[],"result":{result}}}"#),
+            );
+        }
+        if r.method == "POST" && path == "/zones/zone-1/dns_records" {
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            let (name, content) = (
+                v["name"].as_str().unwrap().to_string(),
+                v["content"].as_str().unwrap().to_string(),
+            );
+            assert_eq!(v["type"], "TXT");
+            cts_post(
+                &cts,
+                "/set-txt",
+                serde_json::json!({"host": format!("{name}."), "value": content}),
+            );
+            let mut m = recs.lock().unwrap();
+            let id = format!("rec-{}", m.len() + 1);
+            m.insert(id.clone(), (name, content));
+            return (
+                200,
+                format!(r#"{{"success":true,"errors":[],"result":{{"id":"{id}"}}}}"#),
+            );
+        }
+        if r.method == "DELETE" && path.starts_with("/zones/zone-1/dns_records/") {
+            let id = &path["/zones/zone-1/dns_records/".len()..];
+            if let Some((name, _)) = recs.lock().unwrap().remove(id) {
+                cts_post(
+                    &cts,
+                    "/clear-txt",
+                    serde_json::json!({"host": format!("{name}.")}),
+                );
+                return (
+                    200,
+                    format!(r#"{{"success":true,"errors":[],"result":{{"id":"{id}"}}}}"#),
+                );
+            }
+            return (404, r#"{"success":false,"errors":[{"code":81044,"message":"Record does not exist."}],"result":null}"#.into());
+        }
+        (
+            404,
+            r#"{"success":false,"errors":[{"code":7003,"message":"No route"}],"result":null}"#
+                .into(),
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("cf-token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let (_d, cfg) = provider_config(
+        &p,
+        &format!(
+            "provider = \"cloudflare\"\napi_token_file = \"{}\"\napi_url = \"{url}\"",
+            token_file.display()
+        ),
+    );
+    let o = edge(
+        &["obtain", "-d", "x.example.test", "-d", "*.x.example.test"],
+        &cfg,
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        records.lock().unwrap().is_empty(),
+        "cleanup left records behind"
+    );
+    let seen = log.lock().unwrap().clone();
+    assert_eq!(seen.iter().filter(|r| r.method == "POST").count(), 2);
+    assert_eq!(seen.iter().filter(|r| r.method == "DELETE").count(), 2);
+    assert!(!t.contains(TOKEN));
+
+    // A token the API refuses: the API's words and a hint, never the token.
+    std::fs::write(&token_file, "not-the-token-xyz").unwrap();
+    let o = edge(&["obtain", "-d", "z.example.test"], &cfg);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        t.contains("Invalid access token") && t.contains("Zone.DNS edit"),
+        "{t}"
+    );
+    assert!(!t.contains("not-the-token-xyz"), "{t}");
+    // An inline token in a world-readable config: warned about at start.
+    let inline = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("api_token_file = \"{}\"", token_file.display()),
+        &format!("api_token = \"{TOKEN}\""),
+    );
+    std::fs::write(&cfg, inline).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = edge(&["obtain", "-d", "w.example.test"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("holds a credential and is readable by others"),
+        "{t}"
+    );
+    assert!(!t.contains(TOKEN));
+}
+
+#[test]
+fn cname_delegated_challenge_names_are_followed() {
+    let p = Pebble::start();
+    cts_post(
+        &p.cts_url,
+        "/set-cname",
+        serde_json::json!({"host": "_acme-challenge.cname.test.", "target": "_acme-challenge.delegated.test."}),
+    );
+    let (_d, cfg) = provider_config(&p, &p.challtestsrv_dns());
+    let o = edge(&["obtain", "-d", "cname.test"], &cfg);
+    let t = text(&o);
+    assert!(
+        t.contains("publishing at its target") && t.contains("_acme-challenge.delegated.test"),
+        "{t}"
+    );
+    assert!(o.status.success(), "{t}");
+}
