@@ -353,6 +353,23 @@ pub enum Provider {
         token: SecretSource,
         api_url: String,
     },
+    /// RFC 2136 dynamic update with TSIG to an authoritative server.
+    Rfc2136 {
+        server: SocketAddr,
+        /// Found by SOA at `server` when not given.
+        zone: Option<String>,
+        tsig_key: String,
+        tsig_secret: SecretSource,
+        tsig_algorithm: TsigAlg,
+        ttl: u32,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlg {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
 }
 
 /// A credential, kept out of every `Debug` and log line.
@@ -399,6 +416,7 @@ impl Provider {
             Provider::PebbleChalltestsrv { .. } => "pebble-challtestsrv",
             Provider::Httpreq { .. } => "httpreq",
             Provider::Cloudflare { .. } => "cloudflare",
+            Provider::Rfc2136 { .. } => "rfc2136",
         }
     }
 
@@ -844,8 +862,9 @@ impl Validator<'_> {
             "pebble-challtestsrv" => &["url"],
             "httpreq" => &["url", "username", "password"],
             "cloudflare" => &["api_token", "api_token_file", "api_url"],
+            "rfc2136" => &["server", "zone", "tsig_key", "tsig_secret", "tsig_secret_file", "tsig_algorithm", "ttl"],
             other => {
-                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv, httpreq, cloudflare")))
+                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv, httpreq, cloudflare, rfc2136")))
             }
         };
         let inline_secret =
@@ -905,6 +924,66 @@ impl Validator<'_> {
                     url: url.trim_end_matches('/').to_string(),
                     username: raw.username,
                     password,
+                }
+            }
+            "rfc2136" => {
+                let server_s = raw.server.ok_or_else(|| {
+                    self.err(
+                        "dns.server",
+                        "missing; expected the primary server's IP or IP:PORT, e.g. \"192.0.2.53\"",
+                    )
+                })?;
+                let server = server_s
+                    .parse::<SocketAddr>()
+                    .or_else(|_| {
+                        server_s
+                            .parse::<std::net::IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
+                    .map_err(|_| {
+                        self.err(
+                            "dns.server",
+                            format!("{server_s:?}: expected IP or IP:PORT"),
+                        )
+                    })?;
+                let zone = match raw.zone {
+                    Some(z) => {
+                        Some(names::validate_domain(&z).map_err(|m| self.err("dns.zone", m))?)
+                    }
+                    None => None,
+                };
+                let tsig_key = raw.tsig_key.ok_or_else(|| {
+                    self.err(
+                        "dns.tsig_key",
+                        "missing; expected the TSIG key name the server knows, e.g. \"edge-key\"",
+                    )
+                })?;
+                let tsig_secret = match (raw.tsig_secret, raw.tsig_secret_file) {
+                    (Some(_), Some(_)) => {
+                        return Err(self.err(
+                            "dns.tsig_secret",
+                            "set tsig_secret or tsig_secret_file, not both",
+                        ))
+                    }
+                    (Some(s), None) => SecretSource::Inline(Secret(s)),
+                    (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
+                    (None, None) => SecretSource::Env("EDGE_DNS_TSIG_SECRET"),
+                };
+                let tsig_algorithm = match raw.tsig_algorithm.as_deref().unwrap_or("hmac-sha256") {
+                    "hmac-sha256" => TsigAlg::HmacSha256,
+                    "hmac-sha384" => TsigAlg::HmacSha384,
+                    "hmac-sha512" => TsigAlg::HmacSha512,
+                    "hmac-sha1" => return Err(self.err("dns.tsig_algorithm", "hmac-sha1 is not supported by this build (its TSIG library signs with SHA-2 only); create an hmac-sha256 key")),
+                    other => return Err(self.err("dns.tsig_algorithm", format!("{other:?}: expected \"hmac-sha256\" (default), \"hmac-sha384\" or \"hmac-sha512\""))),
+                };
+                let ttl = self.count("dns.ttl", raw.ttl, 60, 1..=86_400)? as u32;
+                Provider::Rfc2136 {
+                    server,
+                    zone,
+                    tsig_key,
+                    tsig_secret,
+                    tsig_algorithm,
+                    ttl,
                 }
             }
             "cloudflare" => {

@@ -208,3 +208,97 @@ fn cname_delegated_challenge_names_are_followed() {
     );
     assert!(o.status.success(), "{t}");
 }
+
+/// Pebble asks a real Knot; edge updates Knot with TSIG-signed RFC 2136 UPDATEs.
+fn knot_pebble() -> (Knot, Pebble) {
+    let knot = Knot::start("example.test");
+    let dir = tempfile::tempdir().unwrap();
+    // challtestsrv is still started for Pebble's other needs; DNS goes to Knot.
+    let cts_mgmt = free_port();
+    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
+    cmd.args([
+        "-dns01",
+        &format!("127.0.0.1:{}", free_port()),
+        "-management",
+        &format!("127.0.0.1:{cts_mgmt}"),
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+    ]);
+    let cts = Proc::spawn("challtestsrv", cmd);
+    cts.wait_for(
+        "Starting management server",
+        std::time::Duration::from_secs(20),
+    );
+    let p = Pebble::start_pebble(dir, cts, &knot.addr.to_string(), cts_mgmt, 3600, &[]);
+    (knot, p)
+}
+
+fn rfc2136_config(
+    knot: &Knot,
+    p: &Pebble,
+    secret: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
+    let provider = format!(
+        "provider = \"rfc2136\"\nserver = \"{}\"\ntsig_key = \"{}\"\ntsig_secret = \"{secret}\"",
+        knot.addr, knot.key_name
+    );
+    let (d, cfg) = provider_config(p, &provider);
+    // Propagation is checked at Knot itself.
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("resolvers = [\"{}\"]", p.dns),
+        &format!("resolvers = [\"{}\"]", knot.addr),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&cfg, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (d, cfg)
+}
+
+#[test]
+fn rfc2136_against_knot_apex_and_wildcard_then_records_are_gone() {
+    let (knot, p) = knot_pebble();
+    let (dir, cfg) = rfc2136_config(&knot, &p, &knot.secret);
+    let o = edge(
+        &["obtain", "-d", "x.example.test", "-d", "*.x.example.test"],
+        &cfg,
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}\nknot:\n{}", knot.proc.output());
+    assert!(!t.contains(&knot.secret), "the TSIG secret was printed");
+    // Knot logged the signed updates, and the records are gone again.
+    // Two values added (apex and wildcard share the name), then exactly those two deleted.
+    knot.proc
+        .wait_for("serial 4 -> 5", std::time::Duration::from_secs(5));
+    assert_eq!(
+        knot.proc.count("DDNS, finished, serial"),
+        4,
+        "{}",
+        knot.proc.output()
+    );
+    assert_eq!(
+        knot.dig("_acme-challenge.x.example.test", "TXT").trim(),
+        "",
+        "records left behind"
+    );
+    assert!(dir
+        .path()
+        .join("state/live/x.example.test/fullchain.pem")
+        .exists());
+}
+
+#[test]
+fn rfc2136_wrong_secret_is_a_clear_badsig_error() {
+    let (knot, p) = knot_pebble();
+    use base64::Engine;
+    let wrong = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
+    let (_dir, cfg) = rfc2136_config(&knot, &p, &wrong);
+    let o = edge(&["obtain", "-d", "y.example.test"], &cfg);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("BADSIG") && t.contains("dns.tsig_secret"), "{t}");
+    assert!(!t.contains(&wrong));
+}

@@ -7,6 +7,7 @@ pub mod exec;
 pub mod httpreq;
 pub mod manual;
 pub mod propagation;
+pub mod rfc2136;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -80,6 +81,27 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
                 _ => None,
             };
             Box::new(httpreq::Httpreq::new(url.clone(), auth)?)
+        }
+        Provider::Rfc2136 {
+            server,
+            zone,
+            tsig_key,
+            tsig_secret,
+            tsig_algorithm,
+            ttl,
+        } => {
+            let secret = tsig_secret.resolve().map_err(|e| DnsError::Api {
+                provider: "rfc2136",
+                message: format!("TSIG secret: {e}"),
+            })?;
+            Box::new(rfc2136::Rfc2136::new(
+                *server,
+                zone.clone(),
+                tsig_key,
+                &secret,
+                *tsig_algorithm,
+                *ttl,
+            )?)
         }
         Provider::Cloudflare { token, api_url } => {
             let token = token.resolve().map_err(|e| DnsError::Api {

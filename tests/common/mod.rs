@@ -611,3 +611,73 @@ pub fn cts_post(cts_url: &str, path: &str, body: serde_json::Value) {
         .unwrap();
     assert!(st.success());
 }
+
+// ---------------------------------------------------------------- Knot DNS
+
+/// A real Knot DNS server, authoritative for `zone`, accepting TSIG-signed
+/// updates from one key.
+pub struct Knot {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub key_name: String,
+    pub secret: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Knot {
+    pub fn start(zone: &str) -> Knot {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let raw: Vec<u8> = (0..32)
+            .map(|i| (i * 37 + 11) as u8 ^ (port as u8))
+            .collect();
+        let secret = base64::engine::general_purpose::STANDARD.encode(raw);
+        let key_name = "edge-key".to_string();
+        let d = dir.path().display();
+        std::fs::create_dir_all(dir.path().join("db")).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{zone}.zone")),
+            format!(
+                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns.{zone}. admin.{zone}. 1 60 60 600 60\n@ NS ns.{zone}.\nns A 127.0.0.1\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("knot.conf"),
+            format!(
+                "server:\n    listen: 127.0.0.1@{port}\n    rundir: {d}\n\ndatabase:\n    storage: {d}/db\n\nlog:\n  - target: stderr\n    any: info\n\nkey:\n  - id: {key_name}\n    algorithm: hmac-sha256\n    secret: {secret}\n\nacl:\n  - id: update\n    key: {key_name}\n    action: update\n\nzone:\n  - domain: {zone}\n    storage: {d}\n    file: {zone}.zone\n    acl: update\n    zonefile-sync: -1\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new("/usr/sbin/knotd");
+        cmd.arg("-c").arg(dir.path().join("knot.conf"));
+        let proc = Proc::spawn("knotd", cmd);
+        proc.wait_for(&format!("[{zone}.] loaded"), Duration::from_secs(20));
+        Knot {
+            proc,
+            addr: format!("127.0.0.1:{port}").parse().unwrap(),
+            key_name,
+            secret,
+            dir,
+        }
+    }
+
+    /// `dig` as an outside client would ask, short answers only.
+    pub fn dig(&self, name: &str, rtype: &str) -> String {
+        let o = Command::new("dig")
+            .args([
+                "+short",
+                "+tries=1",
+                "+time=2",
+                "-p",
+                &self.addr.port().to_string(),
+                "@127.0.0.1",
+                name,
+                rtype,
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+}

@@ -1,0 +1,241 @@
+//! `provider = "rfc2136"`: DNS UPDATE (RFC 2136) signed with TSIG (RFC 8945),
+//! sent over TCP to the zone's primary server. Adding appends a value (apex and
+//! wildcard share a name); cleanup deletes exactly the values edge added. Errors
+//! say the server's answer in words, including the TSIG error (BADSIG, BADKEY,
+//! BADTIME) that tells a wrong secret from a wrong key name or a skewed clock.
+
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use hickory_proto::dnssec::rdata::tsig::TsigAlgorithm;
+use hickory_proto::dnssec::rdata::{DNSSECRData, TSIG};
+use hickory_proto::dnssec::tsig::TSigner;
+use hickory_proto::op::{update_message, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{BoxFuture, DnsError, Publisher, TxtRecord};
+use crate::config::{Secret, TsigAlg};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct Rfc2136 {
+    server: SocketAddr,
+    zone: Option<String>,
+    signer: TSigner,
+    ttl: u32,
+}
+
+fn api(message: String) -> DnsError {
+    DnsError::Api {
+        provider: "rfc2136",
+        message,
+    }
+}
+
+impl Rfc2136 {
+    pub fn new(
+        server: SocketAddr,
+        zone: Option<String>,
+        key: &str,
+        secret: &Secret,
+        alg: TsigAlg,
+        ttl: u32,
+    ) -> Result<Rfc2136, DnsError> {
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(secret.0.trim())
+            .map_err(|_| api("tsig_secret is not base64 (copy it exactly as `keymgr -t` or `tsig-keygen` printed it)".into()))?;
+        let algorithm = match alg {
+            TsigAlg::HmacSha256 => TsigAlgorithm::HmacSha256,
+            TsigAlg::HmacSha384 => TsigAlgorithm::HmacSha384,
+            TsigAlg::HmacSha512 => TsigAlgorithm::HmacSha512,
+        };
+        let name = Name::from_ascii(key).map_err(|e| api(format!("tsig_key {key:?}: {e}")))?;
+        let signer =
+            TSigner::new(raw, algorithm, name, 300).map_err(|e| api(format!("TSIG setup: {e}")))?;
+        Ok(Rfc2136 {
+            server,
+            zone,
+            signer,
+            ttl,
+        })
+    }
+
+    /// Sends one message over TCP and returns the server's answer.
+    async fn exchange(&self, mut msg: Message, sign: bool) -> Result<Message, DnsError> {
+        if sign {
+            let now = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as u32)
+                .unwrap_or(0);
+            msg.finalize(&self.signer, now)
+                .map_err(|e| api(format!("signing: {e}")))?;
+        }
+        let bytes = msg.to_bytes().map_err(|e| api(format!("encoding: {e}")))?;
+        let server = self.server;
+        let io = async move {
+            let mut s = TcpStream::connect(server).await?;
+            s.write_all(&(bytes.len() as u16).to_be_bytes()).await?;
+            s.write_all(&bytes).await?;
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).await?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        };
+        let buf = tokio::time::timeout(TIMEOUT, io)
+            .await
+            .map_err(|_| {
+                api(format!(
+                    "{server} did not answer within {}s",
+                    TIMEOUT.as_secs()
+                ))
+            })?
+            .map_err(|e| api(format!("{server}: {e}")))?;
+        Message::from_bytes(&buf)
+            .map_err(|e| api(format!("{server} sent an unreadable answer: {e}")))
+    }
+
+    /// The zone to update: configured, or the one whose SOA the server holds.
+    async fn zone_for(&self, fqdn: &str) -> Result<Name, DnsError> {
+        if let Some(z) = &self.zone {
+            return Name::from_ascii(format!("{z}.")).map_err(|e| api(format!("zone {z:?}: {e}")));
+        }
+        let labels: Vec<&str> = fqdn.split('.').collect();
+        for i in 1..labels.len() {
+            let candidate = format!("{}.", labels[i..].join("."));
+            let name = Name::from_ascii(&candidate).map_err(|e| api(e.to_string()))?;
+            let mut q = Message::new();
+            q.set_id(rand::random())
+                .set_message_type(MessageType::Query)
+                .set_op_code(OpCode::Query)
+                .add_query(Query::query(name.clone(), RecordType::SOA));
+            let a = self.exchange(q, false).await?;
+            if a.answers()
+                .iter()
+                .any(|r| r.record_type() == RecordType::SOA && r.name() == &name)
+            {
+                return Ok(name);
+            }
+        }
+        Err(api(format!(
+            "{} is authoritative for no zone above {fqdn}; set dns.zone",
+            self.server
+        )))
+    }
+
+    async fn update(&self, r: &TxtRecord, add: bool) -> Result<(), DnsError> {
+        let zone = self.zone_for(&r.fqdn).await?;
+        let name = Name::from_ascii(format!("{}.", r.fqdn)).map_err(|e| api(e.to_string()))?;
+        let mut rrset = RecordSet::new(name.clone(), RecordType::TXT, 0);
+        rrset.insert(
+            Record::from_rdata(name, self.ttl, RData::TXT(TXT::new(vec![r.value.clone()]))),
+            0,
+        );
+        let mut msg = if add {
+            update_message::append(rrset, zone.clone(), false, false)
+        } else {
+            update_message::delete_by_rdata(rrset, zone.clone(), false)
+        };
+        msg.set_id(rand::random());
+        let answer = self.exchange(msg, true).await?;
+        match answer.response_code() {
+            ResponseCode::NoError => Ok(()),
+            code => {
+                let tsig = tsig_error(&answer)
+                    .map(|e| format!(", TSIG error {e}"))
+                    .unwrap_or_default();
+                Err(api(format!(
+                    "{} answered {}{tsig} to the update of {} in zone {zone}{}",
+                    self.server,
+                    rcode_words(code),
+                    r.fqdn,
+                    hint(code, tsig_error(&answer))
+                )))
+            }
+        }
+    }
+}
+
+fn rcode_words(code: ResponseCode) -> String {
+    match code {
+        ResponseCode::Refused => "REFUSED".into(),
+        ResponseCode::NotAuth => "NOTAUTH".into(),
+        ResponseCode::NotZone => "NOTZONE".into(),
+        ResponseCode::ServFail => "SERVFAIL".into(),
+        ResponseCode::FormErr => "FORMERR".into(),
+        ResponseCode::NotImp => "NOTIMP".into(),
+        ResponseCode::BADSIG => "BADSIG".into(),
+        ResponseCode::BADKEY => "BADKEY".into(),
+        ResponseCode::BADTIME => "BADTIME".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn hint(code: ResponseCode, tsig: Option<&'static str>) -> &'static str {
+    match (code, tsig) {
+        (_, Some("BADSIG")) => ": the TSIG secret does not match the server's (dns.tsig_secret)",
+        (_, Some("BADKEY")) => ": the server knows no key by that name and algorithm (dns.tsig_key, dns.tsig_algorithm)",
+        (_, Some("BADTIME")) => ": this host's clock and the server's differ by more than 5 minutes",
+        (ResponseCode::Refused, _) => ": the server's update policy does not allow this key to change this name",
+        (ResponseCode::NotAuth, _) => ": the server is not authoritative for the zone or refused the key (dns.server, dns.zone)",
+        _ => "",
+    }
+}
+
+/// The TSIG error field of an answer, read from the wire since hickory's TSIG
+/// type keeps it private: the RDATA ends with error (2), other length (2), other.
+fn tsig_error(m: &Message) -> Option<&'static str> {
+    let rec = m
+        .signature()
+        .iter()
+        .find(|r| r.record_type() == RecordType::TSIG)?;
+    let RData::DNSSEC(DNSSECRData::TSIG(t)) = rec.data() else {
+        return None;
+    };
+    let b = BinEncodable::to_bytes(t as &TSIG).ok()?;
+    // algorithm name (uncompressed), time (6), fudge (2), mac size (2), mac, id (2), error (2), other len (2), other
+    let mut i = 0;
+    while i < b.len() && b[i] != 0 {
+        i += b[i] as usize + 1;
+    }
+    i += 1 + 6 + 2;
+    let mac = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]) as usize;
+    i += 2 + mac + 2;
+    let err = u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]);
+    Some(match err {
+        0 => return None,
+        16 => "BADSIG",
+        17 => "BADKEY",
+        18 => "BADTIME",
+        22 => "BADTRUNC",
+        _ => "unknown",
+    })
+}
+
+impl Publisher for Rfc2136 {
+    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+        Box::pin(async move {
+            for r in records {
+                self.update(r, true).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+        Box::pin(async move {
+            let mut first = None;
+            for r in records {
+                if let Err(e) = self.update(r, false).await {
+                    first.get_or_insert(e);
+                }
+            }
+            first.map_or(Ok(()), Err)
+        })
+    }
+}
