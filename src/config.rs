@@ -353,6 +353,8 @@ pub enum Provider {
         token: SecretSource,
         api_url: String,
     },
+    /// edge answers DNS itself for `zone`; challenge names are CNAMEd into it.
+    Builtin { listen: SocketAddr, zone: String },
     /// RFC 2136 dynamic update with TSIG to an authoritative server.
     Rfc2136 {
         server: SocketAddr,
@@ -417,6 +419,7 @@ impl Provider {
             Provider::Httpreq { .. } => "httpreq",
             Provider::Cloudflare { .. } => "cloudflare",
             Provider::Rfc2136 { .. } => "rfc2136",
+            Provider::Builtin { .. } => "builtin",
         }
     }
 
@@ -862,9 +865,10 @@ impl Validator<'_> {
             "pebble-challtestsrv" => &["url"],
             "httpreq" => &["url", "username", "password"],
             "cloudflare" => &["api_token", "api_token_file", "api_url"],
+            "builtin" => &["listen", "zone"],
             "rfc2136" => &["server", "zone", "tsig_key", "tsig_secret", "tsig_secret_file", "tsig_algorithm", "ttl"],
             other => {
-                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv, httpreq, cloudflare, rfc2136")))
+                return Err(self.err("dns.provider", format!("{other:?} is not a provider this build knows; expected one of: manual, exec, pebble-challtestsrv, httpreq, cloudflare, rfc2136, builtin")))
             }
         };
         let inline_secret =
@@ -925,6 +929,15 @@ impl Validator<'_> {
                     username: raw.username,
                     password,
                 }
+            }
+            "builtin" => {
+                let listen = self.addr("dns.listen", raw.listen.as_deref(), "0.0.0.0:53")?;
+                let zone = raw.zone.ok_or_else(|| self.err("dns.zone", "missing; expected the zone delegated to this host, e.g. \"acme.example.org\""))?;
+                let zone = names::validate_domain(&zone).map_err(|m| self.err("dns.zone", m))?;
+                if zone.starts_with("*.") {
+                    return Err(self.err("dns.zone", "a zone cannot be a wildcard"));
+                }
+                Provider::Builtin { listen, zone }
             }
             "rfc2136" => {
                 let server_s = raw.server.ok_or_else(|| {

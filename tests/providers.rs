@@ -302,3 +302,161 @@ fn rfc2136_wrong_secret_is_a_clear_badsig_error() {
     assert!(t.contains("BADSIG") && t.contains("dns.tsig_secret"), "{t}");
     assert!(!t.contains(&wrong));
 }
+
+/// `dig` against edge's own responder, as an outside client would ask.
+fn dig(port: u16, name: &str, rtype: &str, short: bool) -> String {
+    let mut cmd = std::process::Command::new("dig");
+    cmd.args([
+        "+tries=1",
+        "+time=2",
+        "-p",
+        &port.to_string(),
+        "@127.0.0.1",
+        name,
+        rtype,
+    ]);
+    if short {
+        cmd.arg("+short");
+    }
+    String::from_utf8_lossy(&cmd.output().unwrap().stdout).into_owned()
+}
+
+#[test]
+fn builtin_responder_serves_pebble_and_renews_unattended() {
+    let dns_port = free_port();
+    // Pebble asks edge's own responder.
+    let dir = tempfile::tempdir().unwrap();
+    let cts_mgmt = free_port();
+    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
+    cmd.args([
+        "-dns01",
+        &format!("127.0.0.1:{}", free_port()),
+        "-management",
+        &format!("127.0.0.1:{cts_mgmt}"),
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+    ]);
+    let cts = Proc::spawn("challtestsrv", cmd);
+    cts.wait_for(
+        "Starting management server",
+        std::time::Duration::from_secs(20),
+    );
+    let p = Pebble::start_pebble(
+        dir,
+        cts,
+        &format!("127.0.0.1:{dns_port}"),
+        cts_mgmt,
+        3600,
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let provider = format!(
+        "provider = \"builtin\"\nlisten = \"127.0.0.1:{dns_port}\"\nzone = \"acme.example.test\""
+    );
+    let (state, cfg) = config(&format!(
+        "{}{}{}",
+        listen_any(),
+        p.acme_toml(&provider).replace(
+            &format!("resolvers = [\"{}\"]\n", p.dns),
+            &format!("resolvers = [\"127.0.0.1:{dns_port}\"]\n")
+        ),
+        site(
+            &["acme.example.test", "*.acme.example.test"],
+            &["127.0.0.1:9".to_string()]
+        )
+    ));
+    // The daemon obtains apex + wildcard on its own at start, through its responder.
+    let edge_d = Edge::serve(&cfg);
+    edge_d.proc.wait_for(
+        "built-in DNS responder listening",
+        std::time::Duration::from_secs(20),
+    );
+    edge_d
+        .proc
+        .wait_for("renewal succeeded", std::time::Duration::from_secs(30));
+    assert!(state
+        .path()
+        .join("state/live/acme.example.test/fullchain.pem")
+        .exists());
+
+    // As an outside client sees it: SOA and NS for the zone, NXDOMAIN inside,
+    // REFUSED outside, and never recursion.
+    assert!(
+        dig(dns_port, "acme.example.test", "SOA", true).contains("hostmaster.acme.example.test.")
+    );
+    assert!(dig(dns_port, "acme.example.test", "NS", true).contains("ns.acme.example.test."));
+    let inside = dig(dns_port, "nothing.acme.example.test", "TXT", false);
+    assert!(
+        inside.contains("status: NXDOMAIN") && inside.contains(" aa"),
+        "{inside}"
+    );
+    let outside = dig(dns_port, "www.example.org", "A", false);
+    assert!(outside.contains("status: REFUSED"), "{outside}");
+    assert!(!outside.contains(" ra"), "recursion offered: {outside}");
+    assert!(
+        dig(dns_port, "_acme-challenge.acme.example.test", "TXT", true)
+            .trim()
+            .is_empty(),
+        "challenge records left behind"
+    );
+
+    // Unattended renewal: no human action.
+    let before = std::fs::read(state.path().join("state/live/acme.example.test/cert.pem")).unwrap();
+    let o = edge(&["renew", "--force"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_ne!(
+        std::fs::read(state.path().join("state/live/acme.example.test/cert.pem")).unwrap(),
+        before
+    );
+}
+
+#[test]
+fn builtin_tells_exactly_which_cname_is_missing() {
+    let p = Pebble::start();
+    let dns_port = free_port();
+    let provider = format!(
+        "provider = \"builtin\"\nlisten = \"127.0.0.1:{dns_port}\"\nzone = \"acme.example.test\""
+    );
+    let (_d, cfg) = provider_config(&p, &provider);
+    let o = edge(
+        &[
+            "obtain",
+            "-d",
+            "flask.other.test",
+            "-d",
+            "*.flask.other.test",
+        ],
+        &cfg,
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    let line = t
+        .lines()
+        .find(|l| l.contains("CNAME"))
+        .unwrap_or_else(|| panic!("{t}"));
+    let want = format!(
+        "_acme-challenge.flask.other.test. CNAME {}.acme.example.test.",
+        edge::dns::builtin::label_for("flask.other.test")
+    );
+    assert_eq!(line.trim(), want, "{t}");
+    assert_eq!(
+        t.matches(" CNAME ").count(),
+        1,
+        "apex and wildcard share one CNAME: {t}"
+    );
+    // Once the CNAME exists, edge follows it and publishes at the label.
+    cts_post(
+        &p.cts_url,
+        "/set-cname",
+        serde_json::json!({"host": "_acme-challenge.flask.other.test.", "target": format!("{}.acme.example.test.", edge::dns::builtin::label_for("flask.other.test"))}),
+    );
+    let o = edge(&["obtain", "-d", "flask.other.test"], &cfg);
+    assert!(
+        text(&o).contains("publishing at its target"),
+        "{}",
+        text(&o)
+    );
+}

@@ -167,6 +167,10 @@ async fn run_order(
 /// Waits for DNS; with `manual`, Enter on stdin also proceeds (the person
 /// vouches for the record), while end-of-file (no terminal) is ignored.
 async fn wait_visible(cfg: &Config, records: &[TxtRecord], ui: &Ui) -> Result<(), AcmeError> {
+    if matches!(cfg.dns.provider, Provider::Builtin { .. }) {
+        // edge serves these itself, from memory: visible the moment they are set.
+        return Ok(());
+    }
     if !matches!(cfg.dns.provider, Provider::Manual) || !ui.is_interactive() {
         return Ok(propagation::wait(records, &cfg.dns, ui).await?);
     }

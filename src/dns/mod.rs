@@ -1,6 +1,7 @@
 //! Publishing `_acme-challenge` TXT records, one file per way of doing it, behind
 //! the [`Publisher`] trait; and checking that the records are visible.
 
+pub mod builtin;
 pub mod challtestsrv;
 pub mod cloudflare;
 pub mod exec;
@@ -81,6 +82,9 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
                 _ => None,
             };
             Box::new(httpreq::Httpreq::new(url.clone(), auth)?)
+        }
+        Provider::Builtin { listen, zone } => {
+            Box::new(builtin::Builtin::new(*listen, zone.clone()))
         }
         Provider::Rfc2136 {
             server,
