@@ -460,3 +460,97 @@ fn builtin_tells_exactly_which_cname_is_missing() {
         text(&o)
     );
 }
+
+/// The production path of `builtin`, end to end: the CA's resolver is a real
+/// recursive resolver (Unbound); the site's zone (on Knot) holds the one-time
+/// CNAME into edge's zone, which is delegated to edge's own responder.
+#[test]
+fn builtin_after_the_one_time_cname_through_a_recursive_resolver() {
+    let label = edge::dns::builtin::label_for("flask.other.test");
+    let www = edge::dns::builtin::label_for("www.other.test");
+    let knot = Knot::start_with("other.test", &format!("_acme-challenge.flask CNAME {label}.acme.other.test.\n_acme-challenge.www CNAME {www}.acme.other.test.\n"));
+    let edge_dns = free_port();
+    let unbound_port = free_port();
+    let udir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        udir.path().join("unbound.conf"),
+        format!(
+            "server:\n  interface: 127.0.0.1\n  port: {unbound_port}\n  do-daemonize: no\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n  chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n  qname-minimisation: no\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  local-zone: \"test.\" nodefault\n  infra-host-ttl: 1\n  infra-keep-probing: yes\n  domain-insecure: \"test.\"\nstub-zone:\n  name: \"other.test\"\n  stub-addr: {knot}\nstub-zone:\n  name: \"acme.other.test\"\n  stub-addr: 127.0.0.1@{edge_dns}\n",
+            d = udir.path().display(),
+            knot = knot.addr.to_string().replace(':', "@"),
+        ),
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new("/usr/sbin/unbound");
+    cmd.arg("-d")
+        .arg("-c")
+        .arg(udir.path().join("unbound.conf"));
+    let unbound = Proc::spawn("unbound", cmd);
+    unbound.wait_for("start of service", std::time::Duration::from_secs(20));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cts_mgmt = free_port();
+    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
+    cmd.args([
+        "-dns01",
+        &format!("127.0.0.1:{}", free_port()),
+        "-management",
+        &format!("127.0.0.1:{cts_mgmt}"),
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+    ]);
+    let cts = Proc::spawn("challtestsrv", cmd);
+    cts.wait_for(
+        "Starting management server",
+        std::time::Duration::from_secs(20),
+    );
+    let p = Pebble::start_pebble(
+        dir,
+        cts,
+        &format!("127.0.0.1:{unbound_port}"),
+        cts_mgmt,
+        3600,
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let provider = format!(
+        "provider = \"builtin\"\nlisten = \"127.0.0.1:{edge_dns}\"\nzone = \"acme.other.test\""
+    );
+    let (state, cfg) = config(&format!(
+        "{}{}{}",
+        listen_any(),
+        p.acme_toml(&provider).replace(
+            &format!("resolvers = [\"{}\"]\n", p.dns),
+            &format!("resolvers = [\"127.0.0.1:{unbound_port}\"]\n")
+        ),
+        site(&["flask.other.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let t0 = std::time::Instant::now();
+    let o = edge(
+        &[
+            "obtain",
+            "-d",
+            "flask.other.test",
+            "-d",
+            "*.flask.other.test",
+            "-d",
+            "www.other.test",
+        ],
+        &cfg,
+    );
+    println!("obtain through unbound took {:?}", t0.elapsed());
+    let t = text(&o);
+    assert!(o.status.success(), "{t}\nunbound:\n{}", unbound.output());
+    assert!(t.contains("publishing at its target"), "{t}");
+    let t0 = std::time::Instant::now();
+    let o = edge(&["renew", "--force"], &cfg);
+    println!("renew through unbound took {:?}", t0.elapsed());
+    assert!(o.status.success(), "unattended renewal: {}", text(&o));
+    assert!(state
+        .path()
+        .join("state/archive/flask.other.test/cert2.pem")
+        .exists());
+}

@@ -626,6 +626,11 @@ pub struct Knot {
 
 impl Knot {
     pub fn start(zone: &str) -> Knot {
+        Self::start_with(zone, "")
+    }
+
+    /// Knot with extra zone-file lines (relative to the zone origin).
+    pub fn start_with(zone: &str, extra: &str) -> Knot {
         use base64::Engine;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -639,7 +644,7 @@ impl Knot {
         std::fs::write(
             dir.path().join(format!("{zone}.zone")),
             format!(
-                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns.{zone}. admin.{zone}. 1 60 60 600 60\n@ NS ns.{zone}.\nns A 127.0.0.1\n"
+                "$ORIGIN {zone}.\n$TTL 60\n@ SOA ns.{zone}. admin.{zone}. 1 60 60 600 60\n@ NS ns.{zone}.\nns A 127.0.0.1\n{extra}\n"
             ),
         )
         .unwrap();
