@@ -40,6 +40,19 @@ pub async fn run(cfg: &Config) -> Report {
     if let Some(hook) = &cfg.acme.deploy_hook {
         executable(hook, "acme.deploy_hook", &mut r);
     }
+    if let Provider::Builtin { zone, .. } = &cfg.dns.provider {
+        let mut seen = std::collections::BTreeSet::new();
+        for site in &cfg.sites {
+            for d in &site.domains {
+                let line = crate::dns::builtin::cname_instruction(d, zone);
+                if seen.insert(line.clone()) {
+                    r.notes.push(format!(
+                        "dns.provider = \"builtin\": this CNAME must exist (once): {line}"
+                    ));
+                }
+            }
+        }
+    }
     if matches!(cfg.dns.provider, Provider::Manual) {
         r.notes.push("dns.provider = \"manual\": renewals need a person to set the TXT record; choose exec, rfc2136, builtin or an API provider for unattended renewal".into());
     }
