@@ -47,6 +47,23 @@ enum Chunk {
     Trailers,
 }
 
+/// The index just past the first empty line (`\r\n\r\n` or `\n\n`) at or after `from`.
+fn head_end(b: &[u8], from: usize) -> Option<usize> {
+    let mut k = from;
+    while k < b.len() {
+        if b[k] == b'\n' {
+            if k >= 3 && &b[k - 3..=k] == b"\r\n\r\n" {
+                return Some(k + 1);
+            }
+            if k >= 1 && b[k - 1] == b'\n' {
+                return Some(k + 1);
+            }
+        }
+        k += 1;
+    }
+    None
+}
+
 /// Longest head the guard buffers; longer ones are hyper's to refuse (431).
 const MAX_HEAD: usize = 64 * 1024;
 
@@ -117,27 +134,39 @@ impl<T> Guard<T> {
                 }
                 State::Head => {
                     // Skip stray CRLFs between requests, as hyper does.
-                    if self.pending.is_empty() && (buf[i] == b'\r' || buf[i] == b'\n') {
-                        i += 1;
-                        continue;
-                    }
-                    self.pending.push(buf[i]);
-                    if self.pending.ends_with(b"\r\n\r\n") || self.pending.ends_with(b"\n\n") {
-                        match self.head_done() {
-                            Some(next) => self.state = next,
-                            None => {
-                                // Both Content-Length and Transfer-Encoding: break the
-                                // head's final byte so hyper answers 400 and closes.
-                                buf[i] = b'X';
-                                self.smuggling_refused = true;
-                                self.state = State::Passthrough;
-                            }
+                    if self.pending.is_empty() {
+                        while i < buf.len() && (buf[i] == b'\r' || buf[i] == b'\n') {
+                            i += 1;
                         }
-                        self.pending.clear();
-                    } else if self.pending.len() > MAX_HEAD {
-                        self.state = State::Passthrough;
+                        if i == buf.len() {
+                            return;
+                        }
                     }
-                    i += 1;
+                    // Take the rest of this read in one go and look for the end of the head.
+                    let old = self.pending.len();
+                    self.pending.extend_from_slice(&buf[i..]);
+                    let Some(end) = head_end(&self.pending, old.saturating_sub(3)) else {
+                        if self.pending.len() > MAX_HEAD {
+                            self.state = State::Passthrough;
+                            self.pending.clear();
+                        }
+                        return;
+                    };
+                    // `end - old` bytes of this read belong to the head; its last byte is here.
+                    let taken = end - old;
+                    self.pending.truncate(end);
+                    match self.head_done() {
+                        Some(next) => self.state = next,
+                        None => {
+                            // Both Content-Length and Transfer-Encoding: break the
+                            // head's final byte so hyper answers 400 and closes.
+                            buf[i + taken - 1] = b'X';
+                            self.smuggling_refused = true;
+                            self.state = State::Passthrough;
+                        }
+                    }
+                    self.pending.clear();
+                    i += taken;
                 }
                 State::Chunked(Chunk::Data(n)) => {
                     let take = (n as usize).min(buf.len() - i);

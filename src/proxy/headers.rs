@@ -73,9 +73,33 @@ pub fn set_forwarding(
     host: &str,
     trusted_proxies: &[IpNet],
 ) {
+    set_forwarding_with(headers, peer, &peer_value(peer), host, trusted_proxies)
+}
+
+/// The peer address as a header value; computed once per connection.
+pub fn peer_value(peer: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// `set_forwarding` with the peer's header value made in advance: the common
+/// (untrusted peer) case then costs no formatting or allocation per request.
+pub fn set_forwarding_with(
+    headers: &mut HeaderMap,
+    peer: IpAddr,
+    peer_hv: &HeaderValue,
+    host: &str,
+    trusted_proxies: &[IpNet],
+) {
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
+    set(headers, &X_FORWARDED_HOST, host);
+    if trusted_proxies.is_empty() || !trusted(peer, trusted_proxies) {
+        headers.insert(X_FORWARDED_FOR.clone(), peer_hv.clone());
+        headers.insert(X_REAL_IP.clone(), peer_hv.clone());
+        return;
+    }
     let peer_str = peer.to_string();
     let mut real_ip = peer;
-    let xff = if !trusted_proxies.is_empty() && trusted(peer, trusted_proxies) {
+    let xff = {
         let prior: Vec<String> = headers
             .get_all(&X_FORWARDED_FOR)
             .iter()
@@ -99,13 +123,9 @@ pub fn set_forwarding(
         } else {
             format!("{}, {peer_str}", prior.join(", "))
         }
-    } else {
-        peer_str.clone()
     };
     set(headers, &X_FORWARDED_FOR, &xff);
     set(headers, &X_REAL_IP, &real_ip.to_string());
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
-    set(headers, &X_FORWARDED_HOST, host);
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {

@@ -121,10 +121,12 @@ pub async fn serve_https(
             };
             let inflight = Arc::new(AtomicUsize::new(0));
             let io = Guard::new(tls, !is_h2, Some((keepalive, inflight.clone())));
+            let peer_header = super::headers::peer_value(peer.ip());
             let info = Arc::new(ConnInfo {
                 peer,
                 served,
                 inflight,
+                peer_header,
             });
             let svc = service_fn(move |req| proxy.clone().handle(req, info.clone()));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -46,6 +46,8 @@ pub struct ConnInfo {
     pub served: Option<Arc<Entry>>,
     /// Requests on this connection whose responses are not finished.
     pub inflight: Arc<AtomicUsize>,
+    /// The peer address as a header value, for X-Forwarded-For and X-Real-IP.
+    pub peer_header: HeaderValue,
 }
 
 /// One site at run time: its config, upstream pool and error pages.
@@ -54,6 +56,8 @@ pub struct SiteRt {
     pub cfg: Site,
     pub pool: Pool,
     pub pages: ErrorPages,
+    /// Resolved once, so a request costs an atomic add, not a label lookup.
+    latency: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// Host -> site, rebuilt whole on reload.
@@ -76,6 +80,12 @@ impl Routes {
                     s.domains.first().map(String::as_str).unwrap_or("-"),
                 ),
                 pages: ErrorPages::load(&s.error_pages)?,
+                latency: crate::metrics::METRICS
+                    .latency
+                    .get_or_create(&crate::metrics::SiteLabel {
+                        site: s.domains.first().cloned().unwrap_or_default(),
+                    })
+                    .clone(),
             });
             for d in &s.domains {
                 match d.strip_prefix("*.") {
@@ -133,13 +143,13 @@ impl Proxy {
             req.uri().path().to_string()
         };
         let version = req.version();
-        let mut site_name: Option<String> = None;
+        let mut site_rt: Option<Arc<SiteRt>> = None;
         let (host, result) = match request_host(&req) {
             Ok(h) => {
                 let h = h.to_string();
                 let r = match route(&routes, &h, &conn) {
                     Ok(site) => {
-                        site_name = site.cfg.domains.first().cloned();
+                        site_rt = Some(site.clone());
                         forward(site, req, &conn, &h, &self.limits).await
                     }
                     Err(e) => Err((e, None)),
@@ -177,18 +187,26 @@ impl Proxy {
             }
         };
         let status = response.status().as_u16();
-        let m = &crate::metrics::METRICS;
-        let site_label = site_name.unwrap_or_else(|| "-".into());
-        m.requests
-            .get_or_create(&crate::metrics::RequestLabels {
-                site: site_label.clone(),
-                class: crate::metrics::status_class(status),
-                upstream: upstream.as_deref().unwrap_or("-").to_string(),
-            })
-            .inc();
-        m.latency
-            .get_or_create(&crate::metrics::SiteLabel { site: site_label })
-            .observe(start.elapsed().as_secs_f64());
+        match (&up_guard, &site_rt) {
+            (Some(g), _) => g.upstream().count(status),
+            (None, site) => {
+                // Edge-made answers (errors, 4xx) are rarer: a label lookup is fine here.
+                crate::metrics::METRICS
+                    .requests
+                    .get_or_create(&crate::metrics::RequestLabels {
+                        site: site
+                            .as_ref()
+                            .and_then(|s| s.cfg.domains.first().cloned())
+                            .unwrap_or_else(|| "-".into()),
+                        class: crate::metrics::status_class(status),
+                        upstream: "-".into(),
+                    })
+                    .inc();
+            }
+        }
+        if let Some(s) = &site_rt {
+            s.latency.observe(start.elapsed().as_secs_f64());
+        }
         let record = (self.access != AccessLog::Off).then(|| {
             Box::new(Record {
                 client: conn.peer.ip(),
@@ -419,7 +437,7 @@ async fn forward(
                     } else {
                         up.recycle(sender);
                     }
-                    return Ok((resp, Arc::from(up.addr.as_str()), guard));
+                    return Ok((resp, up.name.clone(), guard));
                 }
                 Ok(Err(mut e)) => match e.take_message() {
                     // Never sent: the pooled connection was closed under us.
@@ -534,9 +552,10 @@ fn rewrite_request(
     };
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_underscored(&mut parts.headers);
-    headers::set_forwarding(
+    headers::set_forwarding_with(
         &mut parts.headers,
         conn.peer.ip(),
+        &conn.peer_header,
         host,
         &site.trusted_proxies,
     );
@@ -563,12 +582,16 @@ fn rewrite_request(
             parts.headers.insert(header::COOKIE, v);
         }
     }
-    let pq = parts
-        .uri
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    if let Ok(uri) = pq.parse() {
+    // Origin form: keep the path and query, drop scheme and authority (no re-parse).
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+    );
+    if let Ok(uri) = http::Uri::from_parts(uri_parts) {
         parts.uri = uri;
     }
     parts.version = Version::HTTP_11;

@@ -59,6 +59,8 @@ fn now_ms() -> u64 {
 
 pub struct Upstream {
     pub addr: String,
+    /// The address again, shared cheaply with every access-log record.
+    pub name: Arc<str>,
     /// Parsed once when the address is an IP, so the hot path skips name resolution.
     socket: Option<SocketAddr>,
     pub weight: u32,
@@ -74,6 +76,8 @@ pub struct Upstream {
     /// What was last logged, so each change is logged once.
     reported_down: AtomicBool,
     site: String,
+    /// Request counters by status class (1xx..5xx), resolved once.
+    requests: [prometheus_client::metrics::counter::Counter; 5],
 }
 
 impl std::fmt::Debug for Upstream {
@@ -96,6 +100,7 @@ impl Upstream {
             .set(1);
         Upstream {
             addr: cfg.addr.clone(),
+            name: Arc::from(cfg.addr.as_str()),
             socket: cfg.addr.parse().ok(),
             weight: cfg.weight,
             idle: Mutex::new(Vec::new()),
@@ -106,7 +111,23 @@ impl Upstream {
             active_down: AtomicBool::new(false),
             reported_down: AtomicBool::new(false),
             site: site.to_string(),
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+                crate::metrics::METRICS
+                    .requests
+                    .get_or_create(&crate::metrics::RequestLabels {
+                        site: site.to_string(),
+                        class,
+                        upstream: cfg.addr.clone(),
+                    })
+                    .clone()
+            }),
         }
+    }
+
+    /// Counts one answered request in the metrics.
+    pub fn count(&self, status: u16) {
+        let i = (status / 100).clamp(1, 5) as usize - 1;
+        self.requests[i].inc();
     }
 
     /// In rotation: neither failed passively nor by active check.
@@ -234,6 +255,10 @@ impl InflightGuard {
     pub fn new(up: &Arc<Upstream>) -> InflightGuard {
         up.inflight.fetch_add(1, Ordering::AcqRel);
         InflightGuard(up.clone())
+    }
+
+    pub fn upstream(&self) -> &Upstream {
+        &self.0
     }
 }
 
