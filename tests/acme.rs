@@ -593,36 +593,11 @@ fn external_account_binding() {
     use base64::Engine;
     let hmac = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .encode(b"edge-test-eab-hmac-key-0123456789");
-    let dir = tempfile::tempdir().unwrap();
-    let (dns_port, cts_mgmt) = (free_port(), free_port());
-    let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
-    cmd.args([
-        "-dns01",
-        &format!("127.0.0.1:{dns_port}"),
-        "-management",
-        &format!("127.0.0.1:{cts_mgmt}"),
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-    ]);
-    let cts = Proc::spawn("challtestsrv", cmd);
-    cts.wait_for("Starting management server", Duration::from_secs(20));
-    // start_pebble writes the config; patch it to require EAB before Pebble reads it.
-    let p = Pebble::start_pebble_with(
-        dir,
-        cts,
-        &format!("127.0.0.1:{dns_port}"),
-        cts_mgmt,
-        3600,
-        &[],
-        &|cfg: &mut serde_json::Value| {
-            cfg["pebble"]["externalAccountBindingRequired"] = true.into();
-            cfg["pebble"]["externalAccountMACKeys"] = serde_json::json!({ "kid-edge": hmac });
-        },
-    );
+    // Pebble's config is patched to require EAB before Pebble reads it.
+    let p = Pebble::start_patched(&|cfg: &mut serde_json::Value| {
+        cfg["pebble"]["externalAccountBindingRequired"] = true.into();
+        cfg["pebble"]["externalAccountMACKeys"] = serde_json::json!({ "kid-edge": hmac });
+    });
     let (_d, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
     // Without EAB: refused, and the error says so.
     let o = edge(&["obtain", "-d", "eab.test"], &cfg);

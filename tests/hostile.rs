@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -33,16 +33,7 @@ fn setup(limits: &str) -> Setup {
 
 /// Sends raw bytes over TLS and returns what came back until the server closed.
 fn raw_tls(port: u16, request: &[u8]) -> String {
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-ign_eof",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            "flask.test",
-        ])
+    let mut child = s_client(port, true)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -189,16 +180,7 @@ fn body_limits_413_and_408() {
     let out = raw_tls(s.port(), &req);
     assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
     // A body that stalls: 408 after the idle timeout.
-    let mut child = Command::new("openssl")
-        .args([
-            "s_client",
-            "-quiet",
-            "-ign_eof",
-            "-connect",
-            &format!("127.0.0.1:{}", s.port()),
-            "-servername",
-            "flask.test",
-        ])
+    let mut child = s_client(s.port(), true)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -242,16 +224,7 @@ fn body_limits_413_and_408() {
 fn slow_header_dribble_and_idle_keepalive_are_closed() {
     let s = setup("header_read_timeout = \"1s\"\nkeepalive_timeout = \"1s\"");
     // One byte every 200 ms never completes a header within 1 s.
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-quiet",
-        "-ign_eof",
-        "-connect",
-        &format!("127.0.0.1:{}", s.port()),
-        "-servername",
-        "flask.test",
-    ]);
+    let cmd = s_client(s.port(), true);
     let mut p = Proc::spawn("slow client", cmd);
     let start = Instant::now();
     let req = b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n";
@@ -276,16 +249,7 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
     s.assert_backend_never_saw("/dribble");
 
     // A keep-alive connection that goes quiet after one request is closed.
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-quiet",
-        "-ign_eof",
-        "-connect",
-        &format!("127.0.0.1:{}", s.port()),
-        "-servername",
-        "flask.test",
-    ]);
+    let cmd = s_client(s.port(), true);
     let mut p = Proc::spawn("idle client", cmd);
     p.wait_for("verify return", Duration::from_secs(5));
     let start = Instant::now();
@@ -306,15 +270,7 @@ fn connections_per_ip_are_capped() {
     let s = setup("max_connections_per_ip = 2");
     // Two idle TLS connections hold both slots.
     let hold = || {
-        let mut cmd = Command::new("openssl");
-        cmd.args([
-            "s_client",
-            "-ign_eof",
-            "-connect",
-            &format!("127.0.0.1:{}", s.port()),
-            "-servername",
-            "flask.test",
-        ]);
+        let cmd = s_client(s.port(), false);
         let p = Proc::spawn("holder", cmd);
         p.wait_for("Verify return code", Duration::from_secs(5));
         p

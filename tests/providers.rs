@@ -212,28 +212,8 @@ fn cname_delegated_challenge_names_are_followed() {
 /// Pebble asks a real Knot; edge updates Knot with TSIG-signed RFC 2136 UPDATEs.
 fn knot_pebble() -> (Knot, Pebble) {
     let knot = Knot::start("example.test");
-    let dir = tempfile::tempdir().unwrap();
     // challtestsrv is still started for Pebble's other needs; DNS goes to Knot.
-    let cts_mgmt = free_port();
-    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
-    cmd.args([
-        "-dns01",
-        &format!("127.0.0.1:{}", free_port()),
-        "-management",
-        &format!("127.0.0.1:{cts_mgmt}"),
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-    ]);
-    let cts = Proc::spawn("challtestsrv", cmd);
-    cts.wait_for(
-        "Starting management server",
-        std::time::Duration::from_secs(20),
-    );
-    let p = Pebble::start_pebble(dir, cts, &knot.addr.to_string(), cts_mgmt, 3600, &[]);
+    let p = Pebble::with_dnsserver(&knot.addr.to_string(), &[]);
     (knot, p)
 }
 
@@ -325,32 +305,8 @@ fn dig(port: u16, name: &str, rtype: &str, short: bool) -> String {
 fn builtin_responder_serves_pebble_and_renews_unattended() {
     let dns_port = free_port();
     // Pebble asks edge's own responder.
-    let dir = tempfile::tempdir().unwrap();
-    let cts_mgmt = free_port();
-    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
-    cmd.args([
-        "-dns01",
-        &format!("127.0.0.1:{}", free_port()),
-        "-management",
-        &format!("127.0.0.1:{cts_mgmt}"),
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-    ]);
-    let cts = Proc::spawn("challtestsrv", cmd);
-    cts.wait_for(
-        "Starting management server",
-        std::time::Duration::from_secs(20),
-    );
-    let p = Pebble::start_pebble(
-        dir,
-        cts,
+    let p = Pebble::with_dnsserver(
         &format!("127.0.0.1:{dns_port}"),
-        cts_mgmt,
-        3600,
         &[("PEBBLE_AUTHZREUSE", "0")],
     );
     let provider = format!(
@@ -488,32 +444,8 @@ fn builtin_after_the_one_time_cname_through_a_recursive_resolver() {
     let unbound = Proc::spawn("unbound", cmd);
     unbound.wait_for("start of service", std::time::Duration::from_secs(20));
 
-    let dir = tempfile::tempdir().unwrap();
-    let cts_mgmt = free_port();
-    let mut cmd = std::process::Command::new("/usr/bin/pebble-challtestsrv");
-    cmd.args([
-        "-dns01",
-        &format!("127.0.0.1:{}", free_port()),
-        "-management",
-        &format!("127.0.0.1:{cts_mgmt}"),
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-    ]);
-    let cts = Proc::spawn("challtestsrv", cmd);
-    cts.wait_for(
-        "Starting management server",
-        std::time::Duration::from_secs(20),
-    );
-    let p = Pebble::start_pebble(
-        dir,
-        cts,
+    let p = Pebble::with_dnsserver(
         &format!("127.0.0.1:{unbound_port}"),
-        cts_mgmt,
-        3600,
         &[("PEBBLE_AUTHZREUSE", "0")],
     );
     let provider = format!(

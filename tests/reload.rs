@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -17,16 +16,7 @@ fn sighup_adds_an_upstream_while_a_keepalive_connection_stays_open() {
     let port = edge.https.port();
 
     // A keep-alive connection, one request answered.
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "s_client",
-        "-quiet",
-        "-ign_eof",
-        "-connect",
-        &format!("127.0.0.1:{port}"),
-        "-servername",
-        "flask.test",
-    ]);
+    let cmd = s_client(port, true);
     let mut client = Proc::spawn("keep-alive client", cmd);
     client.wait_for("verify return", Duration::from_secs(5));
     client.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");

@@ -235,6 +235,44 @@ pub struct Pebble {
     pub ca_bundle: PathBuf,
 }
 
+/// pebble-challtestsrv on free ports: (process, DNS port, management port).
+pub fn challtestsrv() -> (Proc, u16, u16) {
+    let (dns_port, cts_mgmt) = (free_port(), free_port());
+    let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+    cmd.args([
+        "-dns01",
+        &format!("127.0.0.1:{dns_port}"),
+        "-management",
+        &format!("127.0.0.1:{cts_mgmt}"),
+        "-http01",
+        "",
+        "-https01",
+        "",
+        "-tlsalpn01",
+        "",
+    ]);
+    let cts = Proc::spawn("challtestsrv", cmd);
+    cts.wait_for("Starting management server", Duration::from_secs(20));
+    (cts, dns_port, cts_mgmt)
+}
+
+/// `openssl s_client` to a local port with SNI flask.test, as a raw TLS client.
+pub fn s_client(port: u16, quiet: bool) -> Command {
+    let mut cmd = Command::new("openssl");
+    cmd.arg("s_client");
+    if quiet {
+        cmd.arg("-quiet");
+    }
+    cmd.args([
+        "-ign_eof",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+        "-servername",
+        "flask.test",
+    ]);
+    cmd
+}
+
 impl Pebble {
     pub fn start() -> Pebble {
         Self::start_with(3600)
@@ -249,25 +287,46 @@ impl Pebble {
     /// As `start_with`, with extra environment for Pebble (e.g. PEBBLE_AUTHZREUSE=0
     /// so that every order needs fresh DNS validation).
     pub fn start_env(validity_secs: u64, env: &[(&str, &str)]) -> Pebble {
-        let dir = tempfile::tempdir().unwrap();
-        let (dns_port, cts_mgmt) = (free_port(), free_port());
-        let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
-        cmd.args([
-            "-dns01",
-            &format!("127.0.0.1:{dns_port}"),
-            "-management",
-            &format!("127.0.0.1:{cts_mgmt}"),
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ]);
-        let cts = Proc::spawn("challtestsrv", cmd);
-        cts.wait_for("Starting management server", Duration::from_secs(20));
+        let (cts, dns_port, cts_mgmt) = challtestsrv();
         let dns = format!("127.0.0.1:{dns_port}");
-        Self::start_pebble(dir, cts, &dns, cts_mgmt, validity_secs, env)
+        Self::start_pebble(
+            tempfile::tempdir().unwrap(),
+            cts,
+            &dns,
+            cts_mgmt,
+            validity_secs,
+            env,
+        )
+    }
+
+    /// As `start`, letting the caller change Pebble's JSON config first.
+    pub fn start_patched(patch: &dyn Fn(&mut serde_json::Value)) -> Pebble {
+        let (cts, dns_port, cts_mgmt) = challtestsrv();
+        let dns = format!("127.0.0.1:{dns_port}");
+        Self::start_pebble_with(
+            tempfile::tempdir().unwrap(),
+            cts,
+            &dns,
+            cts_mgmt,
+            3600,
+            &[],
+            patch,
+        )
+    }
+
+    /// Pebble whose VA asks `dnsserver` (Knot, Unbound, edge's responder);
+    /// a challtestsrv still runs for its management API.
+    pub fn with_dnsserver(dnsserver: &str, env: &[(&str, &str)]) -> Pebble {
+        let (cts, _, cts_mgmt) = challtestsrv();
+        Self::start_pebble_with(
+            tempfile::tempdir().unwrap(),
+            cts,
+            dnsserver,
+            cts_mgmt,
+            3600,
+            env,
+            &|_| {},
+        )
     }
 
     /// Pebble whose `-dnsserver` is some other server (Knot, edge's responder).
