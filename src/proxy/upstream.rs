@@ -193,28 +193,24 @@ impl Upstream {
         }
     }
 
-    /// A pooled connection that is open and idle, if any.
+    /// A pooled connection that is open and ready for a request, if any.
+    /// Connections still finishing a response stay in the pool for later;
+    /// closed ones are dropped. Newest first, so warm connections are reused.
     pub fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() && s.is_ready() {
-                return Some(s);
-            }
-        }
-        None
+        idle.retain(|s| !s.is_closed());
+        let i = idle.iter().rposition(|s| s.is_ready())?;
+        Some(idle.swap_remove(i))
     }
 
-    /// Returns a connection to the pool once its current response is finished.
-    pub fn recycle(self: &Arc<Self>, mut sender: Sender) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                let mut idle = this.idle.lock().unwrap_or_else(|p| p.into_inner());
-                if idle.len() < MAX_IDLE_PER_UPSTREAM {
-                    idle.push(sender);
-                }
-            }
-        });
+    /// Puts a connection back right away, even while its response body is
+    /// still streaming: `take_idle` only hands out ready ones. This saves a
+    /// task per request that would otherwise wait for readiness.
+    pub fn recycle(self: &Arc<Self>, sender: Sender) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_UPSTREAM {
+            idle.push(sender);
+        }
     }
 
     pub async fn connect_tcp(&self, timeout: Duration) -> Result<TcpStream, ConnectError> {
