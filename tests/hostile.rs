@@ -239,13 +239,18 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
             break;
         }
     }
-    let code = p.wait_exit(Duration::from_secs(5));
     let took = start.elapsed();
-    assert!(closed || code >= 0, "slow client still connected");
+    // edge closed it: the next byte could not be written, long before the head was done.
     assert!(
-        took < Duration::from_secs(5),
+        closed,
+        "slow client still connected after {took:?}:\n{}",
+        p.output()
+    );
+    assert!(
+        took < Duration::from_secs(3),
         "dribbling client held the connection for {took:?}"
     );
+    p.wait_exit(Duration::from_secs(5));
     s.assert_backend_never_saw("/dribble");
 
     // A keep-alive connection that goes quiet after one request is closed.

@@ -7,7 +7,7 @@ use base64::Engine;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 
 use super::http::{client, AcmeHttp};
-use super::{error_chain, from_acme, AcmeError};
+use super::{error_chain, AcmeError};
 use crate::config::Acme;
 use crate::store::Store;
 use crate::ui::Ui;
@@ -112,8 +112,4 @@ pub fn account_gone(e: &instant_acme::Error) -> bool {
         }),
         _ => false,
     }
-}
-
-pub fn map(e: instant_acme::Error) -> AcmeError {
-    from_acme(e)
 }

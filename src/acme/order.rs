@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
@@ -95,17 +95,15 @@ pub async fn obtain(
             Err(e) => return Err(from_acme(e)),
         }
     };
-    run_order(cfg, store, lineage, names, order, &acct, ui, start).await
+    run_order(cfg, store, lineage, names, order, ui, start).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_order(
     cfg: &Config,
     store: &Store,
     lineage: &str,
     names: &[String],
     mut order: instant_acme::Order,
-    _acct: &Account,
     ui: &Ui,
     start: Instant,
 ) -> Result<Obtained, AcmeError> {

@@ -16,6 +16,8 @@ pub struct Cloudflare {
     http: reqwest::Client,
     /// (fqdn, value) -> (zone id, record id), for cleanup.
     created: Mutex<HashMap<(String, String), (String, String)>>,
+    /// fqdn -> zone id: apex and wildcard share a name, so one lookup serves both.
+    zones: Mutex<HashMap<String, String>>,
 }
 
 fn api(message: String) -> DnsError {
@@ -34,6 +36,7 @@ impl Cloudflare {
             token,
             http,
             created: Mutex::new(HashMap::new()),
+            zones: Mutex::new(HashMap::new()),
         })
     }
 
@@ -90,6 +93,14 @@ impl Cloudflare {
 
     /// The zone holding `fqdn`: the longest suffix Cloudflare knows, below the TLD.
     async fn zone_id(&self, fqdn: &str) -> Result<String, DnsError> {
+        if let Some(id) = self
+            .zones
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fqdn)
+        {
+            return Ok(id.clone());
+        }
         let labels: Vec<&str> = fqdn.split('.').collect();
         for i in 1..labels.len().saturating_sub(1) {
             let candidate = labels[i..].join(".");
@@ -105,6 +116,10 @@ impl Cloudflare {
                 .and_then(|a| a.first())
                 .and_then(|z| z["id"].as_str())
             {
+                self.zones
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fqdn.to_string(), id.to_string());
                 return Ok(id.to_string());
             }
         }

@@ -58,6 +58,18 @@ pub trait Publisher: Send + Sync {
     fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>>;
 }
 
+/// Reads a provider's credential; the error names the source, never the value.
+fn secret(
+    src: &crate::config::SecretSource,
+    provider: &'static str,
+    what: &str,
+) -> Result<crate::config::Secret, DnsError> {
+    src.resolve().map_err(|e| DnsError::Api {
+        provider,
+        message: format!("{what}: {e}"),
+    })
+}
+
 /// Builds the publisher the config asks for.
 pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, DnsError> {
     Ok(match &cfg.provider {
@@ -72,13 +84,7 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
             password,
         } => {
             let auth = match (username, password) {
-                (Some(u), Some(p)) => Some((
-                    u.clone(),
-                    p.resolve().map_err(|e| DnsError::Api {
-                        provider: "httpreq",
-                        message: format!("password: {e}"),
-                    })?,
-                )),
+                (Some(u), Some(p)) => Some((u.clone(), secret(p, "httpreq", "password")?)),
                 _ => None,
             };
             Box::new(httpreq::Httpreq::new(url.clone(), auth)?)
@@ -94,10 +100,7 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
             tsig_algorithm,
             ttl,
         } => {
-            let secret = tsig_secret.resolve().map_err(|e| DnsError::Api {
-                provider: "rfc2136",
-                message: format!("TSIG secret: {e}"),
-            })?;
+            let secret = secret(tsig_secret, "rfc2136", "TSIG secret")?;
             Box::new(rfc2136::Rfc2136::new(
                 *server,
                 zone.clone(),
@@ -108,10 +111,7 @@ pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, Dns
             )?)
         }
         Provider::Cloudflare { token, api_url } => {
-            let token = token.resolve().map_err(|e| DnsError::Api {
-                provider: "cloudflare",
-                message: format!("API token: {e}"),
-            })?;
+            let token = secret(token, "cloudflare", "API token")?;
             Box::new(cloudflare::Cloudflare::new(api_url.clone(), token)?)
         }
     })

@@ -26,6 +26,9 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Rfc2136 {
     server: SocketAddr,
     zone: Option<String>,
+    /// Zones found by SOA, per record name: present and cleanup of apex and
+    /// wildcard touch one name four times, and the walk costs a query per label.
+    found: std::sync::Mutex<std::collections::HashMap<String, Name>>,
     signer: TSigner,
     ttl: u32,
 }
@@ -60,6 +63,7 @@ impl Rfc2136 {
         Ok(Rfc2136 {
             server,
             zone,
+            found: Default::default(),
             signer,
             ttl,
         })
@@ -105,6 +109,14 @@ impl Rfc2136 {
         if let Some(z) = &self.zone {
             return Name::from_ascii(format!("{z}.")).map_err(|e| api(format!("zone {z:?}: {e}")));
         }
+        if let Some(z) = self
+            .found
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(fqdn)
+        {
+            return Ok(z.clone());
+        }
         let labels: Vec<&str> = fqdn.split('.').collect();
         for i in 1..labels.len() {
             let candidate = format!("{}.", labels[i..].join("."));
@@ -119,6 +131,10 @@ impl Rfc2136 {
                 .iter()
                 .any(|r| r.record_type() == RecordType::SOA && r.name() == &name)
             {
+                self.found
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(fqdn.to_string(), name.clone());
                 return Ok(name);
             }
         }

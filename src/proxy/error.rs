@@ -50,7 +50,8 @@ impl ProxyError {
         }
     }
 
-    pub fn source(&self) -> Source {
+    /// Whose fault it was. (Not `source`: that is `std::error::Error::source`.)
+    pub fn fault(&self) -> Source {
         match self {
             ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_) => Source::Upstream,
             _ => Source::Client,

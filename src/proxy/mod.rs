@@ -178,7 +178,7 @@ impl Proxy {
                 )
             }
             Err((e, site)) => {
-                if e.source() == error::Source::Upstream {
+                if e.fault() == error::Source::Upstream {
                     tracing::warn!(host = host.as_deref().unwrap_or("-"), "{e}");
                 } else {
                     tracing::debug!(client = %conn.peer, "{e}");

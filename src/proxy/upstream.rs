@@ -111,7 +111,7 @@ impl Upstream {
             active_down: AtomicBool::new(false),
             reported_down: AtomicBool::new(false),
             site: site.to_string(),
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|class| {
+            requests: crate::metrics::STATUS_CLASSES.map(|class| {
                 crate::metrics::METRICS
                     .requests
                     .get_or_create(&crate::metrics::RequestLabels {
@@ -126,8 +126,7 @@ impl Upstream {
 
     /// Counts one answered request in the metrics.
     pub fn count(&self, status: u16) {
-        let i = (status / 100).clamp(1, 5) as usize - 1;
-        self.requests[i].inc();
+        self.requests[crate::metrics::class_index(status)].inc();
     }
 
     /// In rotation: neither failed passively nor by active check.
@@ -158,14 +157,20 @@ impl Upstream {
         }
     }
 
+    /// On the hot path: plain loads when nothing changed (the usual case).
     pub fn record_success(&self) {
+        let mut changed = false;
         if self.fails.load(Ordering::Relaxed) != 0 {
             self.fails.store(0, Ordering::Relaxed);
+            changed = true;
         }
         if self.down_until.load(Ordering::Relaxed) != 0 {
             self.down_until.store(0, Ordering::Relaxed);
+            changed = true;
         }
-        self.report();
+        if changed || self.reported_down.load(Ordering::Relaxed) {
+            self.report();
+        }
     }
 
     /// Active health check outcome.

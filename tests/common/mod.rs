@@ -287,70 +287,32 @@ impl Pebble {
     /// As `start_with`, with extra environment for Pebble (e.g. PEBBLE_AUTHZREUSE=0
     /// so that every order needs fresh DNS validation).
     pub fn start_env(validity_secs: u64, env: &[(&str, &str)]) -> Pebble {
-        let (cts, dns_port, cts_mgmt) = challtestsrv();
-        let dns = format!("127.0.0.1:{dns_port}");
-        Self::start_pebble(
-            tempfile::tempdir().unwrap(),
-            cts,
-            &dns,
-            cts_mgmt,
-            validity_secs,
-            env,
-        )
+        Self::launch(None, validity_secs, env, &|_| {})
     }
 
     /// As `start`, letting the caller change Pebble's JSON config first.
     pub fn start_patched(patch: &dyn Fn(&mut serde_json::Value)) -> Pebble {
-        let (cts, dns_port, cts_mgmt) = challtestsrv();
-        let dns = format!("127.0.0.1:{dns_port}");
-        Self::start_pebble_with(
-            tempfile::tempdir().unwrap(),
-            cts,
-            &dns,
-            cts_mgmt,
-            3600,
-            &[],
-            patch,
-        )
+        Self::launch(None, 3600, &[], patch)
     }
 
     /// Pebble whose VA asks `dnsserver` (Knot, Unbound, edge's responder);
     /// a challtestsrv still runs for its management API.
     pub fn with_dnsserver(dnsserver: &str, env: &[(&str, &str)]) -> Pebble {
-        let (cts, _, cts_mgmt) = challtestsrv();
-        Self::start_pebble_with(
-            tempfile::tempdir().unwrap(),
-            cts,
-            dnsserver,
-            cts_mgmt,
-            3600,
-            env,
-            &|_| {},
-        )
+        Self::launch(Some(dnsserver), 3600, env, &|_| {})
     }
 
-    /// Pebble whose `-dnsserver` is some other server (Knot, edge's responder).
-    pub fn start_pebble(
-        dir: tempfile::TempDir,
-        cts: Proc,
-        dnsserver: &str,
-        cts_mgmt: u16,
-        validity_secs: u64,
-        env: &[(&str, &str)],
-    ) -> Pebble {
-        Self::start_pebble_with(dir, cts, dnsserver, cts_mgmt, validity_secs, env, &|_| {})
-    }
-
-    /// As `start_pebble`, letting the caller change Pebble's JSON config first.
-    pub fn start_pebble_with(
-        dir: tempfile::TempDir,
-        cts: Proc,
-        dnsserver: &str,
-        cts_mgmt: u16,
+    /// A challtestsrv and a Pebble asking it (or `dnsserver`) for DNS; Pebble's
+    /// HTTPS certificate is made here with rcgen and its JSON config can be patched.
+    fn launch(
+        dnsserver: Option<&str>,
         validity_secs: u64,
         env: &[(&str, &str)],
         patch: &dyn Fn(&mut serde_json::Value),
     ) -> Pebble {
+        let (cts, dns_port, cts_mgmt) = challtestsrv();
+        let own_dns = format!("127.0.0.1:{dns_port}");
+        let dnsserver = dnsserver.unwrap_or(&own_dns);
+        let dir = tempfile::tempdir().unwrap();
         let (ca_pem, cert_pem, key_pem) = test_ca_and_leaf(&["localhost"], &["127.0.0.1"]);
         let ca_bundle = dir.path().join("pebble-ca.pem");
         std::fs::write(&ca_bundle, ca_pem).unwrap();
