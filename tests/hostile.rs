@@ -267,6 +267,26 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
         "idle connection closed after {idle:?}"
     );
+
+    // A connection in use for longer than the timeout, never quiet for that
+    // long, stays open: the deadline counts from the last bytes, not the first.
+    let cmd = s_client(s.port(), true);
+    let mut p = Proc::spawn("busy client", cmd);
+    p.wait_for("verify return", Duration::from_secs(5));
+    for i in 0..6 {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(400)); // the gap under test
+        }
+        assert!(
+            p.try_write_stdin(b"GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n")
+                .is_ok(),
+            "busy connection closed before request {}:\n{}",
+            i + 1,
+            p.output()
+        );
+    }
+    p.wait_exit(Duration::from_secs(5));
+    assert_eq!(p.output().matches("Version1").count(), 6, "{}", p.output());
     s.assert_clean_request_works();
 }
 

@@ -76,9 +76,13 @@ pub struct Guard<T> {
     pub smuggling_refused: bool,
 }
 
+/// The keep-alive deadline is `last + timeout`. Reads only record `last`; the
+/// timer is moved when it fires early, not on every read, which saves a timer
+/// wheel update per request (most connections never reach the deadline).
 struct Idle {
     timeout: Duration,
     sleep: Pin<Box<Sleep>>,
+    last: Instant,
     inflight: Arc<AtomicUsize>,
 }
 
@@ -100,6 +104,7 @@ impl<T> Guard<T> {
             idle: keepalive.map(|(timeout, inflight)| Idle {
                 timeout,
                 sleep: Box::pin(tokio::time::sleep(timeout)),
+                last: Instant::now(),
                 inflight,
             }),
             smuggling_refused: false,
@@ -112,7 +117,7 @@ impl<T> Guard<T> {
 
     fn touch(&mut self) {
         if let Some(i) = &mut self.idle {
-            i.sleep.as_mut().reset(Instant::now() + i.timeout);
+            i.last = Instant::now();
         }
     }
 
@@ -287,6 +292,12 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
                         if i.sleep.as_mut().poll(cx).is_pending() {
                             break;
                         }
+                        let due = i.last + i.timeout;
+                        if due > Instant::now() {
+                            // Bytes came since the timer was set: wait for the real deadline.
+                            i.sleep.as_mut().reset(due);
+                            continue;
+                        }
                         if i.inflight.load(Ordering::Acquire) == 0 {
                             return Poll::Ready(Err(io::Error::new(
                                 io::ErrorKind::TimedOut,
@@ -294,7 +305,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
                             )));
                         }
                         // A request is in flight: idle is not ours to judge; look again later.
-                        i.sleep.as_mut().reset(Instant::now() + i.timeout);
+                        i.last = Instant::now();
+                        i.sleep.as_mut().reset(i.last + i.timeout);
                     }
                 }
                 Poll::Pending
