@@ -586,6 +586,49 @@ impl Validator<'_> {
         })
     }
 
+    /// A DNS server: `IP` (port 53) or `IP:PORT`.
+    fn dns_server(&self, key: &str, v: &str, example: &str) -> Result<SocketAddr, ConfigError> {
+        v.parse::<SocketAddr>()
+            .or_else(|_| {
+                v.parse::<std::net::IpAddr>()
+                    .map(|ip| SocketAddr::new(ip, 53))
+            })
+            .map_err(|_| {
+                self.err(
+                    key,
+                    format!("{v:?}: expected IP or IP:PORT such as {example:?}"),
+                )
+            })
+    }
+
+    /// An http(s) base URL that paths are appended to: no trailing slash.
+    fn base_url(&self, key: &str, url: String) -> Result<String, ConfigError> {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(self.err(key, format!("{url:?}: expected an http:// or https:// URL")));
+        }
+        Ok(url.trim_end_matches('/').to_string())
+    }
+
+    /// A secret set inline as `name`, in a file as `name_file`, or else read
+    /// from the environment variable `env` when the provider is built.
+    fn secret_source(
+        &self,
+        name: &str,
+        inline: Option<String>,
+        file: Option<String>,
+        env: &'static str,
+    ) -> Result<SecretSource, ConfigError> {
+        match (inline, file) {
+            (Some(_), Some(_)) => Err(self.err(
+                format!("dns.{name}"),
+                format!("set {name} or {name}_file, not both"),
+            )),
+            (Some(s), None) => Ok(SecretSource::Inline(Secret(s))),
+            (None, Some(f)) => Ok(SecretSource::File(PathBuf::from(f))),
+            (None, None) => Ok(SecretSource::Env(env)),
+        }
+    }
+
     fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or("acme-state"));
         if state_dir.as_os_str().is_empty() {
@@ -913,19 +956,14 @@ impl Validator<'_> {
                         "missing; expected the base URL that takes /present and /cleanup",
                     )
                 })?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(self.err(
-                        "dns.url",
-                        format!("{url:?}: expected an http:// or https:// URL"),
-                    ));
-                }
+                let url = self.base_url("dns.url", url)?;
                 let password = match raw.password {
                     Some(p) => Some(SecretSource::Inline(Secret(p))),
                     None if raw.username.is_some() => Some(SecretSource::Env("EDGE_DNS_PASSWORD")),
                     None => None,
                 };
                 Provider::Httpreq {
-                    url: url.trim_end_matches('/').to_string(),
+                    url,
                     username: raw.username,
                     password,
                 }
@@ -946,19 +984,7 @@ impl Validator<'_> {
                         "missing; expected the primary server's IP or IP:PORT, e.g. \"192.0.2.53\"",
                     )
                 })?;
-                let server = server_s
-                    .parse::<SocketAddr>()
-                    .or_else(|_| {
-                        server_s
-                            .parse::<std::net::IpAddr>()
-                            .map(|ip| SocketAddr::new(ip, 53))
-                    })
-                    .map_err(|_| {
-                        self.err(
-                            "dns.server",
-                            format!("{server_s:?}: expected IP or IP:PORT"),
-                        )
-                    })?;
+                let server = self.dns_server("dns.server", &server_s, "192.0.2.53")?;
                 let zone = match raw.zone {
                     Some(z) => {
                         Some(names::validate_domain(&z).map_err(|m| self.err("dns.zone", m))?)
@@ -971,17 +997,12 @@ impl Validator<'_> {
                         "missing; expected the TSIG key name the server knows, e.g. \"edge-key\"",
                     )
                 })?;
-                let tsig_secret = match (raw.tsig_secret, raw.tsig_secret_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(self.err(
-                            "dns.tsig_secret",
-                            "set tsig_secret or tsig_secret_file, not both",
-                        ))
-                    }
-                    (Some(s), None) => SecretSource::Inline(Secret(s)),
-                    (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
-                    (None, None) => SecretSource::Env("EDGE_DNS_TSIG_SECRET"),
-                };
+                let tsig_secret = self.secret_source(
+                    "tsig_secret",
+                    raw.tsig_secret,
+                    raw.tsig_secret_file,
+                    "EDGE_DNS_TSIG_SECRET",
+                )?;
                 let tsig_algorithm = match raw.tsig_algorithm.as_deref().unwrap_or("hmac-sha256") {
                     "hmac-sha256" => TsigAlg::HmacSha256,
                     "hmac-sha384" => TsigAlg::HmacSha384,
@@ -1000,26 +1021,16 @@ impl Validator<'_> {
                 }
             }
             "cloudflare" => {
-                let token = match (raw.api_token, raw.api_token_file) {
-                    (Some(_), Some(_)) => {
-                        return Err(
-                            self.err("dns.api_token", "set api_token or api_token_file, not both")
-                        )
-                    }
-                    (Some(t), None) => SecretSource::Inline(Secret(t)),
-                    (None, Some(f)) => SecretSource::File(PathBuf::from(f)),
-                    (None, None) => SecretSource::Env("EDGE_DNS_API_TOKEN"),
-                };
+                let token = self.secret_source(
+                    "api_token",
+                    raw.api_token,
+                    raw.api_token_file,
+                    "EDGE_DNS_API_TOKEN",
+                )?;
                 let api_url = raw.api_url.unwrap_or_else(|| CLOUDFLARE_API.to_string());
-                if !(api_url.starts_with("https://") || api_url.starts_with("http://")) {
-                    return Err(self.err(
-                        "dns.api_url",
-                        format!("{api_url:?}: expected an https:// URL"),
-                    ));
-                }
                 Provider::Cloudflare {
                     token,
-                    api_url: api_url.trim_end_matches('/').to_string(),
+                    api_url: self.base_url("dns.api_url", api_url)?,
                 }
             }
             _ => {
@@ -1029,14 +1040,8 @@ impl Validator<'_> {
                         "missing; expected the management URL, e.g. \"http://127.0.0.1:8055\"",
                     )
                 })?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(self.err(
-                        "dns.url",
-                        format!("{url:?}: expected an http:// or https:// URL"),
-                    ));
-                }
                 Provider::PebbleChalltestsrv {
-                    url: url.trim_end_matches('/').to_string(),
+                    url: self.base_url("dns.url", url)?,
                 }
             }
         };
@@ -1052,18 +1057,7 @@ impl Validator<'_> {
         )?;
         let mut resolvers = Vec::new();
         for r in raw.resolvers.unwrap_or_default() {
-            let addr = r
-                .parse::<SocketAddr>()
-                .or_else(|_| {
-                    r.parse::<std::net::IpAddr>()
-                        .map(|ip| SocketAddr::new(ip, 53))
-                })
-                .map_err(|_| {
-                    self.err(
-                        "dns.resolvers",
-                        format!("{r:?}: expected IP or IP:PORT such as \"127.0.0.1:8053\""),
-                    )
-                })?;
+            let addr = self.dns_server("dns.resolvers", &r, "127.0.0.1:8053")?;
             resolvers.push(addr);
         }
         if inline_secret {

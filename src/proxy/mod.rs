@@ -348,7 +348,15 @@ async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let mut client_upgrade = client_upgrade;
-    let replay = (bodyless && idempotent(req.method())).then(|| {
+    let pool = &site.pool;
+    let cfg = &site.cfg;
+    let max_tries = if cfg.max_tries == 0 {
+        pool.len()
+    } else {
+        cfg.max_tries.min(pool.len())
+    };
+    // A copy to send again only when another upstream may be tried.
+    let replay = (max_tries > 1 && bodyless && idempotent(req.method())).then(|| {
         (
             req.method().clone(),
             req.uri().clone(),
@@ -361,13 +369,6 @@ async fn forward(
         *q.uri_mut() = r.1.clone();
         *q.headers_mut() = r.2.clone();
         q
-    };
-    let pool = &site.pool;
-    let cfg = &site.cfg;
-    let max_tries = if cfg.max_tries == 0 {
-        pool.len()
-    } else {
-        cfg.max_tries.min(pool.len())
     };
     let mut current = Some(req);
     let mut tried: u64 = 0;
