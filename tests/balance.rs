@@ -287,3 +287,80 @@ fn websocket_echo_through_edge_and_other_upgrades_refused() {
     );
     assert_eq!(code, 400);
 }
+
+/// `n` requests at once, each on its own connection; their status codes.
+fn concurrent_statuses(port: u16, n: usize) -> Vec<u16> {
+    let handles: Vec<_> = (0..n)
+        .map(|_| std::thread::spawn(move || curl("flask.test", port, "/", &[]).0))
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn max_conns_queues_requests_in_edge_not_at_the_backend() {
+    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "0.5")]);
+    let (_d, edge) = edge_for(&[&slow], "max_conns = 2", None);
+    let codes = concurrent_statuses(edge.https.port(), 6);
+    assert_eq!(codes, vec![200; 6], "queued requests must all be answered");
+    let peak = Command::new("curl")
+        .args(["-s", &format!("http://{}/peak", slow.addr())])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&peak.stdout),
+        "2",
+        "the backend should have had exactly max_conns requests at once"
+    );
+}
+
+#[test]
+fn max_conns_queue_gives_503_after_connect_timeout_and_a_full_upstream_is_passed_over() {
+    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "4")]);
+    let (_d, edge) = edge_for(
+        &[&slow],
+        "max_conns = 1\nconnect_timeout = \"1s\"\nresponse_timeout = \"10s\"",
+        None,
+    );
+    let port = edge.https.port();
+    let first = std::thread::spawn(move || curl("flask.test", port, "/", &[]).0);
+    slow.proc
+        .wait_for("slow request started", Duration::from_secs(10));
+    // The only slot is taken: this one waits connect_timeout in the queue, then 503.
+    let out = Command::new("curl")
+        .args([
+            "-sk",
+            "-i",
+            "--resolve",
+            &format!("flask.test:{port}:127.0.0.1"),
+            &format!("https://flask.test:{port}/"),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(text.starts_with("http/2 503"), "{text}");
+    assert!(text.contains("retry-after: 5"), "{text}");
+    assert_eq!(first.join().unwrap(), 200);
+    edge.proc.wait_for("max_conns", Duration::from_secs(5));
+    assert_eq!(
+        slow.proc.count("slow request started"),
+        1,
+        "the queued request reached the backend"
+    );
+
+    // Two upstreams, one full: the next request goes to the free one at once.
+    let slow2 = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "4")]);
+    let fast = Flask::start(2);
+    let (_d2, edge2) = edge_for(&[&slow2, &fast], "max_conns = 1", None);
+    let port2 = edge2.https.port();
+    // Round robin sends the first to slow2 (listed first); it holds that slot.
+    let first = std::thread::spawn(move || curl("flask.test", port2, "/", &[]).0);
+    slow2
+        .proc
+        .wait_for("slow request started", Duration::from_secs(10));
+    for _ in 0..4 {
+        let (code, body) = curl("flask.test", port2, "/", &["--max-time", "3"]);
+        assert_eq!(code, 200);
+        assert!(body.contains("Version2"), "{body}");
+    }
+    assert_eq!(first.join().unwrap(), 200);
+}

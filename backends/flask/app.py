@@ -6,6 +6,7 @@ the same file runs as website1..3 in Docker and as three local processes in test
 """
 import os
 import sys
+import threading
 import time
 
 from flask import Flask, jsonify, request
@@ -15,13 +16,22 @@ VERSION = os.getenv("FLASK_VERSION", "1")
 # Tests use FLASK_DELAY to make one backend slow; FLASK_HEALTH_STATUS to make its
 # health endpoint fail.
 DELAY = float(os.getenv("FLASK_DELAY", "0"))
+# Slow requests in progress, and the most seen at once (/peak), so tests can check
+# how many requests a proxy let through together.
+_busy = {"now": 0, "peak": 0}
+_busy_lock = threading.Lock()
 
 
 @app.route("/")
 def index():
     if DELAY:
+        with _busy_lock:
+            _busy["now"] += 1
+            _busy["peak"] = max(_busy["peak"], _busy["now"])
         print(f"slow request started, answering in {DELAY}s", file=sys.stderr, flush=True)
         time.sleep(DELAY)
+        with _busy_lock:
+            _busy["now"] -= 1
     return f"<h1><center>This is Flask Application - Version{VERSION} Nginx</center></h1>"
 
 
@@ -39,6 +49,11 @@ def headers():
 @app.route("/echo", methods=["GET", "POST", "PUT"])
 def echo():
     return jsonify(version=VERSION, method=request.method, body=request.get_data(as_text=True))
+
+
+@app.route("/peak")
+def peak():
+    return str(_busy["peak"])
 
 
 @app.route("/healthz")

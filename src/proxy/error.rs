@@ -34,6 +34,8 @@ pub enum ProxyError {
     UpstreamUnavailable(String),
     #[error("upstream timed out: {0}")]
     UpstreamTimeout(String),
+    #[error("upstreams busy: {0}")]
+    UpstreamBusy(String),
 }
 
 impl ProxyError {
@@ -47,13 +49,16 @@ impl ProxyError {
             ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::UpstreamUnavailable(_) => StatusCode::BAD_GATEWAY,
             ProxyError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
     /// Whose fault it was. (Not `source`: that is `std::error::Error::source`.)
     pub fn fault(&self) -> Source {
         match self {
-            ProxyError::UpstreamUnavailable(_) | ProxyError::UpstreamTimeout(_) => Source::Upstream,
+            ProxyError::UpstreamUnavailable(_)
+            | ProxyError::UpstreamTimeout(_)
+            | ProxyError::UpstreamBusy(_) => Source::Upstream,
             _ => Source::Client,
         }
     }

@@ -128,14 +128,19 @@ impl Proxy {
         self.routes.store(Arc::new(routes));
     }
 
-    pub async fn handle(
+    /// Everything that reads the request runs before the returned future is
+    /// made, so the future holds only what the wait for the upstream needs:
+    /// rustc keeps an async fn's arguments and the locals they move into apart,
+    /// and every HTTP/2 stream's task carries this future (3.4 KiB before, with
+    /// the request stored five times over).
+    pub fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         conn: Arc<ConnInfo>,
-    ) -> Result<Response<Body>, Infallible> {
+    ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
+    {
         let start = Instant::now();
         let inflight = Inflight::new(&conn.inflight);
-        let routes = self.routes.load_full();
         let method = req.method().clone();
         let path = if self.access == AccessLog::Off {
             String::new()
@@ -144,20 +149,48 @@ impl Proxy {
         };
         let version = req.version();
         let mut site_rt: Option<Arc<SiteRt>> = None;
-        let (host, result) = match request_host(&req) {
+        let (host, prepared) = match request_host(&req) {
             Ok(h) => {
                 let h = h.to_string();
-                let r = match route(&routes, &h, &conn) {
+                let routes = self.routes.load();
+                let p = match route(&routes, &h, &conn) {
                     Ok(site) => {
                         site_rt = Some(site.clone());
-                        forward(site, req, &conn, &h, &self.limits).await
+                        prepare(site, req, &conn, &h, &self.limits)
+                            .map_err(|e| (e, Some(site.clone())))
                     }
                     Err(e) => Err((e, None)),
                 };
-                (Some(h), r)
+                (Some(h), p)
             }
             Err(e) => (None, Err((e, None))),
         };
+        async move {
+            let result = match prepared {
+                Ok(p) => send(p, &conn).await,
+                Err(e) => Err(e),
+            };
+            self.finish(
+                result, start, inflight, method, path, version, host, site_rt, &conn,
+            )
+        }
+    }
+
+    /// Rewrite response -> log: turns the upstream's answer or the error into
+    /// what the client gets, and counts it.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        result: Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)>,
+        start: Instant,
+        inflight: Inflight,
+        method: http::Method,
+        path: String,
+        version: Version,
+        host: Option<String>,
+        site_rt: Option<Arc<SiteRt>>,
+        conn: &ConnInfo,
+    ) -> Result<Response<Body>, Infallible> {
         let (response, upstream, up_guard) = match result {
             Ok((resp, up, guard)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -296,22 +329,18 @@ fn idempotent(m: &http::Method) -> bool {
     )
 }
 
-/// Picks upstreams in balancing order and sends the request to the first that
-/// takes it. A refused connection moves on to the next upstream; a stale pooled
-/// connection gives the request back and it is sent again on a fresh one. A
-/// request that was sent and then failed before response headers (or timed
-/// out) is tried on the next upstream only when it is idempotent and had no
-/// body, so it can be replayed exactly; never after a body was streamed.
-async fn forward(
+/// Validate -> rewrite request, before anything waits: a CONNECT or a declared
+/// body over the cap is refused here, the body is guarded, and a copy is kept
+/// for replay when another upstream may be tried.
+fn prepare(
     site: &Arc<SiteRt>,
     req: Request<Incoming>,
     conn: &ConnInfo,
     host: &str,
     limits: &Limits,
-) -> Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)> {
-    let fail = |e| (e, Some(site.clone()));
+) -> Result<Prepared, ProxyError> {
     if req.method() == http::Method::CONNECT {
-        return Err(fail(ProxyError::MethodNotAllowed("CONNECT")));
+        return Err(ProxyError::MethodNotAllowed("CONNECT"));
     }
     // A declared length over the cap is refused before anything is sent upstream.
     let declared = req
@@ -320,24 +349,15 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        return Err(fail(ProxyError::BodyTooLarge(limits.max_body_bytes)));
+        return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
     }
     let mut req = req;
-    let client_upgrade = match websocket_upgrade(&req) {
-        Ok(true) => Some(hyper::upgrade::on(&mut req)),
-        Ok(false) => None,
-        Err(e) => return Err(fail(e)),
-    };
+    let client_upgrade = websocket_upgrade(&req)?.then(|| hyper::upgrade::on(&mut req));
     let bodyless = http_body::Body::is_end_stream(req.body());
     let (req, tripped) = {
         let (parts, body) = req.into_parts();
         let (g, t) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
         (Request::from_parts(parts, g), t)
-    };
-    let body_error = |t: &body::Tripped| match t.get() {
-        body::TOO_LARGE => Some(ProxyError::BodyTooLarge(limits.max_body_bytes)),
-        body::IDLE => Some(ProxyError::BodyTimeout),
-        _ => None,
     };
     let mut req = rewrite_request(req, conn, host, &site.cfg);
     if client_upgrade.is_some() {
@@ -347,141 +367,215 @@ async fn forward(
         req.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-    let mut client_upgrade = client_upgrade;
-    let pool = &site.pool;
-    let cfg = &site.cfg;
-    let max_tries = if cfg.max_tries == 0 {
-        pool.len()
+    let pool_len = site.pool.len();
+    let max_tries = if site.cfg.max_tries == 0 {
+        pool_len
     } else {
-        cfg.max_tries.min(pool.len())
+        site.cfg.max_tries.min(pool_len)
     };
     // A copy to send again only when another upstream may be tried.
     let replay = (max_tries > 1 && bodyless && idempotent(req.method())).then(|| {
-        (
+        Box::new((
             req.method().clone(),
             req.uri().clone(),
             req.headers().clone(),
-        )
+        ))
     });
-    let rebuild = |r: &(http::Method, http::Uri, http::HeaderMap)| {
-        let mut q = Request::new(Guarded::empty());
-        *q.method_mut() = r.0.clone();
-        *q.uri_mut() = r.1.clone();
-        *q.headers_mut() = r.2.clone();
-        q
-    };
-    let mut current = Some(req);
-    let mut tried: u64 = 0;
-    let mut tries = 0;
-    let mut last_error = String::from("no upstream configured");
-    let mut timed_out = false;
-    while tries < max_tries {
-        let Some(i) = pool.pick(tried, conn.peer.ip()) else {
-            break;
+    Ok(Prepared {
+        site: site.clone(),
+        current: Some(req),
+        replay,
+        client_upgrade,
+        tripped,
+        max_tries,
+        body_limit: limits.max_body_bytes,
+    })
+}
+
+/// A request ready to send, and what `send` needs to retry or report it.
+struct Prepared {
+    site: Arc<SiteRt>,
+    current: Option<Request<Guarded>>,
+    /// Boxed: only GETs that may go to a second upstream have one.
+    replay: Option<Box<(http::Method, http::Uri, http::HeaderMap)>>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    tripped: body::Tripped,
+    max_tries: usize,
+    body_limit: u64,
+}
+
+/// Pick upstream -> forward: picks upstreams in balancing order and sends the
+/// request to the first that takes it. A refused connection moves on to the
+/// next upstream; a stale pooled connection gives the request back and it is
+/// sent again on a fresh one. A request that was sent and then failed before
+/// response headers (or timed out) is tried on the next upstream only when it
+/// is idempotent and had no body, so it can be replayed exactly; never after a
+/// body was streamed.
+///
+/// Not an `async fn`: that would store `p` twice (argument and local); the
+/// block below uses the captured one in place.
+#[allow(clippy::manual_async_fn)]
+fn send(
+    mut p: Prepared,
+    conn: &ConnInfo,
+) -> impl std::future::Future<Output = Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)>> + '_ {
+    async move {
+        let site = &p.site;
+        let fail = |e| (e, Some(site.clone()));
+        let body_error = |t: &body::Tripped| match t.get() {
+            body::TOO_LARGE => Some(ProxyError::BodyTooLarge(p.body_limit)),
+            body::IDLE => Some(ProxyError::BodyTimeout),
+            _ => None,
         };
-        tried |= 1u64 << i.min(63);
-        tries += 1;
-        let up = &pool.upstreams[i];
-        let Some(mut req) = current.take().or_else(|| replay.as_ref().map(rebuild)) else {
-            break;
+        let pool = &site.pool;
+        let cfg = &site.cfg;
+        let rebuild = |r: &(http::Method, http::Uri, http::HeaderMap)| {
+            let mut q = Request::new(Guarded::empty());
+            *q.method_mut() = r.0.clone();
+            *q.uri_mut() = r.1.clone();
+            *q.headers_mut() = r.2.clone();
+            q
         };
-        let mut fresh = false;
-        let mut sender = match up.take_idle() {
+        let mut tried: u64 = 0;
+        let mut tries = 0;
+        let mut last_error = String::from("no upstream configured");
+        let mut timed_out = false;
+        while tries < p.max_tries {
+            let Some(mut i) = pool.pick(tried, conn.peer.ip()) else {
+                break;
+            };
+            let mut slot = pool.upstreams[i].try_slot();
+            if slot.is_none() {
+                if let Some((j, s)) = pool.free_elsewhere(tried | 1u64 << i.min(63)) {
+                    i = j;
+                    slot = Some(s);
+                }
+            }
+            tried |= 1u64 << i.min(63);
+            tries += 1;
+            let up = &pool.upstreams[i];
+            let slot = match slot {
             Some(s) => s,
-            None => {
-                fresh = true;
-                match up.connect(cfg.connect_timeout).await {
-                    Ok(s) => s,
-                    Err(e) => {
-                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                        tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
-                        last_error = format!("{}: {e}", up.addr);
-                        current = Some(req);
-                        continue;
-                    }
-                }
-            }
-        };
-        let guard = upstream::InflightGuard::new(up);
-        loop {
-            let sent =
-                tokio::time::timeout(cfg.response_timeout, sender.try_send_request(req)).await;
-            match sent {
-                Err(_) => {
-                    up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                    timed_out = true;
-                    last_error = format!(
-                        "{} sent no response headers within {}",
+            // Every upstream is at max_conns: wait in this one's queue.
+            None => match up.wait_slot(cfg.connect_timeout).await {
+                Some(s) => s,
+                None => {
+                    return Err(fail(ProxyError::UpstreamBusy(format!(
+                        "every upstream at max_conns; waited {} (connect_timeout) for one of {}'s {} slots; raise max_conns if the backends can take more, or add upstreams",
+                        humantime::format_duration(cfg.connect_timeout),
                         up.addr,
-                        humantime::format_duration(cfg.response_timeout)
-                    );
-                    tracing::warn!(upstream = %up.addr, "{last_error}");
-                    break;
+                        up.max_conns
+                    ))))
                 }
-                Ok(Ok(mut resp)) => {
-                    up.record_success();
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        // The upstream agreed: from here on the two connections are one tunnel.
-                        match client_upgrade.take() {
-                            Some(client) => {
-                                let upstream = hyper::upgrade::on(&mut resp);
-                                let hold = Inflight::new(&conn.inflight);
-                                tokio::spawn(tunnel(client, upstream, hold, up.addr.clone()));
-                            }
-                            None => {
-                                return Err(fail(ProxyError::UpstreamUnavailable(format!(
-                                    "{} switched protocols unasked",
-                                    up.addr
-                                ))))
-                            }
-                        }
-                    } else {
-                        up.recycle(sender);
-                    }
-                    return Ok((resp, up.name.clone(), guard));
-                }
-                Ok(Err(mut e)) => match e.take_message() {
-                    // Never sent: the pooled connection was closed under us.
-                    Some(back) if !fresh => {
-                        req = back;
-                        fresh = true;
-                        match up.connect(cfg.connect_timeout).await {
-                            Ok(s) => sender = s,
-                            Err(ce) => {
-                                up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                                last_error = format!("{}: {ce}", up.addr);
-                                current = Some(req);
-                                break;
-                            }
+            },
+        };
+            let Some(mut req) = p
+                .current
+                .take()
+                .or_else(|| p.replay.as_deref().map(rebuild))
+            else {
+                break;
+            };
+            let mut fresh = false;
+            let mut sender = match up.take_idle() {
+                Some(s) => s,
+                None => {
+                    fresh = true;
+                    // Boxed: connecting is the rare path, and inline its future would
+                    // make every request's (and every HTTP/2 stream's task) larger.
+                    match Box::pin(up.connect(cfg.connect_timeout)).await {
+                        Ok(s) => s,
+                        Err(e) => {
+                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                            tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
+                            last_error = format!("{}: {e}", up.addr);
+                            p.current = Some(req);
+                            continue;
                         }
                     }
-                    Some(back) => {
+                }
+            };
+            let guard = upstream::InflightGuard::new(up, slot);
+            loop {
+                let sent =
+                    tokio::time::timeout(cfg.response_timeout, sender.try_send_request(req)).await;
+                match sent {
+                    Err(_) => {
                         up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                        last_error = format!("{}: {}", up.addr, e.into_error());
-                        current = Some(back);
+                        timed_out = true;
+                        last_error = format!(
+                            "{} sent no response headers within {}",
+                            up.addr,
+                            humantime::format_duration(cfg.response_timeout)
+                        );
+                        tracing::warn!(upstream = %up.addr, "{last_error}");
                         break;
                     }
-                    None => {
-                        if let Some(be) = body_error(&tripped) {
-                            return Err(fail(be));
+                    Ok(Ok(mut resp)) => {
+                        up.record_success();
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                            // The upstream agreed: from here on the two connections are one tunnel.
+                            match p.client_upgrade.take() {
+                                Some(client) => {
+                                    let upstream = hyper::upgrade::on(&mut resp);
+                                    let hold = Inflight::new(&conn.inflight);
+                                    tokio::spawn(tunnel(client, upstream, hold, up.addr.clone()));
+                                }
+                                None => {
+                                    return Err(fail(ProxyError::UpstreamUnavailable(format!(
+                                        "{} switched protocols unasked",
+                                        up.addr
+                                    ))))
+                                }
+                            }
+                        } else {
+                            up.recycle(sender);
                         }
-                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                        last_error = format!("{}: {}", up.addr, e.into_error());
-                        tracing::warn!(upstream = %up.addr, "upstream failed before answering: {last_error}");
-                        break;
+                        return Ok((resp, up.name.clone(), guard));
                     }
-                },
+                    Ok(Err(mut e)) => match e.take_message() {
+                        // Never sent: the pooled connection was closed under us.
+                        Some(back) if !fresh => {
+                            req = back;
+                            fresh = true;
+                            match Box::pin(up.connect(cfg.connect_timeout)).await {
+                                Ok(s) => sender = s,
+                                Err(ce) => {
+                                    up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                                    last_error = format!("{}: {ce}", up.addr);
+                                    p.current = Some(req);
+                                    break;
+                                }
+                            }
+                        }
+                        Some(back) => {
+                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                            last_error = format!("{}: {}", up.addr, e.into_error());
+                            p.current = Some(back);
+                            break;
+                        }
+                        None => {
+                            if let Some(be) = body_error(&p.tripped) {
+                                return Err(fail(be));
+                            }
+                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                            last_error = format!("{}: {}", up.addr, e.into_error());
+                            tracing::warn!(upstream = %up.addr, "upstream failed before answering: {last_error}");
+                            break;
+                        }
+                    },
+                }
+            }
+            if p.current.is_none() && p.replay.is_none() {
+                // The request (and its body) is spent: it cannot be sent again.
+                break;
             }
         }
-        if current.is_none() && replay.is_none() {
-            // The request (and its body) is spent: it cannot be sent again.
-            break;
+        if timed_out {
+            Err(fail(ProxyError::UpstreamTimeout(last_error)))
+        } else {
+            Err(fail(ProxyError::UpstreamUnavailable(last_error)))
         }
-    }
-    if timed_out {
-        Err(fail(ProxyError::UpstreamTimeout(last_error)))
-    } else {
-        Err(fail(ProxyError::UpstreamUnavailable(last_error)))
     }
 }
 
@@ -617,6 +711,10 @@ fn error_response(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
     if status == StatusCode::BAD_REQUEST && version < Version::HTTP_2 {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -19,6 +19,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{self, Balance};
 
@@ -78,7 +79,15 @@ pub struct Upstream {
     site: String,
     /// Request counters by status class (1xx..5xx), resolved once.
     requests: [prometheus_client::metrics::counter::Counter; 5],
+    /// `max_conns` slots, one per request in flight; `None` when unlimited.
+    slots: Option<Arc<Semaphore>>,
+    pub max_conns: usize,
 }
+
+/// A request's place at an upstream, held until its response is finished
+/// (or the connection is handed to a WebSocket tunnel).
+#[derive(Debug)]
+pub struct Slot(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -111,6 +120,8 @@ impl Upstream {
             active_down: AtomicBool::new(false),
             reported_down: AtomicBool::new(false),
             site: site.to_string(),
+            slots: (cfg.max_conns > 0).then(|| Arc::new(Semaphore::new(cfg.max_conns))),
+            max_conns: cfg.max_conns,
             requests: crate::metrics::STATUS_CLASSES.map(|class| {
                 crate::metrics::METRICS
                     .requests
@@ -198,6 +209,32 @@ impl Upstream {
         }
     }
 
+    /// A slot now, or `None` when `max_conns` requests are already in flight.
+    pub fn try_slot(&self) -> Option<Slot> {
+        match &self.slots {
+            None => Some(Slot(None)),
+            Some(s) => s.clone().try_acquire_owned().ok().map(|p| Slot(Some(p))),
+        }
+    }
+
+    /// Free slots, for choosing among full and not-full upstreams.
+    fn free_slots(&self) -> usize {
+        self.slots
+            .as_ref()
+            .map_or(usize::MAX, |s| s.available_permits())
+    }
+
+    /// Waits in this upstream's queue (first come, first served) for a slot.
+    pub async fn wait_slot(&self, timeout: Duration) -> Option<Slot> {
+        let Some(s) = &self.slots else {
+            return Some(Slot(None));
+        };
+        match tokio::time::timeout(timeout, s.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Some(Slot(Some(p))),
+            _ => None,
+        }
+    }
+
     /// A pooled connection that is open and ready for a request, if any.
     /// Connections still finishing a response stay in the pool for later;
     /// closed ones are dropped. Newest first, so warm connections are reused.
@@ -249,13 +286,14 @@ impl Upstream {
     }
 }
 
-/// Counts a request against its upstream until the response is finished.
-pub struct InflightGuard(Arc<Upstream>);
+/// Counts a request against its upstream, and holds its `max_conns` slot,
+/// until the response is finished.
+pub struct InflightGuard(Arc<Upstream>, #[allow(dead_code)] Slot);
 
 impl InflightGuard {
-    pub fn new(up: &Arc<Upstream>) -> InflightGuard {
+    pub fn new(up: &Arc<Upstream>, slot: Slot) -> InflightGuard {
         up.inflight.fetch_add(1, Ordering::AcqRel);
-        InflightGuard(up.clone())
+        InflightGuard(up.clone(), slot)
     }
 
     pub fn upstream(&self) -> &Upstream {
@@ -374,6 +412,21 @@ impl Pool {
         }
     }
 
+    /// When the picked upstream is at `max_conns`: another untried one in
+    /// rotation with a free slot, the one with the most, as nginx passes over
+    /// a server at its `max_conns`. `None` when all are full: then the request
+    /// queues at the one it was given.
+    pub fn free_elsewhere(&self, tried: u64) -> Option<(usize, Slot)> {
+        let mut order: Vec<usize> = (0..self.len())
+            .filter(|&i| (i >= 64 || tried & (1 << i) == 0) && self.upstreams[i].available())
+            .filter(|&i| self.upstreams[i].free_slots() > 0)
+            .collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(self.upstreams[i].free_slots()));
+        order
+            .into_iter()
+            .find_map(|i| self.upstreams[i].try_slot().map(|s| (i, s)))
+    }
+
     /// nginx's smooth weighted round robin over the eligible upstreams: with
     /// weights 5,1,1 this gives a a b a c a a, spreading the heavy one out.
     fn round_robin(&self, eligible: &dyn Fn(usize) -> bool) -> Option<usize> {
@@ -436,6 +489,7 @@ mod tests {
             .map(|(i, w)| config::Upstream {
                 addr: format!("127.0.0.1:{}", 5000 + i),
                 weight: *w,
+                max_conns: 2,
             })
             .collect();
         Pool::new(&cfg, policy, "t")
