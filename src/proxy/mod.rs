@@ -1,6 +1,7 @@
 //! The HTTPS request path, as named phases:
-//! validate -> route -> pick upstream -> rewrite request -> forward ->
-//! rewrite response -> log. Each phase is a function below, in that order.
+//! validate -> route -> rewrite request (`prepare`) -> pick upstream and
+//! forward (`send`) -> rewrite response and log (`finish`). Each phase is a
+//! function below, in that order.
 
 pub mod access_log;
 pub mod body;
