@@ -158,13 +158,12 @@ impl Proxy {
                     Ok(site) => {
                         site_rt = Some(site.clone());
                         prepare(site, req, &conn, &h, &self.limits)
-                            .map_err(|e| (e, Some(site.clone())))
                     }
-                    Err(e) => Err((e, None)),
+                    Err(e) => Err(e),
                 };
                 (Some(h), p)
             }
-            Err(e) => (None, Err((e, None))),
+            Err(e) => (None, Err(e)),
         };
         async move {
             let result = match prepared {
@@ -182,7 +181,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        result: Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)>,
+        result: Result<Forwarded, ProxyError>,
         start: Instant,
         inflight: Inflight,
         method: http::Method,
@@ -211,13 +210,13 @@ impl Proxy {
                     Some(guard),
                 )
             }
-            Err((e, site)) => {
+            Err(e) => {
                 if e.fault() == error::Source::Upstream {
                     tracing::warn!(host = host.as_deref().unwrap_or("-"), "{e}");
                 } else {
                     tracing::debug!(client = %conn.peer, "{e}");
                 }
-                (error_response(&e, site.as_deref(), version), None, None)
+                (error_response(&e, site_rt.as_deref(), version), None, None)
             }
         };
         let status = response.status().as_u16();
@@ -419,10 +418,9 @@ struct Prepared {
 fn send(
     mut p: Prepared,
     conn: &ConnInfo,
-) -> impl std::future::Future<Output = Result<Forwarded, (ProxyError, Option<Arc<SiteRt>>)>> + '_ {
+) -> impl std::future::Future<Output = Result<Forwarded, ProxyError>> + '_ {
     async move {
         let site = &p.site;
-        let fail = |e| (e, Some(site.clone()));
         let body_error = |t: &body::Tripped| match t.get() {
             body::TOO_LARGE => Some(ProxyError::BodyTooLarge(p.body_limit)),
             body::IDLE => Some(ProxyError::BodyTimeout),
@@ -442,34 +440,15 @@ fn send(
         let mut last_error = String::from("no upstream configured");
         let mut timed_out = false;
         while tries < p.max_tries {
-            let Some(mut i) = pool.pick(tried, conn.peer.ip()) else {
+            let Some(picked) = pool.pick(tried, conn.peer.ip()) else {
                 break;
             };
-            let mut slot = pool.upstreams[i].try_slot();
-            if slot.is_none() {
-                if let Some((j, s)) = pool.free_elsewhere(tried | 1u64 << i.min(63)) {
-                    i = j;
-                    slot = Some(s);
-                }
-            }
-            tried |= 1u64 << i.min(63);
+            let Some((i, slot)) = pool.slot(picked, tried, cfg.connect_timeout).await else {
+                return Err(all_busy(&pool.upstreams[picked], cfg.connect_timeout));
+            };
+            tried |= upstream::tried_bit(i);
             tries += 1;
             let up = &pool.upstreams[i];
-            let slot = match slot {
-            Some(s) => s,
-            // Every upstream is at max_conns: wait in this one's queue.
-            None => match up.wait_slot(cfg.connect_timeout).await {
-                Some(s) => s,
-                None => {
-                    return Err(fail(ProxyError::UpstreamBusy(format!(
-                        "every upstream at max_conns; waited {} (connect_timeout) for one of {}'s {} slots; raise max_conns if the backends can take more, or add upstreams",
-                        humantime::format_duration(cfg.connect_timeout),
-                        up.addr,
-                        up.max_conns
-                    ))))
-                }
-            },
-        };
             let Some(mut req) = p
                 .current
                 .take()
@@ -523,10 +502,10 @@ fn send(
                                     tokio::spawn(tunnel(client, upstream, hold, up.addr.clone()));
                                 }
                                 None => {
-                                    return Err(fail(ProxyError::UpstreamUnavailable(format!(
+                                    return Err(ProxyError::UpstreamUnavailable(format!(
                                         "{} switched protocols unasked",
                                         up.addr
-                                    ))))
+                                    )))
                                 }
                             }
                         } else {
@@ -557,7 +536,7 @@ fn send(
                         }
                         None => {
                             if let Some(be) = body_error(&p.tripped) {
-                                return Err(fail(be));
+                                return Err(be);
                             }
                             up.record_failure(cfg.max_fails, cfg.fail_timeout);
                             last_error = format!("{}: {}", up.addr, e.into_error());
@@ -573,11 +552,22 @@ fn send(
             }
         }
         if timed_out {
-            Err(fail(ProxyError::UpstreamTimeout(last_error)))
+            Err(ProxyError::UpstreamTimeout(last_error))
         } else {
-            Err(fail(ProxyError::UpstreamUnavailable(last_error)))
+            Err(ProxyError::UpstreamUnavailable(last_error))
         }
     }
+}
+
+/// Every upstream at `max_conns` for as long as a request may wait.
+fn all_busy(up: &upstream::Upstream, waited: std::time::Duration) -> ProxyError {
+    ProxyError::UpstreamBusy(format!(
+        "every upstream at max_conns; waited {} (connect_timeout) for one of {}'s {} slots; \
+         raise max_conns if the backends can take more, or add upstreams",
+        humantime::format_duration(waited),
+        up.addr,
+        up.max_conns
+    ))
 }
 
 /// Whether this is a WebSocket handshake to tunnel. Other upgrades (`h2c`,

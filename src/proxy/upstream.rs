@@ -210,7 +210,7 @@ impl Upstream {
     }
 
     /// A slot now, or `None` when `max_conns` requests are already in flight.
-    pub fn try_slot(&self) -> Option<Slot> {
+    fn try_slot(&self) -> Option<Slot> {
         match &self.slots {
             None => Some(Slot(None)),
             Some(s) => s.clone().try_acquire_owned().ok().map(|p| Slot(Some(p))),
@@ -222,17 +222,6 @@ impl Upstream {
         self.slots
             .as_ref()
             .map_or(usize::MAX, |s| s.available_permits())
-    }
-
-    /// Waits in this upstream's queue (first come, first served) for a slot.
-    pub async fn wait_slot(&self, timeout: Duration) -> Option<Slot> {
-        let Some(s) = &self.slots else {
-            return Some(Slot(None));
-        };
-        match tokio::time::timeout(timeout, s.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Some(Slot(Some(p))),
-            _ => None,
-        }
     }
 
     /// A pooled connection that is open and ready for a request, if any.
@@ -317,6 +306,15 @@ pub struct Pool {
     ring: Vec<(u64, usize)>,
 }
 
+/// The bit that marks upstream `i` as tried in a request's `tried` set.
+pub fn tried_bit(i: usize) -> u64 {
+    1u64 << i.min(63)
+}
+
+fn untried(tried: u64, i: usize) -> bool {
+    i >= 64 || tried & (1 << i) == 0
+}
+
 fn hash64(bytes: &[u8]) -> u64 {
     // FNV-1a, then a final mix: stable across runs and builds, which a
     // consistent-hash ring needs (std's SipHash keys are random per process).
@@ -367,14 +365,13 @@ impl Pool {
     /// unless every untried one is out passively: then they are tried anyway,
     /// since a request that might succeed beats one certain to fail.
     pub fn pick(&self, tried: u64, client: IpAddr) -> Option<usize> {
-        let untried = |i: usize| i >= 64 || tried & (1 << i) == 0;
-        let candidates = |i: usize| untried(i) && self.upstreams[i].available();
+        let candidates = |i: usize| untried(tried, i) && self.upstreams[i].available();
         let any = (0..self.len()).any(candidates);
         let eligible = |i: usize| {
             if any {
                 candidates(i)
             } else {
-                untried(i) && !self.upstreams[i].actively_down()
+                untried(tried, i) && !self.upstreams[i].actively_down()
             }
         };
         match self.policy {
@@ -412,19 +409,27 @@ impl Pool {
         }
     }
 
-    /// When the picked upstream is at `max_conns`: another untried one in
-    /// rotation with a free slot, the one with the most, as nginx passes over
-    /// a server at its `max_conns`. `None` when all are full: then the request
-    /// queues at the one it was given.
-    pub fn free_elsewhere(&self, tried: u64) -> Option<(usize, Slot)> {
-        let mut order: Vec<usize> = (0..self.len())
-            .filter(|&i| (i >= 64 || tried & (1 << i) == 0) && self.upstreams[i].available())
-            .filter(|&i| self.upstreams[i].free_slots() > 0)
-            .collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(self.upstreams[i].free_slots()));
-        order
-            .into_iter()
-            .find_map(|i| self.upstreams[i].try_slot().map(|s| (i, s)))
+    /// A `max_conns` slot for a request given upstream `i`: at `i` when it has
+    /// room; else at the untried upstream in rotation with the most room, as
+    /// nginx passes over a server at its `max_conns`; else, every one being
+    /// full, after a wait in `i`'s queue (first come, first served) of at most
+    /// `timeout`. Returns the upstream the slot is at; `None` when the wait ran out.
+    pub async fn slot(&self, i: usize, tried: u64, timeout: Duration) -> Option<(usize, Slot)> {
+        if let Some(s) = self.upstreams[i].try_slot() {
+            return Some((i, s));
+        }
+        let tried = tried | tried_bit(i);
+        let roomiest = (0..self.len())
+            .filter(|&j| untried(tried, j) && self.upstreams[j].available())
+            .max_by_key(|&j| self.upstreams[j].free_slots());
+        if let Some(j) = roomiest {
+            if let Some(s) = self.upstreams[j].try_slot() {
+                return Some((j, s));
+            }
+        }
+        let s = self.upstreams[i].slots.as_ref()?;
+        let permit = tokio::time::timeout(timeout, s.clone().acquire_owned()).await;
+        Some((i, Slot(Some(permit.ok()?.ok()?))))
     }
 
     /// nginx's smooth weighted round robin over the eligible upstreams: with
