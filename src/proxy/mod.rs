@@ -198,6 +198,9 @@ impl Proxy {
                     .then(|| parts.headers.get(header::UPGRADE).cloned())
                     .flatten();
                 headers::strip_hop_by_hop(&mut parts.headers);
+                if version == Version::HTTP_2 {
+                    headers::detach_values(&mut parts.headers);
+                }
                 if let Some(u) = upgrade {
                     parts.headers.insert(header::UPGRADE, u);
                     parts
@@ -254,7 +257,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            Logged::new(body, record, Some(inflight)).holding(up_guard),
+            Logged::new(body, record, Some(inflight)).holding(up_guard, version == Version::HTTP_2),
         ))
     }
 }
