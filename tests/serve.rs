@@ -7,10 +7,18 @@ use std::time::Duration;
 use common::*;
 
 fn trio_config(extra_site: &str) -> (Vec<Flask>, tempfile::TempDir, std::path::PathBuf) {
+    trio_config_with("", extra_site)
+}
+
+/// `top`: top-level keys, which TOML needs before the first table.
+fn trio_config_with(
+    top: &str,
+    extra_site: &str,
+) -> (Vec<Flask>, tempfile::TempDir, std::path::PathBuf) {
     let trio = flask_trio();
     let ups: Vec<String> = trio.iter().map(Flask::addr).collect();
     let (dir, path) = config(&format!(
-        "{}{}{extra_site}",
+        "{top}{}{}{extra_site}",
         listen_any(),
         site(&["flask.test", "*.apps.test"], &ups)
     ));
@@ -24,7 +32,9 @@ fn version_of(body: &str) -> Option<u32> {
 
 #[test]
 fn round_robin_redirect_http2_and_forwarding_headers() {
-    let (_trio, _dir, cfg) = trio_config("");
+    // One worker runs tokio's single-threaded scheduler (the others get the
+    // default, one per CPU), so this covers both runtimes.
+    let (_trio, _dir, cfg) = trio_config_with("workers = 1\n", "");
     let edge = Edge::serve(&cfg);
     let port = edge.https.port();
 
