@@ -109,17 +109,14 @@ fn main() -> ExitCode {
     // One worker gets tokio's single-threaded scheduler: the same one thread for
     // the listeners and every connection, without the work-stealing machinery
     // (atomics on every wake and task release) that only pays with several.
-    let built = if cfg.workers == 1 {
+    let mut builder = if cfg.workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cfg.workers)
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(cfg.workers);
+        b
     };
-    let rt = match built {
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(format!("cannot start the runtime: {e}")),
     };

@@ -191,6 +191,9 @@ impl Proxy {
         site_rt: Option<Arc<SiteRt>>,
         conn: &ConnInfo,
     ) -> Result<Response<Body>, Infallible> {
+        // HTTP/2 queues a response's frames before writing them: what it holds must
+        // not be slices of hyper's upstream read buffer (see `headers::detach_values`).
+        let detach = version == Version::HTTP_2;
         let (response, upstream, up_guard) = match result {
             Ok((resp, up, guard)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -198,7 +201,7 @@ impl Proxy {
                     .then(|| parts.headers.get(header::UPGRADE).cloned())
                     .flatten();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                if version == Version::HTTP_2 {
+                if detach {
                     headers::detach_values(&mut parts.headers);
                 }
                 if let Some(u) = upgrade {
@@ -257,7 +260,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            Logged::new(body, record, Some(inflight)).holding(up_guard, version == Version::HTTP_2),
+            Logged::new(body, record, Some(inflight)).holding(up_guard, detach),
         ))
     }
 }

@@ -311,8 +311,9 @@ pub fn tried_bit(i: usize) -> u64 {
     1u64 << i.min(63)
 }
 
+/// The 65th upstream and later share the 64th's bit, so they always count as untried.
 fn untried(tried: u64, i: usize) -> bool {
-    i >= 64 || tried & (1 << i) == 0
+    i >= 64 || tried & tried_bit(i) == 0
 }
 
 fn hash64(bytes: &[u8]) -> u64 {
