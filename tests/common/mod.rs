@@ -1,6 +1,7 @@
 //! Shared test harness: real Pebble, real challtestsrv, real Flask backends and
 //! the real `edge` binary, each a child process that is killed when dropped.
-//! Readiness is always a line the process prints, never a sleep.
+//! Readiness is a line the process prints, or, for servers that print it
+//! before they bind (Pebble, challtestsrv), a real request answered; never a sleep.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -87,27 +88,41 @@ impl Proc {
 
     /// Waits for a line containing `needle`; returns that line.
     pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.try_wait_for(needle, timeout)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// As `wait_for`, but says why instead of panicking.
+    pub fn try_wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.out;
         let mut s = m.lock().unwrap();
         loop {
             if let Some(line) = s.lines().find(|l| l.contains(needle)) {
-                return line.to_string();
+                return Ok(line.to_string());
             }
             let now = Instant::now();
             if self.closed.load(std::sync::atomic::Ordering::SeqCst) == 2 {
-                panic!(
+                return Err(format!(
                     "{}: exited before printing {needle:?}; output:\n{}",
                     self.name, *s
-                );
+                ));
             }
             if now >= deadline {
-                panic!(
+                return Err(format!(
                     "{}: no line containing {needle:?} within {timeout:?}; output:\n{}",
                     self.name, *s
-                );
+                ));
             }
             s = cv.wait_timeout(s, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Whether the process has exited.
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_some(),
+            None => true,
         }
     }
 
@@ -235,25 +250,70 @@ pub struct Pebble {
     pub ca_bundle: PathBuf,
 }
 
+/// How many times a server is started on fresh ports before a test gives up.
+/// Ports come from `free_port()`, so another test's listener can take one
+/// between the pick and the server's bind; the server then exits, or someone
+/// else answers on its port, and it is started again elsewhere.
+const PORT_TRIES: usize = 5;
+
 /// pebble-challtestsrv on free ports: (process, DNS port, management port).
 pub fn challtestsrv() -> (Proc, u16, u16) {
-    let (dns_port, cts_mgmt) = (free_port(), free_port());
-    let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
-    cmd.args([
-        "-dns01",
-        &format!("127.0.0.1:{dns_port}"),
-        "-management",
-        &format!("127.0.0.1:{cts_mgmt}"),
-        "-http01",
-        "",
-        "-https01",
-        "",
-        "-tlsalpn01",
-        "",
-    ]);
-    let cts = Proc::spawn("challtestsrv", cmd);
-    cts.wait_for("Starting management server", Duration::from_secs(20));
-    (cts, dns_port, cts_mgmt)
+    let mut why = String::new();
+    for _ in 0..PORT_TRIES {
+        let (dns_port, cts_mgmt) = (free_port(), free_port());
+        let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+        cmd.args([
+            "-dns01",
+            &format!("127.0.0.1:{dns_port}"),
+            "-management",
+            &format!("127.0.0.1:{cts_mgmt}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ]);
+        let mut cts = Proc::spawn("challtestsrv", cmd);
+        match cts
+            .try_wait_for("Starting management server", Duration::from_secs(20))
+            .and_then(|_| answers_dns(&mut cts, dns_port))
+        {
+            Ok(()) => return (cts, dns_port, cts_mgmt),
+            Err(e) => why = e,
+        }
+    }
+    panic!("challtestsrv did not start in {PORT_TRIES} tries; last:\n{why}")
+}
+
+/// Readiness of challtestsrv's DNS server: it answers a query with the same ID.
+/// (It prints its start-up lines before it binds the port.)
+fn answers_dns(proc: &mut Proc, port: u16) -> Result<(), String> {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // ID 0x5eed, RD, one question: "ready.test" TXT IN.
+    let mut query = vec![0x5e, 0xed, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in ["ready", "test"] {
+        query.push(label.len() as u8);
+        query.extend_from_slice(label.as_bytes());
+    }
+    query.extend_from_slice(&[0, 0, 16, 0, 1]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if proc.exited() {
+            return Err(format!("{} exited:\n{}", proc.name, proc.output()));
+        }
+        let _ = sock.send_to(&query, ("127.0.0.1", port));
+        let mut buf = [0u8; 512];
+        if let Ok((n, _)) = sock.recv_from(&mut buf) {
+            if n >= 2 && buf[..2] == query[..2] {
+                return Ok(());
+            }
+            return Err(format!("port {port}: a reply that is not challtestsrv's"));
+        }
+    }
+    Err(format!("{}: no DNS answer on port {port}", proc.name))
 }
 
 /// `openssl s_client` to a local port with SNI flask.test, as a raw TLS client.
@@ -318,40 +378,53 @@ impl Pebble {
         std::fs::write(&ca_bundle, ca_pem).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
-        let (acme, mgmt) = (free_port(), free_port());
-        let mut cfg = serde_json::json!({"pebble": {
-            "listenAddress": format!("127.0.0.1:{acme}"),
-            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
-            "certificate": dir.path().join("cert.pem"),
-            "privateKey": dir.path().join("key.pem"),
-            "httpPort": free_port(),
-            "tlsPort": free_port(),
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": false,
-            "certificateValidityPeriod": validity_secs,
-        }});
-        patch(&mut cfg);
-        let cfg_path = dir.path().join("pebble.json");
-        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-        let mut cmd = Command::new("/usr/bin/pebble");
-        cmd.arg("-config")
-            .arg(&cfg_path)
-            .arg("-dnsserver")
-            .arg(dnsserver)
-            .env("PEBBLE_VA_NOSLEEP", "1")
-            .envs(env.iter().copied());
-        let pebble = Proc::spawn("pebble", cmd);
-        pebble.wait_for("ACME directory available", Duration::from_secs(20));
-        Pebble {
-            dir,
-            cts,
-            pebble,
-            directory: format!("https://127.0.0.1:{acme}/dir"),
-            cts_url: format!("http://127.0.0.1:{cts_mgmt}"),
-            dns: dnsserver.parse().unwrap(),
-            mgmt: format!("https://127.0.0.1:{mgmt}"),
-            ca_bundle,
+        let mut why = String::new();
+        for _ in 0..PORT_TRIES {
+            let (acme, mgmt) = (free_port(), free_port());
+            let mut cfg = serde_json::json!({"pebble": {
+                "listenAddress": format!("127.0.0.1:{acme}"),
+                "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+                "certificate": dir.path().join("cert.pem"),
+                "privateKey": dir.path().join("key.pem"),
+                "httpPort": free_port(),
+                "tlsPort": free_port(),
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": false,
+                "certificateValidityPeriod": validity_secs,
+            }});
+            patch(&mut cfg);
+            let cfg_path = dir.path().join("pebble.json");
+            std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+            let mut cmd = Command::new("/usr/bin/pebble");
+            cmd.arg("-config")
+                .arg(&cfg_path)
+                .arg("-dnsserver")
+                .arg(dnsserver)
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .envs(env.iter().copied());
+            let mut pebble = Proc::spawn("pebble", cmd);
+            let directory = format!("https://127.0.0.1:{acme}/dir");
+            let mgmt = format!("https://127.0.0.1:{mgmt}");
+            let ready = pebble
+                .try_wait_for("ACME directory available", Duration::from_secs(20))
+                .and_then(|_| serves_https(&mut pebble, &ca_bundle, &directory))
+                .and_then(|_| serves_https(&mut pebble, &ca_bundle, &format!("{mgmt}/roots/0")));
+            if let Err(e) = ready {
+                why = e;
+                continue;
+            }
+            return Pebble {
+                dir,
+                cts,
+                pebble,
+                directory,
+                cts_url: format!("http://127.0.0.1:{cts_mgmt}"),
+                dns: dnsserver.parse().unwrap(),
+                mgmt,
+                ca_bundle,
+            };
         }
+        panic!("Pebble did not start in {PORT_TRIES} tries; last:\n{why}")
     }
 
     /// Pebble's issuing root, from its management API.
@@ -397,6 +470,36 @@ impl Pebble {
             self.cts_url
         )
     }
+}
+
+/// Readiness of an HTTPS server that prints its start-up line before it binds
+/// (Pebble): `url` answers over TLS with a certificate from `ca`. A refused
+/// connection is retried; any other failure means someone else has the port.
+fn serves_https(proc: &mut Proc, ca: &Path, url: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if proc.exited() {
+            return Err(format!("{} exited:\n{}", proc.name, proc.output()));
+        }
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "--max-time", "3", "--cacert"])
+            .arg(ca)
+            .arg(url)
+            .output()
+            .unwrap();
+        match out.status.code() {
+            Some(0) => return Ok(()),
+            // 7: connection refused, the server is not listening yet.
+            Some(7) => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                return Err(format!(
+                    "{url}: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        }
+    }
+    Err(format!("{}: {url} not answering", proc.name))
 }
 
 /// A CA and a leaf it signed, as PEM: (ca, leaf, leaf key).
