@@ -202,8 +202,16 @@ pub struct Flask {
 }
 
 impl Flask {
+    /// A backend on a free port; on a fresh one if another test took the first.
     pub fn start(version: u32) -> Flask {
-        Self::start_on(version, free_port())
+        let mut why = String::new();
+        for _ in 0..PORT_TRIES {
+            match Self::try_start(version, free_port(), &[]) {
+                Ok(f) => return f,
+                Err(e) => why = e,
+            }
+        }
+        panic!("flask{version} did not start in {PORT_TRIES} tries; last:\n{why}")
     }
 
     pub fn start_on(version: u32, port: u16) -> Flask {
@@ -212,6 +220,11 @@ impl Flask {
 
     /// A backend with extra environment (FLASK_DELAY, FLASK_HEALTH_STATUS).
     pub fn start_env(version: u32, port: u16, env: &[(&str, &str)]) -> Flask {
+        Self::try_start(version, port, env).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    /// Werkzeug prints "Running on" once it has bound its port.
+    fn try_start(version: u32, port: u16, env: &[(&str, &str)]) -> Result<Flask, String> {
         let mut cmd = Command::new(PYTHON);
         cmd.envs(env.iter().copied());
         cmd.arg(repo().join("backends/flask/app.py"))
@@ -220,12 +233,12 @@ impl Flask {
             .env("FLASK_HOST", "127.0.0.1")
             .env("PYTHONUNBUFFERED", "1");
         let proc = Proc::spawn(&format!("flask{version}"), cmd);
-        proc.wait_for("Running on", Duration::from_secs(20));
-        Flask {
+        proc.try_wait_for("Running on", Duration::from_secs(20))?;
+        Ok(Flask {
             proc,
             port,
             version,
-        }
+        })
     }
 
     pub fn addr(&self) -> String {
