@@ -73,6 +73,17 @@ fn sighup_adds_an_upstream_while_a_keepalive_connection_stays_open() {
 
 #[test]
 fn sigterm_lets_a_slow_request_finish() {
+    slow_request_finishes_after_sigterm("--http1.1");
+}
+
+/// HTTP/2 streams run inside their connection's task (`h2_streams`); the
+/// connection must still wait for them when it drains.
+#[test]
+fn sigterm_lets_a_slow_http2_request_finish() {
+    slow_request_finishes_after_sigterm("--http2");
+}
+
+fn slow_request_finishes_after_sigterm(http: &'static str) {
     let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "1.5")]);
     let (_dir, cfg) = config(&format!(
         "{}{}",
@@ -81,13 +92,22 @@ fn sigterm_lets_a_slow_request_finish() {
     ));
     let mut edge = Edge::serve(&cfg);
     let port = edge.https.port();
-    let req = std::thread::spawn(move || curl("flask.test", port, "/", &[]));
+    let req = std::thread::spawn(move || {
+        curl(
+            "flask.test",
+            port,
+            "/",
+            &[http, "-w", "%{http_version}\n%{http_code}"],
+        )
+    });
     slow.proc
         .wait_for("slow request started", Duration::from_secs(5));
     edge.proc.signal("TERM");
     let (code, body) = req.join().unwrap();
     assert_eq!(code, 200, "in-flight request was cut: {body}");
     assert!(body.contains("Version1"));
+    let want = if http == "--http2" { "2" } else { "1.1" };
+    assert!(body.ends_with(want), "not over HTTP/{want}: {body}");
     assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), 0);
     // New connections are refused once it stopped accepting.
     assert_eq!(curl("flask.test", port, "/", &[]).0, 0);

@@ -10,6 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -20,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn_limit::ConnLimiter;
 use super::framing::Guard;
+use super::h2_streams::{StreamExec, WithStreams};
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
 use crate::config::Limits;
@@ -40,8 +42,14 @@ fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(l.header_read_timeout)
         .max_buf_size(l.max_header_bytes)
         .keep_alive(true);
-    b.http2()
-        .timer(TokioTimer::new())
+    b
+}
+
+/// One HTTP/2 connection's builder: its executor is the connection's own
+/// (see `h2_streams`), so the builder is made per connection.
+fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
+    let mut b = http2::Builder::new(exec);
+    b.timer(TokioTimer::new())
         .max_concurrent_streams(l.h2_max_concurrent_streams)
         .max_pending_accept_reset_streams(Some(l.h2_max_pending_resets))
         .max_local_error_reset_streams(Some(1024))
@@ -61,8 +69,8 @@ pub async fn serve_https(
     let acceptor = TlsAcceptor::from(tls);
     let base = builder(&limits.limits);
     let h1 = Arc::new(base.clone().http1_only());
-    let h2 = Arc::new(base.clone().http2_only());
     let any = Arc::new(base);
+    let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -87,7 +95,7 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         let certs = certs.clone();
         let proxy = proxy.clone();
-        let (h1, h2, any) = (h1.clone(), h2.clone(), any.clone());
+        let (h1, any, conn_limits) = (h1.clone(), any.clone(), conn_limits.clone());
         let watcher = graceful.watcher();
         let (handshake_timeout, keepalive) =
             (limits.handshake_timeout, limits.limits.keepalive_timeout);
@@ -113,12 +121,8 @@ pub async fn serve_https(
             };
             let (_, session) = tls.get_ref();
             let served = certs.current().for_sni(session.server_name()).cloned();
-            let is_h2 = session.alpn_protocol() == Some(b"h2");
-            let builder = match session.alpn_protocol() {
-                Some(b"h2") => h2,
-                Some(_) => h1,
-                None => any,
-            };
+            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+            let is_h2 = alpn.as_deref() == Some(b"h2");
             let inflight = Arc::new(AtomicUsize::new(0));
             let io = Guard::new(tls, !is_h2, Some((keepalive, inflight.clone())));
             let peer_header = super::headers::peer_value(peer.ip());
@@ -129,9 +133,22 @@ pub async fn serve_https(
                 peer_header,
             });
             let svc = service_fn(move |req| proxy.clone().handle(req, info.clone()));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                let chain = crate::acme::error_chain(e.as_ref());
+            let ended = if is_h2 {
+                let exec = StreamExec::default();
+                let conn =
+                    h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
+                WithStreams::new(watcher.watch(conn), exec)
+                    .await
+                    .map_err(|e| crate::acme::error_chain(&e))
+            } else {
+                let builder = if alpn.is_some() { h1 } else { any };
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                watcher
+                    .watch(conn.into_owned())
+                    .await
+                    .map_err(|e| crate::acme::error_chain(e.as_ref()))
+            };
+            if let Err(chain) = ended {
                 tracing::debug!(client = %peer, "connection ended: {chain}");
             }
         });

@@ -8,6 +8,7 @@ pub mod body;
 pub mod conn_limit;
 pub mod error;
 pub mod framing;
+pub mod h2_streams;
 pub mod headers;
 pub mod health;
 pub mod listener;

@@ -1,0 +1,125 @@
+//! HTTP/2 streams polled inside their connection's own task.
+//!
+//! hyper's HTTP/2 server hands each new stream to an executor, which with
+//! `TokioExecutor` is a runtime task per request: an allocation, a place in
+//! the scheduler's run queue and in its task list, and a trip through the
+//! queue for every wake. Under load a connection has up to
+//! `h2_max_concurrent_streams` of them, and the single-threaded scheduler
+//! runs a woken task only after everything queued before it, by which time
+//! the stream's frames have left the cache. Here the executor only collects
+//! the stream futures, and the connection's task polls those that were woken
+//! right after the connection itself: one task per connection, as nginx and
+//! HAProxy have one event handler per connection.
+//!
+//! A slow stream cannot stall the others: each is polled only when woken and
+//! returns `Pending` as soon as it waits, as any task would.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+
+type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The executor given to one connection's HTTP/2 builder. hyper calls it from
+/// within the connection's `poll`, so the futures it holds are picked up by
+/// [`WithStreams`] in the same poll; the mutex is never contended.
+#[derive(Clone, Default)]
+pub struct StreamExec(Arc<Mutex<Vec<StreamFuture>>>);
+
+impl<F> hyper::rt::Executor<F> for StreamExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::pin(fut));
+    }
+}
+
+/// A connection future and the streams its executor collected, polled together.
+/// Finishes when the connection has finished and so have its streams.
+pub struct WithStreams<C: Future> {
+    conn: Pin<Box<C>>,
+    done: Option<C::Output>,
+    exec: StreamExec,
+    streams: FuturesUnordered<StreamFuture>,
+}
+
+impl<C: Future> WithStreams<C> {
+    pub fn new(conn: C, exec: StreamExec) -> Self {
+        WithStreams {
+            conn: Box::pin(conn),
+            done: None,
+            exec,
+            streams: FuturesUnordered::new(),
+        }
+    }
+}
+
+impl<C: Future> Future for WithStreams<C>
+where
+    C::Output: Unpin,
+{
+    type Output = C::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let this = &mut *self;
+        if this.done.is_none() {
+            if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
+                this.done = Some(out);
+            }
+        }
+        {
+            let mut new = this.exec.0.lock().unwrap_or_else(|p| p.into_inner());
+            for fut in new.drain(..) {
+                this.streams.push(fut);
+            }
+        }
+        // Runs every woken stream until each waits again (FuturesUnordered
+        // yields to the scheduler on its own after a batch, so one busy
+        // connection cannot starve the others).
+        while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+        if this.streams.is_empty() {
+            if let Some(out) = this.done.take() {
+                return Poll::Ready(out);
+            }
+        }
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::rt::Executor;
+
+    /// Streams handed to the executor run to completion, and the whole future
+    /// waits for them even after the connection future is done.
+    #[tokio::test]
+    async fn streams_run_and_are_awaited_after_the_connection_ends() {
+        let exec = StreamExec::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let e2 = exec.clone();
+        let r2 = ran.clone();
+        let conn = async move {
+            let r3 = r2.clone();
+            e2.execute(async move {
+                rx.await.unwrap();
+                r3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            "conn done"
+        };
+        let all = tokio::spawn(WithStreams::new(conn, exec));
+        tokio::task::yield_now().await;
+        assert!(!all.is_finished(), "finished before its stream");
+        tx.send(()).unwrap();
+        assert_eq!(all.await.unwrap(), "conn done");
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+}
