@@ -61,6 +61,18 @@ impl<C: Future> WithStreams<C> {
     }
 }
 
+impl<C: Future> WithStreams<C> {
+    /// Moves what the executor collected into the set; whether there was any.
+    fn adopt(&mut self) -> bool {
+        let mut new = self.exec.0.lock().unwrap_or_else(|p| p.into_inner());
+        let any = !new.is_empty();
+        for fut in new.drain(..) {
+            self.streams.push(fut);
+        }
+        any
+    }
+}
+
 impl<C: Future> Future for WithStreams<C>
 where
     C::Output: Unpin,
@@ -74,16 +86,18 @@ where
                 this.done = Some(out);
             }
         }
-        {
-            let mut new = this.exec.0.lock().unwrap_or_else(|p| p.into_inner());
-            for fut in new.drain(..) {
-                this.streams.push(fut);
+        // A stream may hand over a task of its own (hyper's CONNECT tunnel),
+        // so new futures are collected again after the streams ran.
+        this.adopt();
+        loop {
+            // Runs every woken stream until each waits again (FuturesUnordered
+            // yields to the scheduler on its own after a batch, so one busy
+            // connection cannot starve the others).
+            while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
+            if !this.adopt() {
+                break;
             }
         }
-        // Runs every woken stream until each waits again (FuturesUnordered
-        // yields to the scheduler on its own after a batch, so one busy
-        // connection cannot starve the others).
-        while let Poll::Ready(Some(())) = this.streams.poll_next_unpin(cx) {}
         if this.streams.is_empty() {
             if let Some(out) = this.done.take() {
                 return Poll::Ready(out);
@@ -120,6 +134,30 @@ mod tests {
         assert!(!all.is_finished(), "finished before its stream");
         tx.send(()).unwrap();
         assert_eq!(all.await.unwrap(), "conn done");
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// A stream that hands over a task while it runs (as hyper does for a
+    /// CONNECT tunnel) neither deadlocks nor loses that task.
+    #[tokio::test]
+    async fn a_task_handed_over_by_a_stream_runs() {
+        let exec = StreamExec::default();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (e2, r2) = (exec.clone(), ran.clone());
+        let conn = async move {
+            let (e3, r3) = (e2.clone(), r2.clone());
+            e2.execute(async move {
+                e3.execute(async move {
+                    r3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                });
+            });
+        };
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            WithStreams::new(conn, exec),
+        )
+        .await
+        .expect("the connection's future did not finish");
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
