@@ -226,12 +226,23 @@ impl Upstream {
 
     /// A pooled connection that is open and ready for a request, if any.
     /// Connections still finishing a response stay in the pool for later;
-    /// closed ones are dropped. Newest first, so warm connections are reused.
+    /// closed ones met on the way are dropped. Newest first, so warm
+    /// connections are reused, and the scan stops at the first ready one:
+    /// under load the pool holds every busy connection too (see `recycle`),
+    /// and checking all of them on every request was a scan of 64.
     pub fn take_idle(&self) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|s| !s.is_closed());
-        let i = idle.iter().rposition(|s| s.is_ready())?;
-        Some(idle.swap_remove(i))
+        let mut i = idle.len();
+        while i > 0 {
+            i -= 1;
+            // `remove`, not `swap_remove`: the order is the age order.
+            if idle[i].is_closed() {
+                idle.remove(i);
+            } else if idle[i].is_ready() {
+                return Some(idle.remove(i));
+            }
+        }
+        None
     }
 
     /// Puts a connection back right away, even while its response body is
