@@ -431,3 +431,18 @@ fn http2_rapid_reset_gets_goaway_and_others_are_served() {
     let (code, _) = curl("flask.test", port, "/", &["--http2"]);
     assert_eq!(code, 200);
 }
+
+/// A client that offers no ALPN gets HTTP/1.1 (HTTP/2 over TLS is chosen by
+/// ALPN, RFC 9113 §3.2).
+#[test]
+fn without_alpn_a_client_gets_http1() {
+    let s = setup("");
+    let (code, body) = curl(
+        "flask.test",
+        s.port(),
+        "/",
+        &["--no-alpn", "-w", "%{http_version}\n%{http_code}"],
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.ends_with("1.1"), "not HTTP/1.1: {body}");
+}

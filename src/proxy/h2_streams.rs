@@ -24,8 +24,9 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The executor given to one connection's HTTP/2 builder. hyper calls it from
-/// within the connection's `poll`, so the futures it holds are picked up by
-/// [`WithStreams`] in the same poll; the mutex is never contended.
+/// within the connection's (or a stream's) `poll`, and [`WithStreams`] picks
+/// the futures up in the same poll; the mutex is never contended, and never
+/// held while a stream runs.
 #[derive(Clone, Default)]
 pub struct StreamExec(Arc<Mutex<Vec<StreamFuture>>>);
 
@@ -59,9 +60,7 @@ impl<C: Future> WithStreams<C> {
             streams: FuturesUnordered::new(),
         }
     }
-}
 
-impl<C: Future> WithStreams<C> {
     /// Moves what the executor collected into the set; whether there was any.
     fn adopt(&mut self) -> bool {
         let mut new = self.exec.0.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,9 +2,11 @@
 //!
 //! Each accepted socket first takes a connection slot (total and per client IP);
 //! the TLS handshake has its own timeout so a client that connects and says
-//! nothing cannot hold a task forever. After the handshake the ALPN result picks
-//! an HTTP/1.1-only or HTTP/2-only connection, so no bytes are spent sniffing,
-//! and HTTP/1 connections get the framing guard (see `framing`).
+//! nothing cannot hold a task forever. After the handshake, ALPN h2 gets an
+//! HTTP/2 connection whose streams run in its own task (see `h2_streams`);
+//! anything else gets hyper-util's auto connection, HTTP/1.1 with upgrades
+//! behind the framing guard (see `framing`). That one sniffs its first bytes,
+//! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits.
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -35,6 +37,18 @@ pub struct ListenLimits {
     pub limits: Limits,
 }
 
+/// edge's HTTP/2 limits, on hyper's builder or on hyper-util's auto builder
+/// (two types with the same methods).
+macro_rules! h2_limits {
+    ($b:expr, $l:expr) => {
+        $b.timer(TokioTimer::new())
+            .max_concurrent_streams($l.h2_max_concurrent_streams)
+            .max_pending_accept_reset_streams(Some($l.h2_max_pending_resets))
+            .max_local_error_reset_streams(Some(1024))
+            .max_header_list_size($l.max_header_bytes as u32)
+    };
+}
+
 fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
@@ -42,6 +56,10 @@ fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
         .header_read_timeout(l.header_read_timeout)
         .max_buf_size(l.max_header_bytes)
         .keep_alive(true);
+    // hyper-util serves a connection with upgrades by sniffing its first
+    // bytes, whatever `http1_only` says, so a client that sends the HTTP/2
+    // preface without ALPN h2 is served HTTP/2 here: with the same limits.
+    h2_limits!(b.http2(), l);
     b
 }
 
@@ -49,11 +67,7 @@ fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
 /// (see `h2_streams`), so the builder is made per connection.
 fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
     let mut b = http2::Builder::new(exec);
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(l.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(Some(l.h2_max_pending_resets))
-        .max_local_error_reset_streams(Some(1024))
-        .max_header_list_size(l.max_header_bytes as u32);
+    h2_limits!(b, l);
     b
 }
 
@@ -67,9 +81,9 @@ pub async fn serve_https(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let base = builder(&limits.limits);
-    let h1 = Arc::new(base.clone().http1_only());
-    let any = Arc::new(base);
+    // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); without it a client
+    // gets HTTP/1.1, as from nginx and Go.
+    let h1 = Arc::new(builder(&limits.limits).http1_only());
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {
@@ -95,7 +109,7 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         let certs = certs.clone();
         let proxy = proxy.clone();
-        let (h1, any, conn_limits) = (h1.clone(), any.clone(), conn_limits.clone());
+        let (h1, conn_limits) = (h1.clone(), conn_limits.clone());
         let watcher = graceful.watcher();
         let (handshake_timeout, keepalive) =
             (limits.handshake_timeout, limits.limits.keepalive_timeout);
@@ -121,8 +135,7 @@ pub async fn serve_https(
             };
             let (_, session) = tls.get_ref();
             let served = certs.current().for_sni(session.server_name()).cloned();
-            let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-            let is_h2 = alpn.as_deref() == Some(b"h2");
+            let is_h2 = session.alpn_protocol() == Some(b"h2");
             let inflight = Arc::new(AtomicUsize::new(0));
             let io = Guard::new(tls, !is_h2, Some((keepalive, inflight.clone())));
             let peer_header = super::headers::peer_value(peer.ip());
@@ -141,8 +154,7 @@ pub async fn serve_https(
                     .await
                     .map_err(|e| crate::acme::error_chain(&e))
             } else {
-                let builder = if alpn.is_some() { h1 } else { any };
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                let conn = h1.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 watcher
                     .watch(conn.into_owned())
                     .await
