@@ -123,6 +123,7 @@ mod tests {
         let conn = async move {
             let r3 = r2.clone();
             e2.execute(async move {
+                r3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 rx.await.unwrap();
                 r3.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             });
@@ -130,10 +131,12 @@ mod tests {
         };
         let all = tokio::spawn(WithStreams::new(conn, exec));
         tokio::task::yield_now().await;
+        // The stream has started and waits; the connection is done, the whole not.
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(!all.is_finished(), "finished before its stream");
         tx.send(()).unwrap();
         assert_eq!(all.await.unwrap(), "conn done");
-        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     /// A stream that hands over a task while it runs (as hyper does for a

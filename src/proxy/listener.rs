@@ -81,9 +81,9 @@ pub async fn serve_https(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    // HTTP/2 over TLS is chosen by ALPN (RFC 9113 §3.2); without it a client
-    // gets HTTP/1.1, as from nginx and Go.
-    let h1 = Arc::new(builder(&limits.limits).http1_only());
+    // Connections without ALPN h2. No `http1_only` here: hyper-util ignores it
+    // when serving with upgrades (see `builder`).
+    let h1 = Arc::new(builder(&limits.limits));
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {

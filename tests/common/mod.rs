@@ -204,14 +204,9 @@ pub struct Flask {
 impl Flask {
     /// A backend on a free port; on a fresh one if another test took the first.
     pub fn start(version: u32) -> Flask {
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
-            match Self::try_start(version, free_port(), &[]) {
-                Ok(f) => return f,
-                Err(e) => why = e,
-            }
-        }
-        panic!("flask{version} did not start in {PORT_TRIES} tries; last:\n{why}")
+        on_fresh_ports(&format!("flask{version}"), || {
+            Self::try_start(version, free_port(), &[])
+        })
     }
 
     pub fn start_on(version: u32, port: u16) -> Flask {
@@ -269,10 +264,22 @@ pub struct Pebble {
 /// else answers on its port, and it is started again elsewhere.
 const PORT_TRIES: usize = 5;
 
-/// pebble-challtestsrv on free ports: (process, DNS port, management port).
-pub fn challtestsrv() -> (Proc, u16, u16) {
+/// Runs `start` (which picks its own free ports) until it succeeds, at most
+/// `PORT_TRIES` times; panics with the last reason.
+fn on_fresh_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -> T {
     let mut why = String::new();
     for _ in 0..PORT_TRIES {
+        match start() {
+            Ok(t) => return t,
+            Err(e) => why = e,
+        }
+    }
+    panic!("{what} did not start in {PORT_TRIES} tries; last:\n{why}")
+}
+
+/// pebble-challtestsrv on free ports: (process, DNS port, management port).
+pub fn challtestsrv() -> (Proc, u16, u16) {
+    on_fresh_ports("challtestsrv", || {
         let (dns_port, cts_mgmt) = (free_port(), free_port());
         let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
         cmd.args([
@@ -288,15 +295,10 @@ pub fn challtestsrv() -> (Proc, u16, u16) {
             "",
         ]);
         let mut cts = Proc::spawn("challtestsrv", cmd);
-        match cts
-            .try_wait_for("Starting management server", Duration::from_secs(20))
-            .and_then(|_| answers_dns(&mut cts, dns_port))
-        {
-            Ok(()) => return (cts, dns_port, cts_mgmt),
-            Err(e) => why = e,
-        }
-    }
-    panic!("challtestsrv did not start in {PORT_TRIES} tries; last:\n{why}")
+        cts.try_wait_for("Starting management server", Duration::from_secs(20))?;
+        answers_dns(&mut cts, dns_port)?;
+        Ok((cts, dns_port, cts_mgmt))
+    })
 }
 
 /// Readiness of challtestsrv's DNS server: it answers a query with the same ID.
@@ -391,8 +393,7 @@ impl Pebble {
         std::fs::write(&ca_bundle, ca_pem).unwrap();
         std::fs::write(dir.path().join("cert.pem"), cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), key_pem).unwrap();
-        let mut why = String::new();
-        for _ in 0..PORT_TRIES {
+        let (pebble, directory, mgmt) = on_fresh_ports("Pebble", || {
             let (acme, mgmt) = (free_port(), free_port());
             let mut cfg = serde_json::json!({"pebble": {
                 "listenAddress": format!("127.0.0.1:{acme}"),
@@ -418,26 +419,21 @@ impl Pebble {
             let mut pebble = Proc::spawn("pebble", cmd);
             let directory = format!("https://127.0.0.1:{acme}/dir");
             let mgmt = format!("https://127.0.0.1:{mgmt}");
-            let ready = pebble
-                .try_wait_for("ACME directory available", Duration::from_secs(20))
-                .and_then(|_| serves_https(&mut pebble, &ca_bundle, &directory))
-                .and_then(|_| serves_https(&mut pebble, &ca_bundle, &format!("{mgmt}/roots/0")));
-            if let Err(e) = ready {
-                why = e;
-                continue;
-            }
-            return Pebble {
-                dir,
-                cts,
-                pebble,
-                directory,
-                cts_url: format!("http://127.0.0.1:{cts_mgmt}"),
-                dns: dnsserver.parse().unwrap(),
-                mgmt,
-                ca_bundle,
-            };
+            pebble.try_wait_for("ACME directory available", Duration::from_secs(20))?;
+            serves_https(&mut pebble, &ca_bundle, &directory)?;
+            serves_https(&mut pebble, &ca_bundle, &format!("{mgmt}/roots/0"))?;
+            Ok((pebble, directory, mgmt))
+        });
+        Pebble {
+            dir,
+            cts,
+            pebble,
+            directory,
+            cts_url: format!("http://127.0.0.1:{cts_mgmt}"),
+            dns: dnsserver.parse().unwrap(),
+            mgmt,
+            ca_bundle,
         }
-        panic!("Pebble did not start in {PORT_TRIES} tries; last:\n{why}")
     }
 
     /// Pebble's issuing root, from its management API.
