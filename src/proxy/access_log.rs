@@ -42,9 +42,6 @@ impl Drop for Inflight {
     }
 }
 
-/// Body chunks up to this size are copied out of hyper's read buffer.
-const SMALL_CHUNK: usize = 4096;
-
 pin_project_lite::pin_project! {
     /// A response body that counts what it sends and logs once when dropped.
     pub struct Logged<B> {
@@ -54,7 +51,6 @@ pin_project_lite::pin_project! {
         record: Option<Box<Record>>,
         inflight: Option<Inflight>,
         upstream: Option<super::upstream::InflightGuard>,
-        copy_small: bool,
     }
 
     impl<B> PinnedDrop for Logged<B> {
@@ -75,21 +71,12 @@ impl<B> Logged<B> {
             record,
             inflight,
             upstream: None,
-            copy_small: false,
         }
     }
 
-    /// Keeps the upstream's in-flight count up until the body is done.
-    /// `copy_small`: copy small chunks out of hyper's read buffer, for
-    /// HTTP/2 clients, whose connection queues a stream's data frames for a while
-    /// (see `headers::detach_values`); an HTTP/1 client's are written at once.
-    pub fn holding(
-        mut self,
-        guard: Option<super::upstream::InflightGuard>,
-        copy_small: bool,
-    ) -> Self {
+    /// Keeps the upstream's in-flight count (and `max_conns` slot) until the body is done.
+    pub fn holding(mut self, guard: Option<super::upstream::InflightGuard>) -> Self {
         self.upstream = guard;
-        self.copy_small = copy_small;
         self
     }
 }
@@ -106,16 +93,10 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
-        let mut res = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &mut res {
-            if let Some(d) = frame.data_mut() {
+        let res = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(d) = frame.data_ref() {
                 *this.bytes += d.len() as u64;
-                // A small upstream chunk is a slice of the upstream connection's
-                // 8 KiB read buffer and would keep all of it alive while queued.
-                // Large chunks fill the buffer anyway.
-                if *this.copy_small && d.len() <= SMALL_CHUNK {
-                    *d = Bytes::copy_from_slice(d);
-                }
             }
         }
         res

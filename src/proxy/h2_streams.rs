@@ -13,11 +13,20 @@
 //!
 //! A slow stream cannot stall the others: each is polled only when woken and
 //! returns `Pending` as soon as it waits, as any task would.
+//!
+//! A stream the client resets at once must not reach an upstream (HTTP/2 rapid
+//! reset: opening and cancelling streams costs the attacker nothing and would
+//! cost the backends a request each). hyper checks for `RST_STREAM` only after
+//! the request's future returns `Pending`, and edge's request future writes to
+//! the upstream on its first poll, so an HTTP/2 request first waits once
+//! ([`reset_check`]) and every new stream is polled twice in its first turn
+//! ([`Started`]): between the two, hyper has looked for a reset that came in
+//! the same read.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 
@@ -38,8 +47,59 @@ where
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Box::pin(fut));
+            .push(Box::pin(Started {
+                fut,
+                started: false,
+            }));
     }
+}
+
+pin_project_lite::pin_project! {
+    /// A stream future whose first turn is two polls: the first with a waker
+    /// that does nothing, the second at once with the real one. A future that
+    /// waits once on its first poll ([`reset_check`]) thus goes on in the same
+    /// turn, instead of waking itself, which `FuturesUnordered` answers by
+    /// handing the whole connection back to the scheduler every two streams.
+    /// The second poll registers the real waker wherever the first registered
+    /// the no-op one, as the `Future` contract allows.
+    struct Started<F> {
+        #[pin]
+        fut: F,
+        started: bool,
+    }
+}
+
+impl<F: Future> Future for Started<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let mut this = self.project();
+        if !*this.started {
+            *this.started = true;
+            let mut first = Context::from_waker(Waker::noop());
+            if let Poll::Ready(out) = this.fut.as_mut().poll(&mut first) {
+                return Poll::Ready(out);
+            }
+        }
+        this.fut.poll(cx)
+    }
+}
+
+/// Waits once, so that hyper looks for a reset of this stream before the
+/// request goes upstream (see the module doc).
+pub fn reset_check() -> impl Future<Output = ()> {
+    let mut waited = false;
+    std::future::poll_fn(move |cx| {
+        if waited {
+            Poll::Ready(())
+        } else {
+            waited = true;
+            // For executors other than `StreamExec` (hyper-util's auto builder,
+            // for HTTP/2 without ALPN), which poll again only when woken.
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
 }
 
 /// A connection future and the streams its executor collected, polled together.

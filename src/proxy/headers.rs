@@ -6,7 +6,6 @@
 
 use std::net::IpAddr;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 
@@ -67,36 +66,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
-    }
-}
-
-/// Gives the header values one small allocation of their own.
-///
-/// hyper parses an upstream response's values as slices of that connection's
-/// 8 KiB read buffer, so the whole buffer lives as long as the headers do. An
-/// HTTP/2 client connection queues a response's headers until its frame is
-/// written, and under load that kept two or three retired buffers alive per
-/// upstream connection: 4.5 of the 15.7 MiB heap peak in the HTTP/2 bench
-/// (heaptrack). The copy is one small allocation.
-pub fn detach_values(headers: &mut HeaderMap) {
-    let total: usize = headers.values().map(HeaderValue::len).sum();
-    if total == 0 {
-        return;
-    }
-    let mut own = Vec::with_capacity(total);
-    for v in headers.values() {
-        own.extend_from_slice(v.as_bytes());
-    }
-    let own = Bytes::from(own);
-    let mut at = 0;
-    for v in headers.values_mut() {
-        let end = at + v.len();
-        // The bytes were a valid value a moment ago, so this cannot fail.
-        if let Ok(mut copy) = HeaderValue::from_maybe_shared(own.slice(at..end)) {
-            copy.set_sensitive(v.is_sensitive());
-            *v = copy;
-        }
-        at = end;
     }
 }
 
@@ -195,38 +164,6 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn detached_values_are_equal_and_no_longer_point_into_the_read_buffer() {
-        // As hyper builds them: every value a slice of one shared buffer.
-        let read_buf = Bytes::from_static(b"text/plainsecret-cookie12");
-        let inside = |v: &HeaderValue| {
-            let p = v.as_bytes().as_ptr() as usize;
-            let start = read_buf.as_ptr() as usize;
-            (start..start + read_buf.len()).contains(&p)
-        };
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_maybe_shared(read_buf.slice(0..10)).unwrap(),
-        );
-        let mut cookie = HeaderValue::from_maybe_shared(read_buf.slice(10..23)).unwrap();
-        cookie.set_sensitive(true);
-        h.append(header::SET_COOKIE, cookie);
-        h.append(
-            header::SET_COOKIE,
-            HeaderValue::from_maybe_shared(read_buf.slice(23..25)).unwrap(),
-        );
-        assert!(h.values().all(inside));
-
-        detach_values(&mut h);
-
-        assert!(!h.values().any(inside));
-        assert_eq!(h[header::CONTENT_TYPE], "text/plain");
-        let cookies: Vec<_> = h.get_all(header::SET_COOKIE).iter().collect();
-        assert_eq!(cookies, ["secret-cookie", "12"]);
-        assert!(cookies[0].is_sensitive() && !cookies[1].is_sensitive());
-    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

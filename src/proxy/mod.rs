@@ -5,9 +5,11 @@
 
 pub mod access_log;
 pub mod body;
+pub mod chunked;
 pub mod conn_limit;
 pub mod error;
 pub mod framing;
+pub mod h1_client;
 pub mod h2_streams;
 pub mod headers;
 pub mod health;
@@ -35,10 +37,11 @@ use crate::tls::Entry;
 use access_log::{Inflight, Logged, Record};
 use body::Guarded;
 use error::{ErrorPages, ProxyError};
+use h1_client::{Outgoing, SendError, UpBody};
 use upstream::Pool;
 
 /// What the client gets: a proxied body or an edge-made page, counted for the log.
-pub type Body = Logged<Either<Incoming, Full<Bytes>>>;
+pub type Body = Logged<Either<UpBody, Full<Bytes>>>;
 
 /// What the proxy knows about the client connection a request came in on.
 #[derive(Debug)]
@@ -167,6 +170,9 @@ impl Proxy {
             Err(e) => (None, Err(e)),
         };
         async move {
+            if version == Version::HTTP_2 {
+                h2_streams::reset_check().await;
+            }
             let result = match prepared {
                 Ok(p) => send(p, &conn).await,
                 Err(e) => Err(e),
@@ -192,9 +198,6 @@ impl Proxy {
         site_rt: Option<Arc<SiteRt>>,
         conn: &ConnInfo,
     ) -> Result<Response<Body>, Infallible> {
-        // HTTP/2 queues a response's frames before writing them: what it holds must
-        // not be slices of hyper's upstream read buffer (see `headers::detach_values`).
-        let detach = version == Version::HTTP_2;
         let (response, upstream, up_guard) = match result {
             Ok((resp, up, guard)) => {
                 let (mut parts, body) = resp.into_parts();
@@ -202,9 +205,6 @@ impl Proxy {
                     .then(|| parts.headers.get(header::UPGRADE).cloned())
                     .flatten();
                 headers::strip_hop_by_hop(&mut parts.headers);
-                if detach {
-                    headers::detach_values(&mut parts.headers);
-                }
                 if let Some(u) = upgrade {
                     parts.headers.insert(header::UPGRADE, u);
                     parts
@@ -261,7 +261,7 @@ impl Proxy {
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(
             parts,
-            Logged::new(body, record, Some(inflight)).holding(up_guard, detach),
+            Logged::new(body, record, Some(inflight)).holding(up_guard),
         ))
     }
 }
@@ -326,19 +326,11 @@ fn route<'a>(
 
 // ---------------------------------------------------------------- forward
 
-type Forwarded = (Response<Incoming>, Arc<str>, upstream::InflightGuard);
-
-fn idempotent(m: &http::Method) -> bool {
-    use http::Method;
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    )
-}
+type Forwarded = (Response<UpBody>, Arc<str>, upstream::InflightGuard);
 
 /// Validate -> rewrite request, before anything waits: a CONNECT or a declared
-/// body over the cap is refused here, the body is guarded, and a copy is kept
-/// for replay when another upstream may be tried.
+/// body over the cap is refused here, the body is guarded, and the request is
+/// encoded once, so it can go to another upstream without being rebuilt.
 fn prepare(
     site: &Arc<SiteRt>,
     req: Request<Incoming>,
@@ -360,38 +352,31 @@ fn prepare(
     }
     let mut req = req;
     let client_upgrade = websocket_upgrade(&req)?.then(|| hyper::upgrade::on(&mut req));
-    let bodyless = http_body::Body::is_end_stream(req.body());
-    let (req, tripped) = {
-        let (parts, body) = req.into_parts();
-        let (g, t) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
-        (Request::from_parts(parts, g), t)
-    };
-    let mut req = rewrite_request(req, conn, host, &site.cfg);
+    let (mut parts, body) = req.into_parts();
+    let (body, tripped) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
+    rewrite_request(&mut parts, conn, host, &site.cfg);
     if client_upgrade.is_some() {
         // Hop-by-hop stripping removed these; a WebSocket handshake needs them.
-        req.headers_mut()
+        parts
+            .headers
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        req.headers_mut()
+        parts
+            .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
+    let bodyless = http_body::Body::is_end_stream(&body);
+    let out = Outgoing::encode(&parts, !bodyless);
     let pool_len = site.pool.len();
     let max_tries = if site.cfg.max_tries == 0 {
         pool_len
     } else {
         site.cfg.max_tries.min(pool_len)
     };
-    // A copy to send again only when another upstream may be tried.
-    let replay = (max_tries > 1 && bodyless && idempotent(req.method())).then(|| {
-        Box::new((
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        ))
-    });
     Ok(Prepared {
         site: site.clone(),
-        current: Some(req),
-        replay,
+        out,
+        body,
+        bodyless,
         client_upgrade,
         tripped,
         max_tries,
@@ -402,9 +387,9 @@ fn prepare(
 /// A request ready to send, and what `send` needs to retry or report it.
 struct Prepared {
     site: Arc<SiteRt>,
-    current: Option<Request<Guarded>>,
-    /// Boxed: only GETs that may go to a second upstream have one.
-    replay: Option<Box<(http::Method, http::Uri, http::HeaderMap)>>,
+    out: Outgoing,
+    body: Guarded,
+    bodyless: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     tripped: body::Tripped,
     max_tries: usize,
@@ -412,12 +397,12 @@ struct Prepared {
 }
 
 /// Pick upstream -> forward: picks upstreams in balancing order and sends the
-/// request to the first that takes it. A refused connection moves on to the
-/// next upstream; a stale pooled connection gives the request back and it is
-/// sent again on a fresh one. A request that was sent and then failed before
-/// response headers (or timed out) is tried on the next upstream only when it
-/// is idempotent and had no body, so it can be replayed exactly; never after a
-/// body was streamed.
+/// request to the first that answers. A refused connection moves on to the
+/// next upstream; a pooled connection that turns out closed gets the request
+/// again on a fresh one. A request that failed or timed out before the
+/// answer's head goes to the next upstream only when that cannot repeat a
+/// side effect: nothing of it reached the upstream, or it is idempotent and
+/// had no body. Never after a body was streamed.
 ///
 /// Not an `async fn`: that would store `p` twice (argument and local); the
 /// block below uses the captured one in place.
@@ -428,20 +413,8 @@ fn send(
 ) -> impl std::future::Future<Output = Result<Forwarded, ProxyError>> + '_ {
     async move {
         let site = &p.site;
-        let body_error = |t: &body::Tripped| match t.get() {
-            body::TOO_LARGE => Some(ProxyError::BodyTooLarge(p.body_limit)),
-            body::IDLE => Some(ProxyError::BodyTimeout),
-            _ => None,
-        };
         let pool = &site.pool;
         let cfg = &site.cfg;
-        let rebuild = |r: &(http::Method, http::Uri, http::HeaderMap)| {
-            let mut q = Request::new(Guarded::empty());
-            *q.method_mut() = r.0.clone();
-            *q.uri_mut() = r.1.clone();
-            *q.headers_mut() = r.2.clone();
-            q
-        };
         let mut tried: u64 = 0;
         let mut tries = 0;
         let mut last_error = String::from("no upstream configured");
@@ -456,37 +429,49 @@ fn send(
             tried |= upstream::tried_bit(i);
             tries += 1;
             let up = &pool.upstreams[i];
-            let Some(mut req) = p
-                .current
-                .take()
-                .or_else(|| p.replay.as_deref().map(rebuild))
-            else {
-                break;
-            };
-            let mut fresh = false;
-            let mut sender = match up.take_idle() {
-                Some(s) => s,
-                None => {
-                    fresh = true;
-                    // Boxed: connecting is the rare path, and inline its future would
-                    // make every request's (and every HTTP/2 stream's task) larger.
-                    match Box::pin(up.connect(cfg.connect_timeout)).await {
-                        Ok(s) => s,
-                        Err(e) => {
-                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                            tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
-                            last_error = format!("{}: {e}", up.addr);
-                            p.current = Some(req);
-                            continue;
-                        }
+            let (mut c, mut fresh) = match up.take_idle() {
+                Some(c) => (c, false),
+                // Boxed: connecting is the rare path, and inline its future would
+                // make every request's (and every HTTP/2 stream's) future larger.
+                None => match Box::pin(up.connect(cfg.connect_timeout)).await {
+                    Ok(c) => (c, true),
+                    Err(e) => {
+                        up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                        tracing::warn!(upstream = %up.addr, "{e}; trying the next upstream");
+                        last_error = format!("{}: {e}", up.addr);
+                        continue;
                     }
-                }
+                },
             };
             let guard = upstream::InflightGuard::new(up, slot);
-            loop {
-                let sent =
-                    tokio::time::timeout(cfg.response_timeout, sender.try_send_request(req)).await;
-                match sent {
+            let resend = loop {
+                let sent = tokio::time::timeout(
+                    cfg.response_timeout,
+                    h1_client::exchange(&mut c, &p.out, &mut p.body),
+                )
+                .await;
+                let f = match sent {
+                    Ok(Ok(answer)) => {
+                        up.record_success();
+                        let (body, tunnel_conn) = UpBody::new(c, &answer, up);
+                        if let Some(tc) = tunnel_conn {
+                            // The upstream agreed: from here on the two connections are one tunnel.
+                            let Some(client) = p.client_upgrade.take() else {
+                                return Err(ProxyError::UpstreamUnavailable(format!(
+                                    "{} switched protocols unasked",
+                                    up.addr
+                                )));
+                            };
+                            let hold = Inflight::new(&conn.inflight);
+                            tokio::spawn(tunnel(client, tc, hold, up.addr.clone()));
+                        }
+                        return Ok((
+                            Response::from_parts(answer.head, body),
+                            up.name.clone(),
+                            guard,
+                        ));
+                    }
+                    Ok(Err(f)) => f,
                     Err(_) => {
                         up.record_failure(cfg.max_fails, cfg.fail_timeout);
                         timed_out = true;
@@ -496,65 +481,41 @@ fn send(
                             humantime::format_duration(cfg.response_timeout)
                         );
                         tracing::warn!(upstream = %up.addr, "{last_error}");
-                        break;
+                        break p.bodyless && p.out.idempotent;
                     }
-                    Ok(Ok(mut resp)) => {
-                        up.record_success();
-                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                            // The upstream agreed: from here on the two connections are one tunnel.
-                            match p.client_upgrade.take() {
-                                Some(client) => {
-                                    let upstream = hyper::upgrade::on(&mut resp);
-                                    let hold = Inflight::new(&conn.inflight);
-                                    tokio::spawn(tunnel(client, upstream, hold, up.addr.clone()));
-                                }
-                                None => {
-                                    return Err(ProxyError::UpstreamUnavailable(format!(
-                                        "{} switched protocols unasked",
-                                        up.addr
-                                    )))
-                                }
-                            }
-                        } else {
-                            up.recycle(sender);
-                        }
-                        return Ok((resp, up.name.clone(), guard));
-                    }
-                    Ok(Err(mut e)) => match e.take_message() {
-                        // Never sent: the pooled connection was closed under us.
-                        Some(back) if !fresh => {
-                            req = back;
-                            fresh = true;
-                            match Box::pin(up.connect(cfg.connect_timeout)).await {
-                                Ok(s) => sender = s,
-                                Err(ce) => {
-                                    up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                                    last_error = format!("{}: {ce}", up.addr);
-                                    p.current = Some(req);
-                                    break;
-                                }
-                            }
-                        }
-                        Some(back) => {
-                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                            last_error = format!("{}: {}", up.addr, e.into_error());
-                            p.current = Some(back);
-                            break;
-                        }
-                        None => {
-                            if let Some(be) = body_error(&p.tripped) {
-                                return Err(be);
-                            }
-                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
-                            last_error = format!("{}: {}", up.addr, e.into_error());
-                            tracing::warn!(upstream = %up.addr, "upstream failed before answering: {last_error}");
-                            break;
-                        }
-                    },
+                };
+                if let SendError::Body(_) = f.error {
+                    return Err(match p.tripped.get() {
+                        body::TOO_LARGE => ProxyError::BodyTooLarge(p.body_limit),
+                        body::IDLE => ProxyError::BodyTimeout,
+                        _ => ProxyError::BadRequest("the request body ended early"),
+                    });
                 }
-            }
-            if p.current.is_none() && p.replay.is_none() {
-                // The request (and its body) is spent: it cannot be sent again.
+                let stale = !fresh
+                    && !f.answered
+                    && matches!(f.error, SendError::Closed | SendError::Io(_));
+                if stale && f.may_resend(&p.out) {
+                    // A pooled connection the upstream had closed: once more, fresh.
+                    fresh = true;
+                    match Box::pin(up.connect(cfg.connect_timeout)).await {
+                        Ok(n) => {
+                            c = n;
+                            continue;
+                        }
+                        Err(ce) => {
+                            up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                            last_error = format!("{}: {ce}", up.addr);
+                            break true;
+                        }
+                    }
+                }
+                up.record_failure(cfg.max_fails, cfg.fail_timeout);
+                last_error = format!("{}: {}", up.addr, f.error);
+                tracing::warn!(upstream = %up.addr, "upstream failed before answering: {last_error}");
+                break f.may_resend(&p.out);
+            };
+            if !resend {
+                // The request (or its body) is spent: it cannot be sent again.
                 break;
             }
         }
@@ -608,21 +569,27 @@ fn websocket_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
 /// Copies bytes both ways between an upgraded client and upstream connection.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: h1_client::Conn,
     _hold: Inflight,
     addr: String,
 ) {
-    let (c, u) = match tokio::try_join!(client, upstream) {
-        Ok(x) => x,
+    use tokio::io::AsyncWriteExt;
+    let c = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!(upstream = %addr, "upgrade failed: {e}");
             return;
         }
     };
-    let (mut c, mut u) = (
-        hyper_util::rt::TokioIo::new(c),
-        hyper_util::rt::TokioIo::new(u),
-    );
+    let mut c = hyper_util::rt::TokioIo::new(c);
+    // What the upstream sent right behind its 101 is the tunnel's first bytes.
+    let (mut u, early) = upstream.into_parts();
+    if !early.is_empty() {
+        if let Err(e) = c.write_all(&early).await {
+            tracing::debug!(upstream = %addr, "WebSocket tunnel ended: {e}");
+            return;
+        }
+    }
     match tokio::io::copy_bidirectional(&mut c, &mut u).await {
         Ok((up, down)) => tracing::debug!(upstream = %addr, up, down, "WebSocket tunnel closed"),
         Err(e) => tracing::debug!(upstream = %addr, "WebSocket tunnel ended: {e}"),
@@ -631,13 +598,7 @@ async fn tunnel(
 
 // ---------------------------------------------------------------- rewrite
 
-fn rewrite_request(
-    req: Request<Guarded>,
-    conn: &ConnInfo,
-    host: &str,
-    site: &Site,
-) -> Request<Guarded> {
-    let (mut parts, body) = req.into_parts();
+fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, host: &str, site: &Site) {
     // Host is kept as the client sent it (with its port), like a transparent proxy.
     let host_value = match parts.uri.authority() {
         Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -688,7 +649,6 @@ fn rewrite_request(
         parts.uri = uri;
     }
     parts.version = Version::HTTP_11;
-    Request::from_parts(parts, body)
 }
 
 // ---------------------------------------------------------------- errors
@@ -697,7 +657,7 @@ fn error_response(
     e: &ProxyError,
     site: Option<&SiteRt>,
     version: Version,
-) -> Response<Either<Incoming, Full<Bytes>>> {
+) -> Response<Either<UpBody, Full<Bytes>>> {
     let status = e.status();
     let body = match site {
         Some(s) => s.pages.body(status),

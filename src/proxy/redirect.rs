@@ -126,7 +126,10 @@ fn location(host: &str, https_port: u16, path_and_query: &str) -> String {
     loc
 }
 
-fn page(status: StatusCode, close: bool) -> Response<Either<Incoming, Full<Bytes>>> {
+fn page(
+    status: StatusCode,
+    close: bool,
+) -> Response<Either<super::h1_client::UpBody, Full<Bytes>>> {
     let mut r = Response::new(Either::Right(Full::new(error::builtin(status))));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -1,9 +1,9 @@
 //! Upstream servers: keep-alive connections, health, and balancing between them.
 //!
-//! edge keeps its own small pool instead of hyper-util's client so that the proxy
-//! decides which upstream a request goes to, sees a refused connection before the
-//! request is spent, and gets a request back from a stale pooled connection
-//! (`try_send_request`) to send it again on a fresh one.
+//! edge keeps its own small pool of [`Conn`]s (see `h1_client` for why its own
+//! client) so that the proxy decides which upstream a request goes to, sees a
+//! refused connection before the request is spent, and can send a request
+//! again on a fresh connection when a pooled one turns out to be stale.
 //!
 //! Health has two sources. Passive, as nginx: `max_fails` failures within
 //! `fail_timeout` take an upstream out for `fail_timeout`. Active, when a site has
@@ -15,12 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::h1_client::Conn;
 use crate::config::{self, Balance};
 
 /// Idle connections kept per upstream; more are closed when returned.
@@ -28,14 +27,11 @@ const MAX_IDLE_PER_UPSTREAM: usize = 128;
 /// Points per unit of weight on the ip_hash ring: enough for an even spread.
 const RING_POINTS: u32 = 160;
 
-pub type Sender = SendRequest<super::body::Guarded>;
-
 #[derive(Debug)]
 pub enum ConnectError {
     /// Refused, unreachable or the name did not resolve: try the next upstream.
     Io(std::io::Error),
     Timeout(Duration),
-    Handshake(hyper::Error),
 }
 
 impl std::fmt::Display for ConnectError {
@@ -47,7 +43,6 @@ impl std::fmt::Display for ConnectError {
                 "connect timed out after {}",
                 humantime::format_duration(*d)
             ),
-            ConnectError::Handshake(e) => write!(f, "HTTP handshake failed: {e}"),
         }
     }
 }
@@ -65,7 +60,7 @@ pub struct Upstream {
     /// Parsed once when the address is an IP, so the hot path skips name resolution.
     socket: Option<SocketAddr>,
     pub weight: u32,
-    idle: Mutex<Vec<Sender>>,
+    idle: Mutex<Vec<Conn>>,
     /// Requests sent and not yet answered (least_conn, p2c).
     pub inflight: AtomicUsize,
     fails: AtomicU32,
@@ -224,34 +219,24 @@ impl Upstream {
             .map_or(usize::MAX, |s| s.available_permits())
     }
 
-    /// A pooled connection that is open and ready for a request, if any.
-    /// Connections still finishing a response stay in the pool for later;
-    /// closed ones met on the way are dropped. Newest first, so warm
-    /// connections are reused, and the scan stops at the first ready one:
-    /// under load the pool holds every busy connection too (see `recycle`),
-    /// and checking all of them on every request was a scan of 64.
-    pub fn take_idle(&self) -> Option<Sender> {
+    /// The most recently used idle connection that is still open, if any;
+    /// stale ones met on the way are closed. Newest first: a warm connection
+    /// is the least likely to have been closed by the upstream's idle timeout.
+    pub fn take_idle(&self) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let mut i = idle.len();
-        while i > 0 {
-            i -= 1;
-            // `remove`, not `swap_remove`: the order is the age order.
-            if idle[i].is_closed() {
-                idle.remove(i);
-            } else if idle[i].is_ready() {
-                return Some(idle.remove(i));
+        while let Some(mut c) = idle.pop() {
+            if c.usable() {
+                return Some(c);
             }
         }
         None
     }
 
-    /// Puts a connection back right away, even while its response body is
-    /// still streaming: `take_idle` only hands out ready ones. This saves a
-    /// task per request that would otherwise wait for readiness.
-    pub fn recycle(self: &Arc<Self>, sender: Sender) {
+    /// Puts a connection whose answer is complete back for the next request.
+    pub fn recycle(&self, conn: Conn) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_UPSTREAM {
-            idle.push(sender);
+            idle.push(conn);
         }
     }
 
@@ -270,19 +255,8 @@ impl Upstream {
         Ok(stream)
     }
 
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
-        let stream = self.connect_tcp(timeout).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(ConnectError::Handshake)?;
-        let addr = self.addr.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(upstream = %addr, "upstream connection ended: {e}");
-            }
-        });
-        Ok(sender)
+    pub async fn connect(&self, timeout: Duration) -> Result<Conn, ConnectError> {
+        Ok(Conn::new(self.connect_tcp(timeout).await?))
     }
 }
 
