@@ -4,12 +4,13 @@ The version comes from FLASK_VERSION (1, 2, 3) and the port from FLASK_PORT, so
 the same file runs as website1..3 in Docker and as three local processes in tests.
 /headers echoes the request headers as JSON so tests can see what edge forwarded.
 """
+import hashlib
 import os
 import sys
 import threading
 import time
 
-from flask import Flask, jsonify, request
+from flask import Flask, Response, jsonify, request
 
 app = Flask(__name__)
 VERSION = os.getenv("FLASK_VERSION", "1")
@@ -49,6 +50,22 @@ def headers():
 @app.route("/echo", methods=["GET", "POST", "PUT"])
 def echo():
     return jsonify(version=VERSION, method=request.method, body=request.get_data(as_text=True))
+
+
+@app.route("/stream")
+def stream():
+    """`chunks` pieces of `size` bytes, sent as they are made: no Content-Length,
+    so HTTP/1.1 carries it chunked. Tests check it arrives whole through edge."""
+    chunks = int(request.args.get("chunks", "10"))
+    size = int(request.args.get("size", "1000"))
+    piece = (b"0123456789" * (size // 10 + 1))[:size]
+    return Response((piece for _ in range(chunks)), mimetype="application/octet-stream")
+
+
+@app.route("/sha256", methods=["POST", "PUT"])
+def sha256():
+    data = request.get_data()
+    return jsonify(version=VERSION, length=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
 @app.route("/peak")

@@ -508,7 +508,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
     };
     let mut head = http::Response::new(()).into_parts().0;
     head.status = status;
-    head.version = version;
+    // edge answers in its own HTTP version, as nginx does: hyper writes the status
+    // line from this, and an HTTP/1.0 backend would otherwise close every
+    // HTTP/1.1 client's connection after one answer (hyper lowers it for 1.0
+    // clients itself).
+    head.version = Version::HTTP_11;
     head.headers = headers;
     Ok(Some(Answer {
         head,

@@ -199,6 +199,45 @@ mod tests {
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// A new stream that waits once in `reset_check` goes on in its first turn,
+    /// without waking the connection's task for a second one.
+    #[test]
+    fn a_new_stream_gets_past_the_reset_check_in_its_first_turn() {
+        struct Count(std::sync::atomic::AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let exec = StreamExec::default();
+        let ran = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (e2, r2) = (exec.clone(), ran.clone());
+        let conn = async move {
+            e2.execute(async move {
+                reset_check().await;
+                r2.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+            std::future::pending::<()>().await;
+        };
+        let mut all = Box::pin(WithStreams::new(conn, exec));
+        let wakes = Arc::new(Count(Default::default()));
+        let waker = Waker::from(wakes.clone());
+        assert!(all
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        assert_eq!(
+            ran.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not run in one turn"
+        );
+        assert_eq!(
+            wakes.0.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "rescheduled"
+        );
+    }
+
     /// A stream that hands over a task while it runs (as hyper does for a
     /// CONNECT tunnel) neither deadlocks nor loses that task.
     #[tokio::test]
