@@ -253,6 +253,47 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
     p.wait_exit(Duration::from_secs(5));
     s.assert_backend_never_saw("/dribble");
 
+    // The plain-HTTP listener (redirects only) has the same deadline. The
+    // read timeout paces the dribble and sees the close as soon as it comes.
+    {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(s.edge.http).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let start = Instant::now();
+        let (mut closed, mut answer) = (false, Vec::new());
+        for b in b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n" {
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => closed = true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => closed = true,
+            }
+            if closed {
+                break;
+            }
+            if c.write_all(&[*b]).is_err() {
+                closed = true;
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let took = start.elapsed();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            closed && took < Duration::from_secs(3),
+            "plain-HTTP dribble held the connection for {took:?}"
+        );
+        assert!(
+            !answer.contains("Location"),
+            "a dribbled head was answered: {answer}"
+        );
+    }
+
     // A keep-alive connection that goes quiet after one request is closed.
     let cmd = s_client(s.port(), true);
     let mut p = Proc::spawn("idle client", cmd);
