@@ -460,35 +460,6 @@ fn hex_sha256(data: &[u8]) -> String {
         .collect()
 }
 
-/// curl with raw output to a file: (status, HTTP version, body bytes).
-fn curl_bytes(
-    port: u16,
-    path: &str,
-    extra: &[&str],
-    dir: &std::path::Path,
-) -> (u16, String, Vec<u8>) {
-    let out_file = dir.join("body.out");
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "30", "-o"])
-        .arg(&out_file)
-        .args(["-w", "%{http_code} %{http_version}"])
-        .arg("--resolve")
-        .arg(format!("flask.test:{port}:127.0.0.1"))
-        .args(extra)
-        .arg(format!("https://flask.test:{port}{path}"))
-        .output()
-        .unwrap();
-    let s = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (code, version) = s.split_once(' ').unwrap_or(("0", ""));
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let body = std::fs::read(&out_file).unwrap_or_default();
-    (code.parse().unwrap_or(0), version.to_string(), body)
-}
-
 /// Bodies larger than any buffer on the way, both directions, both client
 /// protocols: a download the backend streams chunked (2 MB in 10 kB pieces)
 /// and uploads with a length, chunked, and over HTTP/2 without a length
@@ -502,8 +473,13 @@ fn large_streamed_and_uploaded_bodies_arrive_whole() {
     let piece: Vec<u8> = b"0123456789".repeat(1000);
     let want = hex_sha256(&piece.repeat(200));
     for proto in ["--http1.1", "--http2"] {
-        let (code, version, body) =
-            curl_bytes(port, "/stream?chunks=200&size=10000", &[proto], dir.path());
+        let (code, version, body) = curl_bytes(
+            "flask.test",
+            port,
+            "/stream?chunks=200&size=10000",
+            &[proto],
+            dir.path(),
+        );
         assert_eq!(code, 200, "{proto}");
         assert_eq!(version, if proto == "--http2" { "2" } else { "1.1" });
         assert_eq!(body.len(), 2_000_000, "{proto}: length");
@@ -511,7 +487,7 @@ fn large_streamed_and_uploaded_bodies_arrive_whole() {
     }
     // HEAD: the headers only (curl -I writes them as the output).
     for proto in ["--http1.1", "--http2"] {
-        let (code, _, head) = curl_bytes(port, "/stream", &[proto, "-I"], dir.path());
+        let (code, _, head) = curl_bytes("flask.test", port, "/stream", &[proto, "-I"], dir.path());
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
         assert_eq!(code, 200, "{proto}: {head}");
         assert!(
@@ -552,7 +528,7 @@ fn large_streamed_and_uploaded_bodies_arrive_whole() {
             "-H",
             "Content-Type: application/octet-stream",
         ]);
-        let (code, _, body) = curl_bytes(port, "/sha256", &args, dir.path());
+        let (code, _, body) = curl_bytes("flask.test", port, "/sha256", &args, dir.path());
         let body = String::from_utf8_lossy(&body);
         assert_eq!(code, 200, "{what}: {body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -597,19 +597,61 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// curl against edge: (status, body). `host` is resolved to 127.0.0.1.
-pub fn curl(url_host: &str, port: u16, path: &str, extra: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-sS", "-k", "--max-time", "10", "-w", "\n%{http_code}"])
+/// curl to `https://{url_host}:{port}{path}` with `url_host` resolved to
+/// 127.0.0.1; `opts` go before the caller's `extra` options.
+fn curl_cmd(url_host: &str, port: u16, path: &str, opts: &[&str], extra: &[&str]) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "-k"])
+        .args(opts)
         .arg("--resolve")
         .arg(format!("{url_host}:{port}:127.0.0.1"))
         .args(extra)
-        .arg(format!("https://{url_host}:{port}{path}"))
+        .arg(format!("https://{url_host}:{port}{path}"));
+    c
+}
+
+/// curl against edge: (status, body). `host` is resolved to 127.0.0.1.
+pub fn curl(url_host: &str, port: u16, path: &str, extra: &[&str]) -> (u16, String) {
+    let opts = ["--max-time", "10", "-w", "\n%{http_code}"];
+    let out = curl_cmd(url_host, port, path, &opts, extra)
         .output()
         .unwrap();
     let s = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// curl for bodies that are not text: (status, HTTP version, body bytes),
+/// the body through a file in `dir`.
+pub fn curl_bytes(
+    url_host: &str,
+    port: u16,
+    path: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> (u16, String, Vec<u8>) {
+    let file = dir.join("body.out");
+    let file_arg = file.to_string_lossy().into_owned();
+    let opts = [
+        "--max-time",
+        "30",
+        "-o",
+        &file_arg,
+        "-w",
+        "%{http_code} %{http_version}",
+    ];
+    let out = curl_cmd(url_host, port, path, &opts, extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (code, version) = s.split_once(' ').unwrap_or(("0", ""));
+    let body = std::fs::read(&file).unwrap_or_default();
+    (code.parse().unwrap_or(0), version.to_string(), body)
 }
 
 /// The serial of the certificate edge presents for `sni`, via openssl s_client.
