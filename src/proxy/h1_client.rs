@@ -231,6 +231,9 @@ pub struct Answer {
     pub head: http::response::Parts,
     framing: Framing,
     keep_alive: bool,
+    /// The head still holds a hop-by-hop header (or `Connection` names one)
+    /// for the caller to strip; see `parse_head`.
+    pub hop_by_hop: bool,
 }
 
 impl Answer {
@@ -436,6 +439,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
     let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     let mut keep_alive = version == Version::HTTP_11;
+    let mut hop_by_hop = false;
     let mut chunked = None;
     let mut length: Option<u64> = None;
     for f in resp.headers.iter() {
@@ -443,15 +447,29 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         let at = f.value.as_ptr() as usize - base;
         let value = HeaderValue::from_maybe_shared(block.slice(at..at + f.value.len()))
             .map_err(|_| "invalid header value")?;
+        // `Connection` and `Transfer-Encoding` are read here and never forwarded.
+        // Left out of the map when they say nothing more than framing (every
+        // answer from a keep-alive backend has `Connection: keep-alive`), the
+        // caller's hop-by-hop strip has nothing to do for most answers.
         if name == header::CONNECTION {
-            for t in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            let mut names_others = false;
+            for t in value.to_str().unwrap_or("-").split(',').map(str::trim) {
                 if t.eq_ignore_ascii_case("close") {
                     keep_alive = false;
-                } else if t.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                    keep_alive = true;
+                } else if t.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive |= version == Version::HTTP_10;
+                } else {
+                    names_others = true;
                 }
             }
-        } else if name == header::TRANSFER_ENCODING {
+            if names_others {
+                // Names another header to drop (or is not text): the strip does it.
+                hop_by_hop = true;
+                headers.append(name, value);
+            }
+            continue;
+        }
+        if name == header::TRANSFER_ENCODING {
             // Only the last coding decides; a later field overrides an earlier one.
             let last = value
                 .to_str()
@@ -460,6 +478,10 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
                 .next()
                 .unwrap_or("");
             chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
+            if value.as_bytes().eq_ignore_ascii_case(b"chunked") {
+                continue;
+            }
+            hop_by_hop = true;
         } else if name == header::CONTENT_LENGTH {
             for v in value.to_str().unwrap_or("-").split(',').map(str::trim) {
                 if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 19 {
@@ -471,6 +493,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
                 }
                 length = Some(n);
             }
+        } else if super::headers::is_hop_by_hop(&name) {
+            hop_by_hop = true;
         }
         headers.append(name, value);
     }
@@ -518,6 +542,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         head,
         framing,
         keep_alive,
+        hop_by_hop,
     }))
 }
 
@@ -867,6 +892,36 @@ mod tests {
         let mut c = Some(conn(&up).await);
         let e = fetch(&up, &mut c, Method::GET).await.unwrap_err();
         assert!(e.error.to_string().contains("over 64 KiB"), "{}", e.error);
+    }
+
+    /// Framing headers are read and left out; anything else hop-by-hop stays
+    /// for the caller's strip, and says so.
+    #[test]
+    fn framing_headers_are_left_out_and_other_hop_by_hop_ones_flagged() {
+        let parse = |raw: &str| {
+            let mut buf = BytesMut::from(raw.as_bytes());
+            parse_head(&mut buf, false).unwrap().unwrap()
+        };
+        let a = parse("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n");
+        assert!(!a.hop_by_hop && a.keep_alive);
+        assert_eq!(a.framing, Framing::Chunked);
+        assert_eq!(a.head.headers.len(), 1, "{:?}", a.head.headers);
+        let a = parse("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n");
+        assert!(!a.hop_by_hop && a.keep_alive, "HTTP/1.0 keep-alive");
+        for raw in [
+            "HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let a = parse(raw);
+            assert!(a.hop_by_hop, "not flagged: {raw:?}");
+        }
+        let a = parse("HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n");
+        assert!(!a.keep_alive);
+        let mut h = a.head.headers;
+        crate::proxy::headers::strip_hop_by_hop(&mut h);
+        assert!(!h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
     }
 
     #[tokio::test]

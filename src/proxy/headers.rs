@@ -28,6 +28,11 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// Whether `name` is one of the hop-by-hop headers [`strip_hop_by_hop`] removes.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
 /// Removes hop-by-hop headers and the ones `Connection` names.
 ///
 /// One scan of the names notes which hop-by-hop ones are present, and only

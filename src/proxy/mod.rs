@@ -1,6 +1,7 @@
 //! The HTTPS request path, as named phases:
 //! validate -> route -> rewrite request (`prepare`) -> pick upstream and
-//! forward (`send`) -> rewrite response and log (`finish`). Each phase is a
+//! forward (`send`, which strips the answer's hop-by-hop headers when there
+//! are any: `strip_response`) -> count and log (`finish`). Each phase is a
 //! function below, in that order.
 
 pub mod access_log;
@@ -183,8 +184,8 @@ impl Proxy {
         }
     }
 
-    /// Rewrite response -> log: turns the upstream's answer or the error into
-    /// what the client gets, and counts it.
+    /// Count and log: turns the upstream's answer or the error into what the
+    /// client gets, and counts it.
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
@@ -200,17 +201,7 @@ impl Proxy {
     ) -> Result<Response<Body>, Infallible> {
         let (response, upstream, up_guard) = match result {
             Ok((resp, up, guard)) => {
-                let (mut parts, body) = resp.into_parts();
-                let upgrade = (parts.status == StatusCode::SWITCHING_PROTOCOLS)
-                    .then(|| parts.headers.get(header::UPGRADE).cloned())
-                    .flatten();
-                headers::strip_hop_by_hop(&mut parts.headers);
-                if let Some(u) = upgrade {
-                    parts.headers.insert(header::UPGRADE, u);
-                    parts
-                        .headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                }
+                let (parts, body) = resp.into_parts();
                 (
                     Response::from_parts(parts, Either::Left(body)),
                     Some(up),
@@ -465,11 +456,11 @@ fn send(
                             let hold = Inflight::new(&conn.inflight);
                             tokio::spawn(tunnel(client, tc, hold, up.addr.clone()));
                         }
-                        return Ok((
-                            Response::from_parts(answer.head, body),
-                            up.name.clone(),
-                            guard,
-                        ));
+                        let mut head = answer.head;
+                        if answer.hop_by_hop {
+                            strip_response(&mut head);
+                        }
+                        return Ok((Response::from_parts(head, body), up.name.clone(), guard));
                     }
                     Ok(Err(f)) => f,
                     Err(_) => {
@@ -524,6 +515,21 @@ fn send(
         } else {
             Err(ProxyError::UpstreamUnavailable(last_error))
         }
+    }
+}
+
+/// Rewrite response: hop-by-hop headers out, except what a `101` needs to
+/// tell the client which protocol the tunnel now carries. Only called when
+/// the parser saw such a header: most answers have none left (see `h1_client`).
+fn strip_response(head: &mut http::response::Parts) {
+    let upgrade = (head.status == StatusCode::SWITCHING_PROTOCOLS)
+        .then(|| head.headers.get(header::UPGRADE).cloned())
+        .flatten();
+    headers::strip_hop_by_hop(&mut head.headers);
+    if let Some(u) = upgrade {
+        head.headers.insert(header::UPGRADE, u);
+        head.headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
 }
 
