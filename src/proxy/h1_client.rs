@@ -50,9 +50,6 @@ const COPY_UNDER: usize = 4096;
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
-    /// Has carried a request before: a failure before any answer may just mean
-    /// the upstream closed it while idle.
-    reused: bool,
 }
 
 impl Conn {
@@ -60,12 +57,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
-            reused: false,
         }
-    }
-
-    pub fn reused(&self) -> bool {
-        self.reused
     }
 
     /// Still fit for a request after waiting in the pool: not once the
@@ -237,7 +229,7 @@ pub struct Answer {
 }
 
 impl Answer {
-    pub fn is_upgrade(&self) -> bool {
+    fn is_upgrade(&self) -> bool {
         self.framing == Framing::Upgrade
     }
 }
@@ -251,7 +243,6 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    conn.reused = true;
     if body.is_end_stream() {
         if let Err(e) = conn.io.write_all(&out.wire).await {
             return Err(Failed::new(e.into()));
@@ -573,48 +564,45 @@ enum State {
 /// moment the body is complete; dropped before that, the connection closes.
 #[derive(Debug)]
 pub struct UpBody {
+    /// `None` once the body is complete or failed, or the answer was a `101`.
     conn: Option<Conn>,
     state: State,
     keep_alive: bool,
-    home: Option<Arc<Upstream>>,
+    home: Arc<Upstream>,
 }
 
 impl UpBody {
     /// The body of `answer`, read from `conn`. Returns the connection too
     /// when the answer was a `101`: it belongs to the tunnel now.
-    pub fn new(conn: Conn, answer: &Answer, home: &Arc<Upstream>) -> (UpBody, Option<Conn>) {
+    pub fn new(mut conn: Conn, answer: &Answer, home: &Arc<Upstream>) -> (UpBody, Option<Conn>) {
+        let state = match answer.framing {
+            Framing::Upgrade => {
+                let body = UpBody {
+                    conn: None,
+                    state: State::Done,
+                    keep_alive: false,
+                    home: home.clone(),
+                };
+                return (body, Some(conn));
+            }
+            Framing::Empty | Framing::Length(0) => State::Done,
+            // The usual small answer: all here already. Bytes past its end were
+            // never asked for, so that connection is not reused (see `release`).
+            Framing::Length(n) if conn.buf.len() as u64 >= n => {
+                State::Whole(take(&mut conn.buf, n as usize))
+            }
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Decoder::default()),
+            Framing::Close => State::Close,
+        };
         let mut body = UpBody {
             conn: Some(conn),
-            state: State::Close,
+            state,
             keep_alive: answer.keep_alive,
-            home: Some(home.clone()),
+            home: home.clone(),
         };
-        match answer.framing {
-            Framing::Upgrade => {
-                body.state = State::Done;
-                body.home = None;
-                let conn = body.conn.take();
-                return (body, conn);
-            }
-            Framing::Empty | Framing::Length(0) => {
-                body.state = State::Done;
-                body.release();
-            }
-            Framing::Length(n) => {
-                let buffered = body.conn.as_ref().map_or(0, |c| c.buf.len() as u64);
-                if buffered >= n {
-                    // The usual small answer: all here already. Bytes past its
-                    // end were never asked for, so that connection is not reused.
-                    let c = body.conn.as_mut().expect("conn present");
-                    let data = take(&mut c.buf, n as usize);
-                    body.state = State::Whole(data);
-                    body.release();
-                } else {
-                    body.state = State::Length(n);
-                }
-            }
-            Framing::Chunked => body.state = State::Chunked(Decoder::default()),
-            Framing::Close => body.state = State::Close,
+        if matches!(body.state, State::Done | State::Whole(_)) {
+            body.release();
         }
         (body, None)
     }
@@ -622,9 +610,9 @@ impl UpBody {
     /// Done with the connection: back to the pool when it can carry another
     /// request, else closed.
     fn release(&mut self) {
-        if let (Some(c), Some(home)) = (self.conn.take(), self.home.take()) {
+        if let Some(c) = self.conn.take() {
             if self.keep_alive && c.buf.is_empty() {
-                home.recycle(c);
+                self.home.recycle(c);
             }
         }
     }
@@ -653,6 +641,8 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
         loop {
+            // Whole and Done gave the connection up when entered; a failed body
+            // dropped it.
             let Some(conn) = this.conn.as_mut() else {
                 return match std::mem::replace(&mut this.state, State::Done) {
                     State::Whole(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
@@ -660,10 +650,7 @@ impl Body for UpBody {
                 };
             };
             match &mut this.state {
-                State::Done | State::Whole(_) => {
-                    // Not reached: both give the connection up when entered.
-                    this.release();
-                }
+                State::Done | State::Whole(_) => return Poll::Ready(None),
                 State::Length(left) => {
                     if !conn.buf.is_empty() {
                         let n = (*left).min(conn.buf.len() as u64);
@@ -809,10 +796,7 @@ mod tests {
         let (status, body, _) = fetch(&up, &mut c, Method::GET).await.unwrap();
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"hello"[..]));
         let mut again = up.take_idle();
-        assert!(
-            again.as_ref().is_some_and(Conn::reused),
-            "not back in the pool"
-        );
+        assert!(again.is_some(), "not back in the pool");
         let (_, body, _) = fetch(&up, &mut again, Method::GET).await.unwrap();
         assert_eq!(body, b"hello");
         let seen = server.await.unwrap();

@@ -482,9 +482,8 @@ fn send(
                         _ => ProxyError::BadRequest("the request body ended early"),
                     });
                 }
-                let stale = !fresh
-                    && !f.answered
-                    && matches!(f.error, SendError::Closed | SendError::Io(_));
+                // `may_resend` also rules out a connection that had begun to answer.
+                let stale = !fresh && matches!(f.error, SendError::Closed | SendError::Io(_));
                 if stale && f.may_resend(&p.out) {
                     // A pooled connection the upstream had closed: once more, fresh.
                     fresh = true;
