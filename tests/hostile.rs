@@ -1,7 +1,8 @@
 //! Hostile input over real TLS connections (openssl s_client as a raw client).
 //! Each case asserts three things: the status edge answers, that the Flask
 //! backend never saw the request (its access log is read), and that edge still
-//! serves a clean request afterwards.
+//! serves a clean request afterwards. The last test turns it round: a backend
+//! that answers with broken HTTP/1.1.
 
 mod common;
 
@@ -486,4 +487,168 @@ fn without_alpn_a_client_gets_http1() {
     );
     assert_eq!(code, 200, "{body}");
     assert!(body.ends_with("1.1"), "not HTTP/1.1: {body}");
+}
+
+// ---------------------------------------------------------------- hostile upstream
+
+/// What the misbehaving backend sends for a path, and whether it then closes.
+fn upstream_script(path: &str) -> (Vec<u8>, bool) {
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec();
+    match path {
+        "/two-lengths" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok!".to_vec(),
+            true,
+        ),
+        "/garbage" => (b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec(), true),
+        "/huge-head" => {
+            let mut h = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+            h.extend(std::iter::repeat_n(b'a', 70_000));
+            h.extend_from_slice(b"\r\nContent-Length: 2\r\n\r\nok");
+            (h, true)
+        }
+        "/silent" => (Vec::new(), true),
+        "/truncated" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
+            true,
+        ),
+        "/bad-chunk" => (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n".to_vec(),
+            true,
+        ),
+        // A second answer nobody asked for, right behind the first: were the
+        // connection reused, the next request would get it.
+        "/smuggle" => {
+            let mut b = ok.clone();
+            b.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled");
+            (b, false)
+        }
+        // Both framings: RFC 9112 §6.3 says chunked wins and the connection
+        // must not be reused.
+        "/cl-te" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled".to_vec(),
+            false,
+        ),
+        _ => (ok, false),
+    }
+}
+
+/// A backend speaking broken HTTP/1.1 on purpose (no real server can be made
+/// to): one thread per connection, keep-alive unless the script closes.
+/// Returns its address and the paths it was asked for.
+fn misbehaving_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(s.try_clone().unwrap());
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                            break;
+                        }
+                    }
+                    log.lock().unwrap().push(path.clone());
+                    let (answer, close) = upstream_script(&path);
+                    let _ = s.write_all(&answer);
+                    if close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// curl's exit code and stderr for one request through edge.
+fn curl_exit(port: u16, path: &str, extra: &[&str]) -> (i32, String) {
+    let out = curl_cmd(
+        "bad.test",
+        port,
+        path,
+        &["--max-time", "10", "-o", "/dev/null"],
+        extra,
+    )
+    .output()
+    .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What a broken backend sends never reaches the client as if it were fine:
+/// an unreadable answer is a 502 with the reason in edge's log, a body cut off
+/// upstream is cut off for the client too (so it cannot take a partial file
+/// for a whole one), and bytes past an answer are never read as the next one.
+#[test]
+fn misbehaving_upstream_gets_502_cut_bodies_and_no_reuse() {
+    let (up, seen) = misbehaving_upstream();
+    let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["bad.test"], &[up])));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+
+    for (path, reason) in [
+        ("/two-lengths", "differing Content-Length values"),
+        ("/garbage", "malformed head"),
+        ("/huge-head", "response head over 64 KiB"),
+        ("/silent", "closed the connection without answering"),
+    ] {
+        for http in ["--http1.1", "--http2"] {
+            let (code, body) = curl("bad.test", port, path, &[http]);
+            assert_eq!(code, 502, "{path} {http}: {body}");
+        }
+        edge.proc.wait_for(reason, Duration::from_secs(5));
+    }
+
+    // Cut-off bodies: curl must fail, not save 10 of 100 bytes as a success.
+    // Over HTTP/1.1 that is 18 (CURLE_PARTIAL_FILE) when the head had gone out
+    // before the body failed, 52 (empty reply) when both came in one read and
+    // the connection closed before anything was written; over HTTP/2 the
+    // stream is reset.
+    for (path, reason) in [
+        ("/truncated", "90 bytes short of Content-Length"),
+        ("/bad-chunk", "invalid chunked body"),
+    ] {
+        let (exit, err) = curl_exit(port, path, &["--http1.1"]);
+        assert!(
+            exit == 18 || exit == 52,
+            "{path} over HTTP/1.1: {exit} {err}"
+        );
+        let (exit, err) = curl_exit(port, path, &["--http2"]);
+        assert_ne!(exit, 0, "{path} over HTTP/2 looked complete: {err}");
+        edge.proc.wait_for(reason, Duration::from_secs(5));
+        assert!(
+            edge.proc
+                .output()
+                .contains("the client's response was cut short"),
+            "{}",
+            edge.proc.output()
+        );
+    }
+
+    // Extra bytes after an answer: the connection is dropped, never reused.
+    for path in ["/smuggle", "/cl-te"] {
+        let (code, body) = curl("bad.test", port, path, &[]);
+        assert_eq!((code, body.as_str()), (200, "ok"), "{path}");
+        for _ in 0..5 {
+            let (code, body) = curl("bad.test", port, "/ok", &[]);
+            assert_eq!((code, body.as_str()), (200, "ok"), "after {path}");
+        }
+    }
+    // Every request above reached the backend once: no answer was replayed.
+    let oks = seen.lock().unwrap().iter().filter(|p| *p == "/ok").count();
+    assert_eq!(oks, 10);
 }

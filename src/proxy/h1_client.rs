@@ -411,6 +411,11 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
+        // The cap holds however the head arrived: in one read it is complete
+        // before `read_answer`'s check on partial heads sees it.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
+            return Err("response head over 64 KiB")
+        }
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("more than 100 header fields"),
@@ -631,15 +636,9 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
     }
 }
 
-impl Body for UpBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
+impl UpBody {
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self;
         loop {
             // Whole and Done gave the connection up when entered; a failed body
             // dropped it.
@@ -702,6 +701,30 @@ impl Body for UpBody {
                 }
             }
         }
+    }
+}
+
+impl Body for UpBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let r = self.poll_next(cx);
+        if let Poll::Ready(Some(Err(e))) = &r {
+            // The head has gone to the client, so all edge can do is cut the
+            // response off (HTTP/1.1: close; HTTP/2: reset the stream). The
+            // client sees that; the operator needs to see why, as with nginx's
+            // "upstream prematurely closed connection".
+            tracing::warn!(
+                upstream = %self.home.addr,
+                "{e}; the client's response was cut short"
+            );
+            self.conn = None;
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {

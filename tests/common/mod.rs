@@ -599,7 +599,7 @@ pub fn text(o: &Output) -> String {
 
 /// curl to `https://{url_host}:{port}{path}` with `url_host` resolved to
 /// 127.0.0.1; `opts` go before the caller's `extra` options.
-fn curl_cmd(url_host: &str, port: u16, path: &str, opts: &[&str], extra: &[&str]) -> Command {
+pub fn curl_cmd(url_host: &str, port: u16, path: &str, opts: &[&str], extra: &[&str]) -> Command {
     let mut c = Command::new("curl");
     c.args(["-sS", "-k"])
         .args(opts)
