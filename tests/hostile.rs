@@ -80,6 +80,80 @@ impl Setup {
         );
     }
 
+    /// A head sent one byte every 200 ms is cut off on the HTTPS listener
+    /// within the (1 s) header_read_timeout and never reaches the backend.
+    fn assert_https_dribble_cut(&self) {
+        let cmd = s_client(self.port(), true);
+        let mut p = Proc::spawn("slow client", cmd);
+        let start = Instant::now();
+        let req = b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n";
+        let mut closed = false;
+        for b in req.iter() {
+            std::thread::sleep(Duration::from_millis(200));
+            if p.try_write_stdin(&[*b]).is_err() {
+                closed = true;
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let took = start.elapsed();
+        // edge closed it: the next byte could not be written, long before the head was done.
+        assert!(
+            closed,
+            "slow client still connected after {took:?}:\n{}",
+            p.output()
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "dribbling client held the connection for {took:?}"
+        );
+        p.wait_exit(Duration::from_secs(5));
+        self.assert_backend_never_saw("/dribble");
+    }
+
+    /// The same on the plain-HTTP listener: no redirect for a dribbled head.
+    fn assert_http_dribble_cut(&self) {
+        // The read timeout paces the dribble and sees the close as soon as it comes.
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(self.edge.http).unwrap();
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let start = Instant::now();
+        let (mut closed, mut answer) = (false, Vec::new());
+        for b in b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n" {
+            let mut buf = [0u8; 512];
+            match c.read(&mut buf) {
+                Ok(0) => closed = true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(_) => closed = true,
+            }
+            if closed {
+                break;
+            }
+            if c.write_all(&[*b]).is_err() {
+                closed = true;
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let took = start.elapsed();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            closed && took < Duration::from_secs(3),
+            "plain-HTTP dribble held the connection for {took:?}"
+        );
+        assert!(
+            !answer.contains("Location"),
+            "a dribbled head was answered: {answer}"
+        );
+    }
+
     fn assert_clean_request_works(&self) {
         let (code, body) = curl("flask.test", self.port(), "/", &[]);
         assert_eq!(code, 200, "{body}");
@@ -224,76 +298,8 @@ fn body_limits_413_and_408() {
 #[test]
 fn slow_header_dribble_and_idle_keepalive_are_closed() {
     let s = setup("header_read_timeout = \"1s\"\nkeepalive_timeout = \"1s\"");
-    // One byte every 200 ms never completes a header within 1 s.
-    let cmd = s_client(s.port(), true);
-    let mut p = Proc::spawn("slow client", cmd);
-    let start = Instant::now();
-    let req = b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n";
-    let mut closed = false;
-    for b in req.iter() {
-        std::thread::sleep(Duration::from_millis(200));
-        if p.try_write_stdin(&[*b]).is_err() {
-            closed = true;
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(4) {
-            break;
-        }
-    }
-    let took = start.elapsed();
-    // edge closed it: the next byte could not be written, long before the head was done.
-    assert!(
-        closed,
-        "slow client still connected after {took:?}:\n{}",
-        p.output()
-    );
-    assert!(
-        took < Duration::from_secs(3),
-        "dribbling client held the connection for {took:?}"
-    );
-    p.wait_exit(Duration::from_secs(5));
-    s.assert_backend_never_saw("/dribble");
-
-    // The plain-HTTP listener (redirects only) has the same deadline. The
-    // read timeout paces the dribble and sees the close as soon as it comes.
-    {
-        use std::io::{Read, Write};
-        let mut c = std::net::TcpStream::connect(s.edge.http).unwrap();
-        c.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let start = Instant::now();
-        let (mut closed, mut answer) = (false, Vec::new());
-        for b in b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n" {
-            let mut buf = [0u8; 512];
-            match c.read(&mut buf) {
-                Ok(0) => closed = true,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(_) => closed = true,
-            }
-            if closed {
-                break;
-            }
-            if c.write_all(&[*b]).is_err() {
-                closed = true;
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(4) {
-                break;
-            }
-        }
-        let took = start.elapsed();
-        let answer = String::from_utf8_lossy(&answer);
-        assert!(
-            closed && took < Duration::from_secs(3),
-            "plain-HTTP dribble held the connection for {took:?}"
-        );
-        assert!(
-            !answer.contains("Location"),
-            "a dribbled head was answered: {answer}"
-        );
-    }
+    s.assert_https_dribble_cut();
+    s.assert_http_dribble_cut();
 
     // A keep-alive connection that goes quiet after one request is closed.
     let cmd = s_client(s.port(), true);
@@ -330,6 +336,58 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
     p.wait_exit(Duration::from_secs(5));
     assert_eq!(p.output().matches("Version1").count(), 6, "{}", p.output());
     s.assert_clean_request_works();
+}
+
+/// The two deadlines count from different moments, as nginx's
+/// client_header_timeout and keepalive_timeout do: the head's from its first
+/// byte, the idle one from the last byte of the previous answer. So a dribbled
+/// head is cut at header_read_timeout though keepalive_timeout is long, an idle
+/// keep-alive connection lives for keepalive_timeout though header_read_timeout
+/// is short, and an upload that takes longer than header_read_timeout is not
+/// cut (its head was complete long before).
+#[test]
+fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
+    let s = setup("header_read_timeout = \"1s\"\nkeepalive_timeout = \"3s\"");
+    s.assert_https_dribble_cut();
+    s.assert_http_dribble_cut();
+
+    let cmd = s_client(s.port(), true);
+    let mut p = Proc::spawn("idle client", cmd);
+    p.wait_for("verify return", Duration::from_secs(5));
+    let start = Instant::now();
+    p.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+    p.wait_exit(Duration::from_secs(8));
+    let idle = start.elapsed();
+    assert!(p.output().contains("Version1"), "{}", p.output());
+    assert!(
+        idle >= Duration::from_millis(2900) && idle < Duration::from_secs(6),
+        "idle keep-alive connection closed after {idle:?}, keepalive_timeout is 3 s"
+    );
+
+    // About 3 s at 40 KB/s: three times header_read_timeout.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'u'; 120_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let args = [
+        "--http1.1",
+        "--limit-rate",
+        "40k",
+        "--data-binary",
+        &data,
+        "-H",
+        "Content-Type: application/octet-stream",
+    ];
+    let start = Instant::now();
+    let (code, _, body) = curl_bytes("flask.test", s.port(), "/sha256", &args, dir.path());
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("120000"), "{body}");
+    assert!(
+        start.elapsed() > Duration::from_millis(1500),
+        "the upload was not slow enough to test anything: {:?}",
+        start.elapsed()
+    );
 }
 
 #[test]

@@ -11,8 +11,12 @@
 //! of that head before hyper sees it: hyper then fails to parse it, answers 400
 //! and closes the connection, and nothing reaches an upstream.
 //!
-//! The same wrapper closes keep-alive connections that sit idle with no request
-//! in flight for `keepalive_timeout`.
+//! The same wrapper keeps the connection's two deadlines on one timer: a
+//! keep-alive connection idle with no request in flight for
+//! `keepalive_timeout` is closed, and so is one whose request head is not
+//! complete `header_read_timeout` after its first byte (slowloris). hyper can
+//! keep the second itself, but arms a boxed timer per request to do it; here
+//! a request costs no timer work at all (see `Deadlines`).
 
 use std::future::Future;
 use std::io;
@@ -76,23 +80,72 @@ pub struct Guard<T> {
     pub smuggling_refused: bool,
 }
 
-/// The keep-alive deadline is `last + timeout`. Reads only record `last`; the
-/// timer is moved when it fires early, not on every read, which saves a timer
-/// wheel update per request (most connections never reach the deadline).
+/// What bounds a client connection in time, checked by the guard.
+pub struct Deadlines {
+    pub keepalive: Duration,
+    /// `None` where the protocol has its own (HTTP/2).
+    pub head: Option<Duration>,
+    /// Requests on the connection whose responses are not finished.
+    pub inflight: Arc<AtomicUsize>,
+}
+
+/// Neither deadline moves the timer per request. Reads and writes record
+/// times; the timer fires at least once per `min(keepalive, head)` and then
+/// judges from what was recorded, moving itself to the next real deadline.
+///
+/// A request head is taken to be in progress from the first byte read while
+/// nothing is in flight until the next write: every head hyper completes is
+/// either dispatched (the request is then in flight until its response is
+/// written, however long its body takes) or answered with an error. This
+/// needs no knowledge of HTTP framing, so it holds where the framing scan has
+/// stepped aside (upgrades, odd input) and on the plain-HTTP listener.
 struct Idle {
-    timeout: Duration,
+    keepalive: Duration,
+    head: Option<Duration>,
     sleep: Pin<Box<Sleep>>,
+    /// Last byte read or written.
     last: Instant,
+    /// First byte of a head still being read.
+    head_since: Option<Instant>,
     inflight: Arc<AtomicUsize>,
 }
 
+impl Idle {
+    /// The longest the timer may sleep without missing a head's deadline.
+    fn period(&self) -> Duration {
+        self.head.map_or(self.keepalive, |h| h.min(self.keepalive))
+    }
+
+    /// Called when the timer fires: the error that ends the connection, or
+    /// when to look again.
+    fn judge(&mut self, now: Instant) -> Result<Instant, &'static str> {
+        if self.inflight.load(Ordering::Acquire) > 0 {
+            // Any head read so far was dispatched; idle is not ours to judge.
+            self.head_since = None;
+            self.last = now;
+            return Ok(now + self.period());
+        }
+        if let (Some(since), Some(limit)) = (self.head_since, self.head) {
+            if now >= since + limit {
+                return Err("request head not complete within header_read_timeout");
+            }
+        }
+        let idle_due = self.last + self.keepalive;
+        if now >= idle_due {
+            return Err("keep-alive idle timeout");
+        }
+        let head_due = match (self.head_since, self.head) {
+            (Some(since), Some(limit)) => since + limit,
+            _ => now + self.period(),
+        };
+        Ok(idle_due.min(head_due))
+    }
+}
+
 impl<T> Guard<T> {
-    /// `track_http1` is false for HTTP/2 connections, which need only the idle timer.
-    pub fn new(
-        inner: T,
-        track_http1: bool,
-        keepalive: Option<(Duration, Arc<AtomicUsize>)>,
-    ) -> Guard<T> {
+    /// `track_http1` is false for HTTP/2 connections and the redirect-only
+    /// listener, which need only the deadlines.
+    pub fn new(inner: T, track_http1: bool, deadlines: Option<Deadlines>) -> Guard<T> {
         Guard {
             inner,
             state: if track_http1 {
@@ -101,11 +154,16 @@ impl<T> Guard<T> {
                 State::Passthrough
             },
             pending: Vec::new(),
-            idle: keepalive.map(|(timeout, inflight)| Idle {
-                timeout,
-                sleep: Box::pin(tokio::time::sleep(timeout)),
-                last: Instant::now(),
-                inflight,
+            idle: deadlines.map(|d| {
+                let period = d.head.map_or(d.keepalive, |h| h.min(d.keepalive));
+                Idle {
+                    keepalive: d.keepalive,
+                    head: d.head,
+                    sleep: Box::pin(tokio::time::sleep(period)),
+                    last: Instant::now(),
+                    head_since: None,
+                    inflight: d.inflight,
+                }
             }),
             smuggling_refused: false,
         }
@@ -115,9 +173,22 @@ impl<T> Guard<T> {
         &self.inner
     }
 
-    fn touch(&mut self) {
+    /// Bytes came in: maybe the first of a request head.
+    fn touch_read(&mut self) {
+        if let Some(i) = &mut self.idle {
+            let now = Instant::now();
+            i.last = now;
+            if i.head_since.is_none() && i.inflight.load(Ordering::Acquire) == 0 {
+                i.head_since = Some(now);
+            }
+        }
+    }
+
+    /// Bytes went out: an answer, so no head is pending any more.
+    fn touch_write(&mut self) {
         if let Some(i) = &mut self.idle {
             i.last = Instant::now();
+            i.head_since = None;
         }
     }
 
@@ -281,32 +352,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
                 let new = &mut buf.filled_mut()[before..];
                 if !new.is_empty() {
                     this.scan(new);
-                    this.touch();
+                    this.touch_read();
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 if let Some(i) = &mut self.idle {
-                    loop {
-                        if i.sleep.as_mut().poll(cx).is_pending() {
-                            break;
+                    while i.sleep.as_mut().poll(cx).is_ready() {
+                        match i.judge(Instant::now()) {
+                            Ok(next) => i.sleep.as_mut().reset(next),
+                            Err(why) => {
+                                return Poll::Ready(Err(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    why,
+                                )))
+                            }
                         }
-                        let due = i.last + i.timeout;
-                        if due > Instant::now() {
-                            // Bytes came since the timer was set: wait for the real deadline.
-                            i.sleep.as_mut().reset(due);
-                            continue;
-                        }
-                        if i.inflight.load(Ordering::Acquire) == 0 {
-                            return Poll::Ready(Err(io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "keep-alive idle timeout",
-                            )));
-                        }
-                        // A request is in flight: idle is not ours to judge; look again later.
-                        i.last = Instant::now();
-                        i.sleep.as_mut().reset(i.last + i.timeout);
                     }
                 }
                 Poll::Pending
@@ -323,7 +385,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guard<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.touch_write();
         }
         r
     }
@@ -343,7 +405,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guard<T> {
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
+            self.touch_write();
         }
         r
     }
@@ -366,6 +428,42 @@ mod tests {
             out.extend_from_slice(&b);
         }
         (out, g.smuggling_refused)
+    }
+
+    fn idle(head_since: Option<Instant>, inflight: usize) -> Idle {
+        let now = Instant::now();
+        Idle {
+            keepalive: Duration::from_secs(75),
+            head: Some(Duration::from_secs(30)),
+            sleep: Box::pin(tokio::time::sleep_until(now)),
+            last: now,
+            head_since,
+            inflight: Arc::new(AtomicUsize::new(inflight)),
+        }
+    }
+
+    #[tokio::test]
+    async fn deadlines_judged_from_recorded_times() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // Quiet, nothing pending: look again one period (the shorter timeout) on.
+        assert_eq!(idle(None, 0).judge(t0 + s(1)), Ok(t0 + s(31)));
+        // A head begun at t0: due at t0 + 30 s, and cut then.
+        let mut i = idle(Some(t0), 0);
+        assert_eq!(i.judge(t0 + s(10)), Ok(t0 + s(30)));
+        assert!(i
+            .judge(t0 + s(30))
+            .unwrap_err()
+            .contains("header_read_timeout"));
+        // A request in flight: the head was dispatched; neither deadline applies.
+        let mut i = idle(Some(t0), 1);
+        assert_eq!(i.judge(t0 + s(100)), Ok(t0 + s(130)));
+        assert_eq!(i.head_since, None);
+        // Idle with nothing pending for keepalive: closed.
+        assert!(idle(None, 0)
+            .judge(t0 + s(76))
+            .unwrap_err()
+            .contains("keep-alive"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::conn_limit::ConnLimiter;
-use super::framing::Guard;
+use super::framing::{Deadlines, Guard};
 use super::h2_streams::{StreamExec, WithStreams};
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
@@ -51,9 +51,13 @@ macro_rules! h2_limits {
 
 fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
+    // The head deadline is the framing guard's (`Deadlines`): hyper's would
+    // arm a boxed timer per request, and would also close idle keep-alive
+    // connections at header_read_timeout instead of keepalive_timeout. hyper
+    // sets 30 s by default once it has a timer, so it is switched off here.
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(l.header_read_timeout)
+        .header_read_timeout(None)
         .max_buf_size(l.max_header_bytes)
         .keep_alive(true);
     // hyper-util serves a connection with upgrades by sniffing its first
@@ -111,8 +115,11 @@ pub async fn serve_https(
         let proxy = proxy.clone();
         let (h1, conn_limits) = (h1.clone(), conn_limits.clone());
         let watcher = graceful.watcher();
-        let (handshake_timeout, keepalive) =
-            (limits.handshake_timeout, limits.limits.keepalive_timeout);
+        let (handshake_timeout, keepalive, header_read_timeout) = (
+            limits.handshake_timeout,
+            limits.limits.keepalive_timeout,
+            limits.limits.header_read_timeout,
+        );
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
@@ -137,7 +144,13 @@ pub async fn serve_https(
             let served = certs.current().for_sni(session.server_name()).cloned();
             let is_h2 = session.alpn_protocol() == Some(b"h2");
             let inflight = Arc::new(AtomicUsize::new(0));
-            let io = Guard::new(tls, !is_h2, Some((keepalive, inflight.clone())));
+            let deadlines = Deadlines {
+                keepalive,
+                // HTTP/2 has hyper's own for each stream's headers.
+                head: (!is_h2).then_some(header_read_timeout),
+                inflight: inflight.clone(),
+            };
+            let io = Guard::new(tls, !is_h2, Some(deadlines));
             let peer_header = super::headers::peer_value(peer.ip());
             let info = Arc::new(ConnInfo {
                 peer,
@@ -201,11 +214,17 @@ pub async fn serve_http(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let keepalive = limits.limits.keepalive_timeout;
+        let header_read_timeout = limits.limits.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
             let inflight = Arc::new(AtomicUsize::new(0));
-            let io = Guard::new(stream, false, Some((keepalive, inflight.clone())));
+            let deadlines = Deadlines {
+                keepalive,
+                head: Some(header_read_timeout),
+                inflight: inflight.clone(),
+            };
+            let io = Guard::new(stream, false, Some(deadlines));
             let svc = service_fn(move |req| {
                 let r = redirect.handle(req, peer, &inflight);
                 async move { r }
