@@ -351,6 +351,31 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
     s.assert_https_dribble_cut();
     s.assert_http_dribble_cut();
 
+    // A new connection that never sends a head is closed at header_read_timeout
+    // too (nginx's client_header_timeout counts from accept), on both listeners.
+    {
+        use std::io::Read;
+        let mut c = std::net::TcpStream::connect(s.edge.http).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let start = Instant::now();
+        let n = c.read(&mut [0u8; 64]).unwrap_or(0);
+        let took = start.elapsed();
+        assert_eq!(n, 0, "edge said something to a silent client");
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+            "silent plain-HTTP connection closed after {took:?}"
+        );
+    }
+    let mut p = Proc::spawn("silent client", s_client(s.port(), true));
+    p.wait_for("verify return", Duration::from_secs(5));
+    let start = Instant::now();
+    p.wait_exit(Duration::from_secs(5));
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_millis(2500),
+        "silent TLS connection held for {took:?}"
+    );
+
     let cmd = s_client(s.port(), true);
     let mut p = Proc::spawn("idle client", cmd);
     p.wait_for("verify return", Duration::from_secs(5));

@@ -110,10 +110,14 @@ struct Idle {
     inflight: Arc<AtomicUsize>,
 }
 
+/// The longest the timer may sleep without missing a deadline.
+fn period(keepalive: Duration, head: Option<Duration>) -> Duration {
+    head.map_or(keepalive, |h| h.min(keepalive))
+}
+
 impl Idle {
-    /// The longest the timer may sleep without missing a head's deadline.
     fn period(&self) -> Duration {
-        self.head.map_or(self.keepalive, |h| h.min(self.keepalive))
+        period(self.keepalive, self.head)
     }
 
     /// Called when the timer fires: the error that ends the connection, or
@@ -155,13 +159,16 @@ impl<T> Guard<T> {
             },
             pending: Vec::new(),
             idle: deadlines.map(|d| {
-                let period = d.head.map_or(d.keepalive, |h| h.min(d.keepalive));
+                let now = Instant::now();
                 Idle {
                     keepalive: d.keepalive,
                     head: d.head,
-                    sleep: Box::pin(tokio::time::sleep(period)),
-                    last: Instant::now(),
-                    head_since: None,
+                    sleep: Box::pin(tokio::time::sleep(period(d.keepalive, d.head))),
+                    last: now,
+                    // A new connection owes its first request head from the
+                    // start, as nginx counts client_header_timeout from accept:
+                    // one that sends nothing does not wait out keepalive_timeout.
+                    head_since: d.head.map(|_| now),
                     inflight: d.inflight,
                 }
             }),
