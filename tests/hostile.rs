@@ -49,6 +49,21 @@ fn raw_tls(port: u16, request: &[u8]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Sends a request head a byte at a time through `send` (false: the
+/// connection is closed), for at most 4 s: (closed, time taken).
+fn dribble(mut send: impl FnMut(u8) -> bool) -> (bool, Duration) {
+    let start = Instant::now();
+    for &b in b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n" {
+        if !send(b) {
+            return (true, start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    (false, start.elapsed())
+}
+
 impl Setup {
     fn port(&self) -> u16 {
         self.edge.https.port()
@@ -83,31 +98,16 @@ impl Setup {
     /// A head sent one byte every 200 ms is cut off on the HTTPS listener
     /// within the (1 s) header_read_timeout and never reaches the backend.
     fn assert_https_dribble_cut(&self) {
-        let cmd = s_client(self.port(), true);
-        let mut p = Proc::spawn("slow client", cmd);
-        let start = Instant::now();
-        let req = b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n";
-        let mut closed = false;
-        for b in req.iter() {
+        let mut p = Proc::spawn("slow client", s_client(self.port(), true));
+        let (closed, took) = dribble(|b| {
             std::thread::sleep(Duration::from_millis(200));
-            if p.try_write_stdin(&[*b]).is_err() {
-                closed = true;
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(4) {
-                break;
-            }
-        }
-        let took = start.elapsed();
+            p.try_write_stdin(&[b]).is_ok()
+        });
         // edge closed it: the next byte could not be written, long before the head was done.
         assert!(
-            closed,
-            "slow client still connected after {took:?}:\n{}",
+            closed && took < Duration::from_secs(3),
+            "slow client held the connection for {took:?}:\n{}",
             p.output()
-        );
-        assert!(
-            took < Duration::from_secs(3),
-            "dribbling client held the connection for {took:?}"
         );
         p.wait_exit(Duration::from_secs(5));
         self.assert_backend_never_saw("/dribble");
@@ -115,34 +115,27 @@ impl Setup {
 
     /// The same on the plain-HTTP listener: no redirect for a dribbled head.
     fn assert_http_dribble_cut(&self) {
-        // The read timeout paces the dribble and sees the close as soon as it comes.
         use std::io::{Read, Write};
         let mut c = std::net::TcpStream::connect(self.edge.http).unwrap();
+        // The read timeout paces the dribble and sees the close as soon as it comes.
         c.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
-        let start = Instant::now();
-        let (mut closed, mut answer) = (false, Vec::new());
-        for b in b"GET /dribble HTTP/1.1\r\nHost: flask.test\r\n\r\n" {
+        let mut answer = Vec::new();
+        let (closed, took) = dribble(|b| {
             let mut buf = [0u8; 512];
-            match c.read(&mut buf) {
-                Ok(0) => closed = true,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(_) => closed = true,
-            }
-            if closed {
-                break;
-            }
-            if c.write_all(&[*b]).is_err() {
-                closed = true;
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(4) {
-                break;
-            }
-        }
-        let took = start.elapsed();
+            let open = match c.read(&mut buf) {
+                Ok(0) => false,
+                Ok(n) => {
+                    answer.extend_from_slice(&buf[..n]);
+                    true
+                }
+                Err(e) => matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ),
+            };
+            open && c.write_all(&[b]).is_ok()
+        });
         let answer = String::from_utf8_lossy(&answer);
         assert!(
             closed && took < Duration::from_secs(3),
@@ -152,6 +145,19 @@ impl Setup {
             !answer.contains("Location"),
             "a dribbled head was answered: {answer}"
         );
+    }
+
+    /// How long a keep-alive connection lives after one answer, quiet since.
+    fn idle_keepalive_lifetime(&self) -> Duration {
+        let mut p = Proc::spawn("idle client", s_client(self.port(), true));
+        p.wait_for("verify return", Duration::from_secs(5));
+        let start = Instant::now();
+        p.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+        p.wait_exit(Duration::from_secs(10));
+        let idle = start.elapsed();
+        // The body has no trailing newline, so it shows up once the connection closes.
+        assert!(p.output().contains("Version1"), "{}", p.output());
+        idle
     }
 
     fn assert_clean_request_works(&self) {
@@ -302,15 +308,7 @@ fn slow_header_dribble_and_idle_keepalive_are_closed() {
     s.assert_http_dribble_cut();
 
     // A keep-alive connection that goes quiet after one request is closed.
-    let cmd = s_client(s.port(), true);
-    let mut p = Proc::spawn("idle client", cmd);
-    p.wait_for("verify return", Duration::from_secs(5));
-    let start = Instant::now();
-    p.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
-    p.wait_exit(Duration::from_secs(5));
-    let idle = start.elapsed();
-    // The body has no trailing newline, so it shows up once the connection closes.
-    assert!(p.output().contains("Version1"), "{}", p.output());
+    let idle = s.idle_keepalive_lifetime();
     assert!(
         idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
         "idle connection closed after {idle:?}"
@@ -376,14 +374,7 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
         "silent TLS connection held for {took:?}"
     );
 
-    let cmd = s_client(s.port(), true);
-    let mut p = Proc::spawn("idle client", cmd);
-    p.wait_for("verify return", Duration::from_secs(5));
-    let start = Instant::now();
-    p.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
-    p.wait_exit(Duration::from_secs(8));
-    let idle = start.elapsed();
-    assert!(p.output().contains("Version1"), "{}", p.output());
+    let idle = s.idle_keepalive_lifetime();
     assert!(
         idle >= Duration::from_millis(2900) && idle < Duration::from_secs(6),
         "idle keep-alive connection closed after {idle:?}, keepalive_timeout is 3 s"
