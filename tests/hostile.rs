@@ -581,6 +581,11 @@ fn upstream_script(path: &str) -> (Vec<u8>, bool) {
             (h, true)
         }
         "/silent" => (Vec::new(), true),
+        // Ten bytes of a hundred, then nothing, with the connection left open.
+        "/stall" => (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
+            false,
+        ),
         "/truncated" => (
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
             true,
@@ -670,7 +675,11 @@ fn curl_exit(port: u16, path: &str, extra: &[&str]) -> (i32, String) {
 #[test]
 fn misbehaving_upstream_gets_502_cut_bodies_and_no_reuse() {
     let (up, seen) = misbehaving_upstream();
-    let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["bad.test"], &[up])));
+    let (_dir, cfg) = config(&format!(
+        "{}{}response_timeout = \"1s\"\n",
+        listen_any(),
+        site(&["bad.test"], &[up])
+    ));
     let edge = Edge::serve(&cfg);
     let port = edge.https.port();
 
@@ -712,6 +721,23 @@ fn misbehaving_upstream_gets_502_cut_bodies_and_no_reuse() {
             edge.proc.output()
         );
     }
+
+    // A body that stops coming: cut at the site's response_timeout (1 s) between
+    // two reads, as nginx's proxy_read_timeout does; not held until curl gives up.
+    for http in ["--http1.1", "--http2"] {
+        let start = Instant::now();
+        let (exit, err) = curl_exit(port, "/stall", &[http]);
+        assert_ne!(exit, 0, "/stall {http} looked complete: {err}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "/stall {http} held for {:?}",
+            start.elapsed()
+        );
+    }
+    edge.proc.wait_for(
+        "sent nothing for 1s in the middle of the body",
+        Duration::from_secs(5),
+    );
 
     // Extra bytes after an answer: the connection is dropped, never reused.
     for path in ["/smuggle", "/cl-te"] {

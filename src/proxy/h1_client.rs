@@ -17,6 +17,7 @@
 //! fails the request with a reason instead of being guessed at: conflicting
 //! lengths, a malformed head, a head over 64 KiB.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -552,6 +553,8 @@ pub enum BodyError {
     ChunkCut,
     #[error("upstream sent an invalid chunked body: {0}")]
     Chunked(&'static str),
+    #[error("upstream sent nothing for {} in the middle of the body (the site's response_timeout)", humantime::format_duration(*.0))]
+    Stalled(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -574,12 +577,25 @@ pub struct UpBody {
     state: State,
     keep_alive: bool,
     home: Arc<Upstream>,
+    /// Longest wait for the next body bytes: the site's response_timeout, as
+    /// nginx's proxy_read_timeout runs between two reads. Without it a backend
+    /// that stops mid-body would hold the client and an upstream slot forever.
+    read_timeout: std::time::Duration,
+    /// Armed on the first wait for the socket; a whole body never needs it.
+    stall: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data came since the stall timer was last set.
+    moved: bool,
 }
 
 impl UpBody {
     /// The body of `answer`, read from `conn`. Returns the connection too
     /// when the answer was a `101`: it belongs to the tunnel now.
-    pub fn new(mut conn: Conn, answer: &Answer, home: &Arc<Upstream>) -> (UpBody, Option<Conn>) {
+    pub fn new(
+        mut conn: Conn,
+        answer: &Answer,
+        home: &Arc<Upstream>,
+        read_timeout: std::time::Duration,
+    ) -> (UpBody, Option<Conn>) {
         let state = match answer.framing {
             Framing::Upgrade => {
                 let body = UpBody {
@@ -587,6 +603,9 @@ impl UpBody {
                     state: State::Done,
                     keep_alive: false,
                     home: home.clone(),
+                    read_timeout,
+                    stall: None,
+                    moved: false,
                 };
                 return (body, Some(conn));
             }
@@ -605,6 +624,9 @@ impl UpBody {
             state,
             keep_alive: answer.keep_alive,
             home: home.clone(),
+            read_timeout,
+            stall: None,
+            moved: false,
         };
         if matches!(body.state, State::Done | State::Whole(_)) {
             body.release();
@@ -712,7 +734,25 @@ impl Body for UpBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let r = self.poll_next(cx);
+        let mut r = self.poll_next(cx);
+        match &r {
+            Poll::Ready(Some(Ok(_))) => self.moved = true,
+            // Only a wait for the upstream's socket is Pending here.
+            Poll::Pending => {
+                let timeout = self.read_timeout;
+                let moved = std::mem::take(&mut self.moved);
+                let stall = self
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                if moved {
+                    stall.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+                if stall.as_mut().poll(cx).is_ready() {
+                    r = Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
+                }
+            }
+            _ => {}
+        }
         if let Poll::Ready(Some(Err(e))) = &r {
             // The head has gone to the client, so all edge can do is cut the
             // response off (HTTP/1.1: close; HTTP/2: reset the stream). The
@@ -805,7 +845,7 @@ mod tests {
         let out = Outgoing::encode(&get(method, &[("host", "a")]), false);
         let mut conn = c.take().unwrap();
         let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new()).await?;
-        let (body, _) = UpBody::new(conn, &answer, up);
+        let (body, _) = UpBody::new(conn, &answer, up, std::time::Duration::from_secs(60));
         let all = body.collect().await.expect("body");
         let trailers = all.trailers().cloned();
         Ok((answer.head.status, all.to_bytes().to_vec(), trailers))
@@ -942,7 +982,7 @@ mod tests {
             .await
             .unwrap();
         assert!(!answer.head.headers.contains_key(header::CONTENT_LENGTH));
-        let (body, _) = UpBody::new(conn, &answer, &up);
+        let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert!(up.take_idle().is_none());
     }
@@ -969,7 +1009,7 @@ mod tests {
             let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new())
                 .await
                 .unwrap();
-            let (body, _) = UpBody::new(conn, &answer, &up);
+            let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
             let e = body.collect().await.unwrap_err();
             assert!(e.to_string().contains(want), "{want}: got {e}");
         }
@@ -1042,7 +1082,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.head.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let (body, _) = UpBody::new(conn, &answer, &up);
+        let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
         drop(body);
         assert!(up.take_idle().is_none(), "reused with half a body unsent");
     }

@@ -444,7 +444,7 @@ fn send(
                 let f = match sent {
                     Ok(Ok(answer)) => {
                         up.record_success();
-                        let (body, tunnel_conn) = UpBody::new(c, &answer, up);
+                        let (body, tunnel_conn) = UpBody::new(c, &answer, up, cfg.response_timeout);
                         if let Some(tc) = tunnel_conn {
                             // The upstream agreed: from here on the two connections are one tunnel.
                             let Some(client) = p.client_upgrade.take() else {
