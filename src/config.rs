@@ -142,6 +142,7 @@ struct RawLog {
 struct RawLimits {
     header_read_timeout: Option<String>,
     keepalive_timeout: Option<String>,
+    send_timeout: Option<String>,
     body_idle_timeout: Option<String>,
     max_header_bytes: Option<toml::Value>,
     max_body_bytes: Option<toml::Value>,
@@ -239,6 +240,7 @@ pub struct Config {
 pub struct Limits {
     pub header_read_timeout: Duration,
     pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
     pub body_idle_timeout: Duration,
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
@@ -254,6 +256,7 @@ impl Default for Limits {
         Limits {
             header_read_timeout: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(75),
+            send_timeout: Duration::from_secs(60),
             body_idle_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_body_bytes: 16 * 1024 * 1024,
@@ -790,6 +793,11 @@ impl Validator<'_> {
                 "limits.keepalive_timeout",
                 raw.keepalive_timeout.as_deref(),
                 d.keepalive_timeout,
+            )?,
+            send_timeout: self.duration(
+                "limits.send_timeout",
+                raw.send_timeout.as_deref(),
+                d.send_timeout,
             )?,
             body_idle_timeout: self.duration(
                 "limits.body_idle_timeout",

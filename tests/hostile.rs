@@ -111,6 +111,10 @@ impl Setup {
         );
         p.wait_exit(Duration::from_secs(5));
         self.assert_backend_never_saw("/dribble");
+        self.edge.proc.wait_for(
+            "closing the connection: request head not complete within header_read_timeout",
+            Duration::from_secs(5),
+        );
     }
 
     /// The same on the plain-HTTP listener: no redirect for a dribbled head.
@@ -403,6 +407,58 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
         start.elapsed() > Duration::from_millis(1500),
         "the upload was not slow enough to test anything: {:?}",
         start.elapsed()
+    );
+}
+
+/// A client that asks for a large response and stops reading is cut off
+/// after send_timeout (nginx's send_timeout), and the upstream connection its
+/// response held is freed: with max_conns = 1, the next request is served.
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
+    let flask = Flask::start(1);
+    let (_dir, cfg) = config(&format!(
+        "{}[limits]\nsend_timeout = \"1s\"\n{}max_conns = 1\n",
+        listen_any(),
+        site(&["flask.test"], &[flask.addr()])
+    ));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    // 40 MB: more than the client's and edge's socket buffers hold together.
+    let mut client = s_client(port, true)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = client.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        stdin
+            .write_all(b"GET /stream?chunks=4000&size=10000 HTTP/1.1\r\nHost: flask.test\r\n\r\n")
+            .unwrap();
+        stdin.flush().unwrap();
+    }
+    // Nobody reads the client's stdout, so it stops reading the socket.
+    edge.proc.wait_for(
+        "the client took no response bytes within send_timeout",
+        Duration::from_secs(20),
+    );
+    let start = Instant::now();
+    let (code, body) = curl("flask.test", port, "/", &[]);
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "the stalled response still held the only upstream slot"
+    );
+    // What the client got ends short of the 40 MB: cut off, not finished.
+    drop(stdin);
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut client.stdout.take().unwrap(), &mut got).unwrap();
+    let _ = client.wait();
+    assert!(
+        got.len() < 40_000_000,
+        "the whole response arrived: {} bytes",
+        got.len()
     );
 }
 

@@ -11,15 +11,19 @@
 //! of that head before hyper sees it: hyper then fails to parse it, answers 400
 //! and closes the connection, and nothing reaches an upstream.
 //!
-//! The same wrapper keeps the connection's two deadlines on one timer: a
+//! The same wrapper keeps the connection's deadlines on one timer: a
 //! keep-alive connection idle with no request in flight for
-//! `keepalive_timeout` is closed, and so is one whose request head is not
-//! complete `header_read_timeout` after its first byte (slowloris). hyper can
-//! keep the second itself, but arms a boxed timer per request to do it; here
-//! a request costs no timer work at all (see `Deadlines`).
+//! `keepalive_timeout` is closed, so is one whose request head is not
+//! complete `header_read_timeout` after its first byte (slowloris), and one
+//! whose client has taken no response bytes for `send_timeout` (a client that
+//! stops reading would otherwise hold its response's upstream connection
+//! forever). hyper can keep the head deadline itself, but arms a boxed timer
+//! per request to do it; here a request costs no timer work at all (see
+//! `Deadlines`).
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -83,10 +87,14 @@ pub struct Guard<T> {
 /// What bounds a client connection in time, checked by the guard.
 pub struct Deadlines {
     pub keepalive: Duration,
+    /// Longest a write may wait on the client.
+    pub send: Duration,
     /// `None` where the protocol has its own (HTTP/2).
     pub head: Option<Duration>,
     /// Requests on the connection whose responses are not finished.
     pub inflight: Arc<AtomicUsize>,
+    /// For the log line when a deadline ends the connection.
+    pub peer: SocketAddr,
 }
 
 /// Neither deadline moves the timer per request. Reads and writes record
@@ -101,13 +109,28 @@ pub struct Deadlines {
 /// stepped aside (upgrades, odd input) and on the plain-HTTP listener.
 struct Idle {
     keepalive: Duration,
+    send: Duration,
     head: Option<Duration>,
     sleep: Pin<Box<Sleep>>,
     /// Last byte read or written.
     last: Instant,
     /// First byte of a head still being read.
     head_since: Option<Instant>,
+    /// Since when a write has waited on the client, if one is waiting.
+    write_blocked_since: Option<Instant>,
     inflight: Arc<AtomicUsize>,
+    peer: SocketAddr,
+}
+
+/// Which deadline ended a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Expired {
+    #[error("keep-alive idle timeout")]
+    Idle,
+    #[error("request head not complete within header_read_timeout")]
+    Head,
+    #[error("the client took no response bytes within send_timeout")]
+    Send,
 }
 
 /// The longest the timer may sleep without missing a deadline.
@@ -120,9 +143,18 @@ impl Idle {
         period(self.keepalive, self.head)
     }
 
-    /// Called when the timer fires: the error that ends the connection, or
+    /// Called when the timer fires: the deadline that ends the connection, or
     /// when to look again.
-    fn judge(&mut self, now: Instant) -> Result<Instant, &'static str> {
+    fn judge(&mut self, now: Instant) -> Result<Instant, Expired> {
+        let next = self.judge_reads(now)?;
+        match self.write_blocked_since {
+            Some(since) if now >= since + self.send => Err(Expired::Send),
+            Some(since) => Ok(next.min(since + self.send)),
+            None => Ok(next),
+        }
+    }
+
+    fn judge_reads(&mut self, now: Instant) -> Result<Instant, Expired> {
         if self.inflight.load(Ordering::Acquire) > 0 {
             // Any head read so far was dispatched; idle is not ours to judge.
             self.head_since = None;
@@ -131,12 +163,12 @@ impl Idle {
         }
         if let (Some(since), Some(limit)) = (self.head_since, self.head) {
             if now >= since + limit {
-                return Err("request head not complete within header_read_timeout");
+                return Err(Expired::Head);
             }
         }
         let idle_due = self.last + self.keepalive;
         if now >= idle_due {
-            return Err("keep-alive idle timeout");
+            return Err(Expired::Idle);
         }
         let head_due = match (self.head_since, self.head) {
             (Some(since), Some(limit)) => since + limit,
@@ -162,6 +194,7 @@ impl<T> Guard<T> {
                 let now = Instant::now();
                 Idle {
                     keepalive: d.keepalive,
+                    send: d.send,
                     head: d.head,
                     sleep: Box::pin(tokio::time::sleep(period(d.keepalive, d.head))),
                     last: now,
@@ -169,7 +202,9 @@ impl<T> Guard<T> {
                     // start, as nginx counts client_header_timeout from accept:
                     // one that sends nothing does not wait out keepalive_timeout.
                     head_since: d.head.map(|_| now),
+                    write_blocked_since: None,
                     inflight: d.inflight,
+                    peer: d.peer,
                 }
             }),
             smuggling_refused: false,
@@ -196,7 +231,46 @@ impl<T> Guard<T> {
         if let Some(i) = &mut self.idle {
             i.last = Instant::now();
             i.head_since = None;
+            i.write_blocked_since = None;
         }
+    }
+
+    /// A write must wait for the client: the send deadline starts, if it has
+    /// not already. Ends the connection once a deadline has passed.
+    fn write_blocked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(i) = &mut self.idle {
+            if i.write_blocked_since.is_none() {
+                let now = Instant::now();
+                i.write_blocked_since = Some(now);
+                let due = now + i.send;
+                if i.sleep.deadline() > due {
+                    i.sleep.as_mut().reset(due);
+                }
+            }
+        }
+        self.poll_deadlines(cx)
+    }
+
+    /// Polls the timer; when it fires, judges the deadlines and either moves
+    /// it to the next one or fails the connection.
+    fn poll_deadlines(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(i) = &mut self.idle {
+            while i.sleep.as_mut().poll(cx).is_ready() {
+                match i.judge(Instant::now()) {
+                    Ok(next) => i.sleep.as_mut().reset(next),
+                    Err(why) => {
+                        // An idle keep-alive connection closing is routine; the
+                        // other two are a client misbehaving (nginx logs them at
+                        // info too).
+                        if why != Expired::Idle {
+                            tracing::info!(client = %i.peer, "closing the connection: {why}");
+                        }
+                        return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
+                    }
+                }
+            }
+        }
+        Poll::Pending
     }
 
     /// Walks newly read bytes; may overwrite one byte to make hyper refuse a head.
@@ -364,22 +438,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guard<T> {
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => {
-                if let Some(i) = &mut self.idle {
-                    while i.sleep.as_mut().poll(cx).is_ready() {
-                        match i.judge(Instant::now()) {
-                            Ok(next) => i.sleep.as_mut().reset(next),
-                            Err(why) => {
-                                return Poll::Ready(Err(io::Error::new(
-                                    io::ErrorKind::TimedOut,
-                                    why,
-                                )))
-                            }
-                        }
-                    }
-                }
-                Poll::Pending
+            Poll::Pending => self.poll_deadlines(cx),
+        }
+    }
+}
+
+impl<T> Guard<T> {
+    fn wrote(
+        &mut self,
+        r: Poll<io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<usize>> {
+        match r {
+            Poll::Ready(Ok(n)) if n > 0 => {
+                self.touch_write();
+                Poll::Ready(Ok(n))
             }
+            Poll::Pending => self.write_blocked(cx).map(|r| r.map(|()| 0)),
+            r => r,
         }
     }
 }
@@ -391,14 +467,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guard<T> {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write(cx, data);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch_write();
-        }
-        r
+        self.wrote(r, cx)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => self.write_blocked(cx).map(|r| r.and(Ok(()))),
+            r => r,
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -411,10 +487,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guard<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch_write();
-        }
-        r
+        self.wrote(r, cx)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -441,11 +514,14 @@ mod tests {
         let now = Instant::now();
         Idle {
             keepalive: Duration::from_secs(75),
+            send: Duration::from_secs(60),
             head: Some(Duration::from_secs(30)),
             sleep: Box::pin(tokio::time::sleep_until(now)),
             last: now,
             head_since,
+            write_blocked_since: None,
             inflight: Arc::new(AtomicUsize::new(inflight)),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
         }
     }
 
@@ -458,19 +534,18 @@ mod tests {
         // A head begun at t0: due at t0 + 30 s, and cut then.
         let mut i = idle(Some(t0), 0);
         assert_eq!(i.judge(t0 + s(10)), Ok(t0 + s(30)));
-        assert!(i
-            .judge(t0 + s(30))
-            .unwrap_err()
-            .contains("header_read_timeout"));
+        assert_eq!(i.judge(t0 + s(30)), Err(Expired::Head));
         // A request in flight: the head was dispatched; neither deadline applies.
         let mut i = idle(Some(t0), 1);
         assert_eq!(i.judge(t0 + s(100)), Ok(t0 + s(130)));
         assert_eq!(i.head_since, None);
         // Idle with nothing pending for keepalive: closed.
-        assert!(idle(None, 0)
-            .judge(t0 + s(76))
-            .unwrap_err()
-            .contains("keep-alive"));
+        assert_eq!(idle(None, 0).judge(t0 + s(76)), Err(Expired::Idle));
+        // A write waiting on the client since t0: due at t0 + 60 s, in flight or not.
+        let mut i = idle(None, 1);
+        i.write_blocked_since = Some(t0);
+        assert_eq!(i.judge(t0 + s(40)), Ok(t0 + s(60)));
+        assert_eq!(i.judge(t0 + s(60)), Err(Expired::Send));
     }
 
     #[test]

@@ -115,10 +115,11 @@ pub async fn serve_https(
         let proxy = proxy.clone();
         let (h1, conn_limits) = (h1.clone(), conn_limits.clone());
         let watcher = graceful.watcher();
-        let (handshake_timeout, keepalive, header_read_timeout) = (
+        let (handshake_timeout, keepalive, header_read_timeout, send_timeout) = (
             limits.handshake_timeout,
             limits.limits.keepalive_timeout,
             limits.limits.header_read_timeout,
+            limits.limits.send_timeout,
         );
         tokio::spawn(async move {
             let _permit = permit;
@@ -146,9 +147,11 @@ pub async fn serve_https(
             let inflight = Arc::new(AtomicUsize::new(0));
             let deadlines = Deadlines {
                 keepalive,
+                send: send_timeout,
                 // HTTP/2 has hyper's own for each stream's headers.
                 head: (!is_h2).then_some(header_read_timeout),
                 inflight: inflight.clone(),
+                peer,
             };
             let io = Guard::new(tls, !is_h2, Some(deadlines));
             let peer_header = super::headers::peer_value(peer.ip());
@@ -215,14 +218,17 @@ pub async fn serve_http(
         let watcher = graceful.watcher();
         let keepalive = limits.limits.keepalive_timeout;
         let header_read_timeout = limits.limits.header_read_timeout;
+        let send_timeout = limits.limits.send_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
             let inflight = Arc::new(AtomicUsize::new(0));
             let deadlines = Deadlines {
                 keepalive,
+                send: send_timeout,
                 head: Some(header_read_timeout),
                 inflight: inflight.clone(),
+                peer,
             };
             let io = Guard::new(stream, false, Some(deadlines));
             let svc = service_fn(move |req| {
