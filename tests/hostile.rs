@@ -462,6 +462,67 @@ fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
     );
 }
 
+/// The same over HTTP/2, where a client can go on reading the connection and
+/// never open a stream's flow-control window: that stream is reset after
+/// send_timeout and its upstream connection freed; the connection and its
+/// other streams go on.
+#[test]
+fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
+    let flask = Flask::start(1);
+    let (_dir, cfg) = config(&format!(
+        "{}[limits]\nsend_timeout = \"1s\"\n{}max_conns = 1\n",
+        listen_any(),
+        site(&["flask.test"], &[flask.addr()])
+    ));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        // A window of 0: edge may send the head but no byte of the body.
+        let mut b = h2::client::Builder::new();
+        b.initial_window_size(0);
+        let (mut h2c, _driver) = h2_connect(port, &b).await;
+        let req = http::Request::get(format!(
+            "https://flask.test:{port}/stream?chunks=100&size=10000"
+        ))
+        .body(())
+        .unwrap();
+        let (resp, _) = h2c.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+            .await
+            .expect("no response head")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let start = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("the stalled stream was never reset");
+        let err = end.expect("the body ended cleanly").unwrap_err();
+        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+        assert!(
+            start.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            start.elapsed()
+        );
+        // The upstream's only slot is free, and the same connection still works.
+        let req = http::Request::get(format!("https://flask.test:{port}/"))
+            .body(())
+            .unwrap();
+        let (resp, _) = h2c.send_request(req, true).unwrap();
+        let resp = tokio::time::timeout(Duration::from_secs(3), resp)
+            .await
+            .expect("the upstream slot was still taken")
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    });
+    edge.proc
+        .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
+}
+
 #[test]
 fn connections_per_ip_are_capped() {
     let s = setup("max_connections_per_ip = 2");
@@ -497,7 +558,35 @@ fn connections_per_ip_are_capped() {
     s.assert_backend_never_saw("/capped");
 }
 
-/// Accepts any server certificate: the rapid-reset client only needs the bytes.
+/// A raw HTTP/2 client over TLS to edge, with its connection driven by a task.
+async fn h2_connect(
+    port: u16,
+    builder: &h2::client::Builder,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("flask.test").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (h2c, conn) = builder.handshake(tls).await.unwrap();
+    (h2c, tokio::spawn(conn))
+}
+
+/// Accepts any server certificate: the raw HTTP/2 clients only need the bytes.
 #[derive(Debug)]
 struct AnyCert;
 
@@ -544,24 +633,7 @@ fn http2_rapid_reset_gets_goaway_and_others_are_served() {
         .build()
         .unwrap();
     let outcome = rt.block_on(async move {
-        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
-            .with_no_client_auth();
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let name = rustls_pki_types::ServerName::try_from("flask.test").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (mut h2c, conn) = h2::client::handshake(tls).await.unwrap();
-        let driver = tokio::spawn(conn);
+        let (mut h2c, driver) = h2_connect(port, &h2::client::Builder::new()).await;
         let mut sent = 0;
         let mut refused = String::new();
         for _ in 0..5000 {

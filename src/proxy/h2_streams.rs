@@ -22,22 +22,54 @@
 //! ([`reset_check`]) and every new stream is polled twice in its first turn
 //! ([`Started`]): between the two, hyper has looked for a reset that came in
 //! the same read.
+//!
+//! A stream whose client takes none of its answer for `send_timeout` is reset
+//! (nginx's send_timeout, per stream). An HTTP/2 client can keep reading the
+//! connection and yet never open a stream's flow-control window; that stream
+//! is then never polled, so nothing inside it can notice, and the upstream
+//! connection its answer comes from stays taken. The connection's future
+//! sweeps its streams instead (see [`waiting_on_client`] and `WithStreams`).
 
+use std::cell::Cell;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::time::{Instant, Sleep};
 
 type StreamFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+thread_local! {
+    /// Set during one stream's poll: whether what it waits on next is the
+    /// client taking data. A thread-local, because the stream's future is
+    /// hyper's, and the request path and the answer's body inside it are
+    /// edge's: they say what they wait on, the wrapper reads it afterwards.
+    static OWED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Called by the request path: `true` when the answer is ready to go to the
+/// client, and from the answer's body after each poll (`true` when it gave a
+/// frame: hyper now needs flow-control room to send it; `false` when it waits
+/// on the upstream, which has its own timeout). Costs a thread-local store;
+/// outside an HTTP/2 stream nobody reads it.
+pub fn waiting_on_client(yes: bool) {
+    OWED.with(|o| o.set(yes));
+}
+
+/// Sweeps a stream must stay unpolled, waiting on its client, to be reset:
+/// with a sweep every half `send_timeout`, between one and one and a half.
+const QUIET_SWEEPS: u8 = 3;
 
 /// The executor given to one connection's HTTP/2 builder. hyper calls it from
 /// within the connection's (or a stream's) `poll`, and [`WithStreams`] picks
 /// the futures up in the same poll; the mutex is never contended, and never
 /// held while a stream runs.
 #[derive(Clone, Default)]
-pub struct StreamExec(Arc<Mutex<Vec<StreamFuture>>>);
+pub struct StreamExec(Arc<Mutex<Vec<Stream>>>);
 
 impl<F> hyper::rt::Executor<F> for StreamExec
 where
@@ -47,41 +79,69 @@ where
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(Box::pin(Started {
-                fut,
+            .push(Stream {
+                fut: Box::pin(fut),
                 started: false,
-            }));
+                owed: false,
+                quiet: 0,
+                waker: None,
+                expired: false,
+            });
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A stream future whose first turn is two polls: the first with a waker
-    /// that does nothing, the second at once with the real one. A future that
-    /// waits once on its first poll ([`reset_check`]) thus goes on in the same
-    /// turn, instead of waking itself, which `FuturesUnordered` answers by
-    /// handing the whole connection back to the scheduler every two streams.
-    /// The second poll registers the real waker wherever the first registered
-    /// the no-op one, as the `Future` contract allows.
-    struct Started<F> {
-        #[pin]
-        fut: F,
-        started: bool,
-    }
+/// One stream's future, as the connection's task runs it.
+///
+/// Its first turn is two polls: the first with a waker that does nothing, the
+/// second at once with the real one. A future that waits once on its first
+/// poll ([`reset_check`]) thus goes on in the same turn, instead of waking
+/// itself, which `FuturesUnordered` answers by handing the whole connection
+/// back to the scheduler every two streams. The second poll registers the real
+/// waker wherever the first registered the no-op one, as the `Future` contract
+/// allows.
+struct Stream {
+    fut: StreamFuture,
+    started: bool,
+    /// Its last poll left it waiting for the client to take data.
+    owed: bool,
+    /// Sweeps since its last poll, counted while `owed`.
+    quiet: u8,
+    /// To be polled once more when it is cut (only kept while `owed`).
+    waker: Option<Waker>,
+    /// Cut by the sweep: ends at its next poll, dropping hyper's stream
+    /// (which resets it) and the answer's body (which closes its upstream
+    /// connection).
+    expired: bool,
 }
 
-impl<F: Future> Future for Started<F> {
-    type Output = F::Output;
+impl Future for Stream {
+    type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let mut this = self.project();
-        if !*this.started {
-            *this.started = true;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.expired {
+            return Poll::Ready(());
+        }
+        // What it last said it waits on holds until something says otherwise:
+        // a poll in which hyper only finds no flow-control room runs no code
+        // of edge's.
+        OWED.with(|o| o.set(this.owed));
+        if !this.started {
+            this.started = true;
             let mut first = Context::from_waker(Waker::noop());
-            if let Poll::Ready(out) = this.fut.as_mut().poll(&mut first) {
-                return Poll::Ready(out);
+            if this.fut.as_mut().poll(&mut first).is_ready() {
+                return Poll::Ready(());
             }
         }
-        this.fut.poll(cx)
+        if this.fut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.owed = OWED.with(Cell::get);
+        this.quiet = 0;
+        if this.owed && !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            this.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 }
 
@@ -108,16 +168,56 @@ pub struct WithStreams<C: Future> {
     conn: Pin<Box<C>>,
     done: Option<C::Output>,
     exec: StreamExec,
-    streams: FuturesUnordered<StreamFuture>,
+    streams: FuturesUnordered<Stream>,
+    send_timeout: Duration,
+    /// Made when the first stream waits, then every half `send_timeout` while
+    /// there are streams.
+    sweep: Option<Pin<Box<Sleep>>>,
+    peer: SocketAddr,
 }
 
 impl<C: Future> WithStreams<C> {
-    pub fn new(conn: C, exec: StreamExec) -> Self {
+    pub fn new(conn: C, exec: StreamExec, send_timeout: Duration, peer: SocketAddr) -> Self {
         WithStreams {
             conn: Box::pin(conn),
             done: None,
             exec,
             streams: FuturesUnordered::new(),
+            send_timeout,
+            sweep: None,
+            peer,
+        }
+    }
+
+    /// Counts, for each stream waiting on its client, the sweeps it has not
+    /// been polled in, and cuts those that reach `QUIET_SWEEPS`.
+    fn watch(&mut self, cx: &mut Context<'_>) {
+        let period = self.send_timeout / 2;
+        let sweep = self
+            .sweep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(period)));
+        while sweep.as_mut().poll(cx).is_ready() {
+            let mut cut = 0;
+            for s in self.streams.iter_mut() {
+                if !s.owed || s.expired {
+                    continue;
+                }
+                s.quiet = s.quiet.saturating_add(1);
+                if s.quiet >= QUIET_SWEEPS {
+                    s.expired = true;
+                    if let Some(w) = s.waker.take() {
+                        w.wake();
+                    }
+                    cut += 1;
+                }
+            }
+            if cut > 0 {
+                tracing::info!(
+                    client = %self.peer,
+                    "resetting {cut} HTTP/2 stream(s): the client took none of the answer within send_timeout"
+                );
+            }
+            sweep.as_mut().reset(Instant::now() + period);
         }
     }
 
@@ -161,6 +261,8 @@ where
             if let Some(out) = this.done.take() {
                 return Poll::Ready(out);
             }
+        } else {
+            this.watch(cx);
         }
         Poll::Pending
     }
@@ -189,7 +291,12 @@ mod tests {
             });
             "conn done"
         };
-        let all = tokio::spawn(WithStreams::new(conn, exec));
+        let all = tokio::spawn(WithStreams::new(
+            conn,
+            exec,
+            std::time::Duration::from_secs(60),
+            ([127, 0, 0, 1], 1).into(),
+        ));
         tokio::task::yield_now().await;
         // The stream has started and waits; the connection is done, the whole not.
         assert_eq!(ran.load(std::sync::atomic::Ordering::SeqCst), 1);
@@ -219,7 +326,12 @@ mod tests {
             });
             std::future::pending::<()>().await;
         };
-        let mut all = Box::pin(WithStreams::new(conn, exec));
+        let mut all = Box::pin(WithStreams::new(
+            conn,
+            exec,
+            std::time::Duration::from_secs(60),
+            ([127, 0, 0, 1], 1).into(),
+        ));
         let wakes = Arc::new(Count(Default::default()));
         let waker = Waker::from(wakes.clone());
         assert!(all
@@ -255,7 +367,12 @@ mod tests {
         };
         tokio::time::timeout(
             std::time::Duration::from_secs(5),
-            WithStreams::new(conn, exec),
+            WithStreams::new(
+                conn,
+                exec,
+                std::time::Duration::from_secs(60),
+                ([127, 0, 0, 1], 1).into(),
+            ),
         )
         .await
         .expect("the connection's future did not finish");

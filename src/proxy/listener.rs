@@ -166,7 +166,7 @@ pub async fn serve_https(
                 let exec = StreamExec::default();
                 let conn =
                     h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
-                WithStreams::new(watcher.watch(conn), exec)
+                WithStreams::new(watcher.watch(conn), exec, send_timeout, peer)
                     .await
                     .map_err(|e| crate::acme::error_chain(&e))
             } else {

@@ -178,9 +178,14 @@ impl Proxy {
                 Ok(p) => send(p, &conn).await,
                 Err(e) => Err(e),
             };
-            self.finish(
+            let answer = self.finish(
                 result, start, inflight, method, path, version, host, site_rt, &conn,
-            )
+            );
+            // From here on, what an HTTP/2 stream waits on is its client. (hyper
+            // 1.12 polls the body before it waits for room, and the body says
+            // the same; this covers an answer held before its first body poll.)
+            h2_streams::waiting_on_client(true);
+            answer
         }
     }
 
