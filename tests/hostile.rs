@@ -523,6 +523,52 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
         .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
 }
 
+/// response_timeout counts from the end of the request, as nginx's
+/// proxy_read_timeout does: an upload that takes three times as long as the
+/// timeout reaches the backend whole and is answered.
+#[test]
+fn an_upload_slower_than_response_timeout_is_answered() {
+    let flask = Flask::start(1);
+    let (dir, cfg) = config(&format!(
+        "{}{}response_timeout = \"1s\"\n",
+        listen_any(),
+        site(&["flask.test"], &[flask.addr()])
+    ));
+    let edge = Edge::serve(&cfg);
+    let file = dir.path().join("upload.bin");
+    std::fs::write(&file, vec![b'u'; 120_000]).unwrap();
+    let data = format!("@{}", file.display());
+    // About 3 s at 40 KB/s, with a length and chunked.
+    for extra in [vec![], vec!["-H", "Transfer-Encoding: chunked"]] {
+        let mut args = vec![
+            "--http1.1",
+            "--limit-rate",
+            "40k",
+            "--data-binary",
+            &data,
+            "-H",
+            "Content-Type: application/octet-stream",
+        ];
+        args.extend(extra);
+        let start = Instant::now();
+        let (code, _, body) = curl_bytes(
+            "flask.test",
+            edge.https.port(),
+            "/sha256",
+            &args,
+            dir.path(),
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "{args:?}: {body}");
+        assert!(body.contains("\"length\":120000"), "{body}");
+        assert!(
+            start.elapsed() > Duration::from_millis(2000),
+            "the upload was not slow enough to test anything: {:?}",
+            start.elapsed()
+        );
+    }
+}
+
 #[test]
 fn connections_per_ip_are_capped() {
     let s = setup("max_connections_per_ip = 2");
@@ -767,6 +813,11 @@ fn misbehaving_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String
                         }
                     }
                     log.lock().unwrap().push(path.clone());
+                    if path == "/deaf" {
+                        // Reads no body and says nothing, with the connection open.
+                        std::thread::sleep(Duration::from_secs(20));
+                        return;
+                    }
                     let (answer, close) = upstream_script(&path);
                     let _ = s.write_all(&answer);
                     if close {
@@ -803,8 +854,8 @@ fn curl_exit(port: u16, path: &str, extra: &[&str]) -> (i32, String) {
 #[test]
 fn misbehaving_upstream_gets_502_cut_bodies_and_no_reuse() {
     let (up, seen) = misbehaving_upstream();
-    let (_dir, cfg) = config(&format!(
-        "{}{}response_timeout = \"1s\"\n",
+    let (dir, cfg) = config(&format!(
+        "{}[limits]\nmax_body_bytes = \"64m\"\n{}response_timeout = \"1s\"\n",
         listen_any(),
         site(&["bad.test"], &[up])
     ));
@@ -864,6 +915,29 @@ fn misbehaving_upstream_gets_502_cut_bodies_and_no_reuse() {
     }
     edge.proc.wait_for(
         "sent nothing for 1s in the middle of the body",
+        Duration::from_secs(5),
+    );
+
+    // A backend that takes none of a request body: 504 once a write to it has
+    // waited response_timeout (40 MB outgrows the sockets' buffers).
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, vec![b'b'; 40_000_000]).unwrap();
+    let data = format!("@{}", file.display());
+    let (code, _) = curl(
+        "bad.test",
+        port,
+        "/deaf",
+        &[
+            "--http1.1",
+            "--data-binary",
+            &data,
+            "-H",
+            "Content-Type: x/y",
+        ],
+    );
+    assert_eq!(code, 504);
+    edge.proc.wait_for(
+        "took none of the request body for 1s",
         Duration::from_secs(5),
     );
 

@@ -20,7 +20,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
@@ -174,6 +174,17 @@ pub enum SendError {
     /// The client's request body failed (too large, stalled, or the client left).
     #[error("request body: {0}")]
     Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("sent no response headers within {} of the request", humantime::format_duration(*.0))]
+    NoAnswer(std::time::Duration),
+    #[error("took none of the request body for {}", humantime::format_duration(*.0))]
+    UploadStalled(std::time::Duration),
+}
+
+impl SendError {
+    /// The site's response_timeout ran out: a 504, not a 502.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, SendError::NoAnswer(_) | SendError::UploadStalled(_))
+    }
 }
 
 /// A failed exchange, and how far it got: whether the request may be sent again.
@@ -239,31 +250,54 @@ impl Answer {
 /// streamed while the head is awaited, in a boxed future: most requests have
 /// none, and every request's (and every HTTP/2 stream's) future would carry
 /// the larger one's size.
-pub async fn exchange<B>(conn: &mut Conn, out: &Outgoing, body: &mut B) -> Result<Answer, Failed>
+///
+/// `timeout` (the site's response_timeout) counts from the end of the request,
+/// as nginx's proxy_read_timeout does: an upload takes as long as the client
+/// takes (its own pace is `body_idle_timeout`'s business), and fails here only
+/// when the upstream takes none of it for that long (nginx's
+/// proxy_send_timeout, which has the same default).
+pub async fn exchange<B>(
+    conn: &mut Conn,
+    out: &Outgoing,
+    body: &mut B,
+    timeout: std::time::Duration,
+) -> Result<Answer, Failed>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     if body.is_end_stream() {
-        if let Err(e) = conn.io.write_all(&out.wire).await {
-            return Err(Failed::new(e.into()));
-        }
-        return read_answer(&mut conn.io, &mut conn.buf, out.head_only)
-            .await
-            .map_err(|(error, answered)| Failed {
-                error,
-                answered,
+        let go = async {
+            if let Err(e) = conn.io.write_all(&out.wire).await {
+                return Err(Failed::new(e.into()));
+            }
+            read_answer(&mut conn.io, &mut conn.buf, out.head_only)
+                .await
+                .map_err(|(error, answered)| Failed {
+                    error,
+                    answered,
+                    body_used: false,
+                    head_sent: true,
+                })
+        };
+        return match tokio::time::timeout(timeout, go).await {
+            Ok(r) => r,
+            Err(_) => Err(Failed {
+                error: SendError::NoAnswer(timeout),
+                answered: false,
                 body_used: false,
                 head_sent: true,
-            });
+            }),
+        };
     }
-    Box::pin(exchange_streaming(conn, out, body)).await
+    Box::pin(exchange_streaming(conn, out, body, timeout)).await
 }
 
 async fn exchange_streaming<B>(
     conn: &mut Conn,
     out: &Outgoing,
     body: &mut B,
+    timeout: std::time::Duration,
 ) -> Result<Answer, Failed>
 where
     B: Body<Data = Bytes> + Unpin,
@@ -275,6 +309,18 @@ where
     let down = read_answer(&mut r, &mut conn.buf, out.head_only);
     tokio::pin!(up, down);
     let mut uploaded: Option<io::Result<()>> = None;
+    // While uploading: fires every `timeout` to see whether a write to the
+    // upstream has waited all that time. Once the request is sent: the wait
+    // for the head.
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut seen = 0;
+    let timed_out = |error| Failed {
+        error,
+        answered: false,
+        body_used: true,
+        head_sent: progress.head_sent.load(Ordering::Relaxed),
+    };
     loop {
         tokio::select! {
             res = &mut up, if uploaded.is_none() => match res {
@@ -287,7 +333,22 @@ where
                     })
                 }
                 Err(UploadError::Io(e)) => uploaded = Some(Err(e)),
-                Ok(()) => uploaded = Some(Ok(())),
+                Ok(()) => {
+                    uploaded = Some(Ok(()));
+                    deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
+                }
+            },
+            () = &mut deadline => {
+                if uploaded.is_some() {
+                    return Err(timed_out(SendError::NoAnswer(timeout)));
+                }
+                let moved = progress.moved.load(Ordering::Relaxed);
+                if moved == seen && progress.writing.load(Ordering::Relaxed) {
+                    return Err(timed_out(SendError::UploadStalled(timeout)));
+                }
+                // The client is slow, or the upstream took bytes since.
+                seen = moved;
+                deadline.as_mut().reset(tokio::time::Instant::now() + timeout);
             },
             answer = &mut down => {
                 return match answer {
@@ -323,6 +384,21 @@ where
 struct Upload {
     head_sent: AtomicBool,
     body_used: AtomicBool,
+    /// A write to the upstream is waiting.
+    writing: AtomicBool,
+    /// Counts body frames taken and writes done: whether anything moved.
+    moved: AtomicU64,
+}
+
+impl Upload {
+    fn write_started(&self) {
+        self.writing.store(true, Ordering::Relaxed);
+    }
+
+    fn write_done(&self) {
+        self.writing.store(false, Ordering::Relaxed);
+        self.moved.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 enum UploadError {
@@ -341,11 +417,14 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    progress.write_started();
     w.write_all(&out.wire).await.map_err(UploadError::Io)?;
+    progress.write_done();
     progress.head_sent.store(true, Ordering::Relaxed);
     progress.body_used.store(true, Ordering::Relaxed);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UploadError::Body(e.into()))?;
+        progress.moved.fetch_add(1, Ordering::Relaxed);
         // Trailers from the client are dropped, as nginx drops them.
         let Ok(data) = frame.into_data() else {
             continue;
@@ -353,6 +432,7 @@ where
         if data.is_empty() {
             continue;
         }
+        progress.write_started();
         if out.chunked {
             let size = format!("{:x}\r\n", data.len());
             let mut framed = Buf::chain(Buf::chain(size.as_bytes(), data), &b"\r\n"[..]);
@@ -362,9 +442,12 @@ where
         } else {
             w.write_all(&data).await.map_err(UploadError::Io)?;
         }
+        progress.write_done();
     }
     if out.chunked {
+        progress.write_started();
         w.write_all(b"0\r\n\r\n").await.map_err(UploadError::Io)?;
+        progress.write_done();
     }
     Ok(())
 }
@@ -789,6 +872,8 @@ mod tests {
     use http_body_util::{BodyExt, Empty, Full};
     use tokio::net::TcpListener;
 
+    const SECS_60: std::time::Duration = std::time::Duration::from_secs(60);
+
     /// One exchange a scripted upstream expects: read until `until` is seen,
     /// then write `answer`.
     type Step = (&'static [u8], &'static [u8]);
@@ -844,8 +929,8 @@ mod tests {
     ) -> Result<(StatusCode, Vec<u8>, Option<HeaderMap>), Failed> {
         let out = Outgoing::encode(&get(method, &[("host", "a")]), false);
         let mut conn = c.take().unwrap();
-        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new()).await?;
-        let (body, _) = UpBody::new(conn, &answer, up, std::time::Duration::from_secs(60));
+        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60).await?;
+        let (body, _) = UpBody::new(conn, &answer, up, SECS_60);
         let all = body.collect().await.expect("body");
         let trailers = all.trailers().cloned();
         Ok((answer.head.status, all.to_bytes().to_vec(), trailers))
@@ -978,11 +1063,11 @@ mod tests {
         let mut c = Some(conn(&up).await);
         let out = Outgoing::encode(&get(Method::GET, &[]), false);
         let mut conn = c.take().unwrap();
-        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new())
+        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();
         assert!(!answer.head.headers.contains_key(header::CONTENT_LENGTH));
-        let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
+        let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert!(up.take_idle().is_none());
     }
@@ -1006,10 +1091,10 @@ mod tests {
             let (up, _server) = scripted(vec![(b"\r\n\r\n", answer)]).await;
             let mut conn = conn(&up).await;
             let out = Outgoing::encode(&get(Method::GET, &[]), false);
-            let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new())
+            let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
                 .await
                 .unwrap();
-            let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
+            let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
             let e = body.collect().await.unwrap_err();
             assert!(e.to_string().contains(want), "{want}: got {e}");
         }
@@ -1021,7 +1106,7 @@ mod tests {
         let (up, server) = scripted(vec![(b"\r\n\r\n", ok)]).await;
         let mut c = conn(&up).await;
         let get_out = Outgoing::encode(&get(Method::GET, &[]), false);
-        let answer = exchange(&mut c, &get_out, &mut Empty::<Bytes>::new())
+        let answer = exchange(&mut c, &get_out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();
         assert!(answer.keep_alive);
@@ -1030,7 +1115,7 @@ mod tests {
         c.io.readable().await.unwrap();
         assert!(!c.usable(), "a closed connection looked usable");
 
-        let e = exchange(&mut c, &get_out, &mut Empty::<Bytes>::new())
+        let e = exchange(&mut c, &get_out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap_err();
         assert!(
@@ -1078,11 +1163,11 @@ mod tests {
         let mut conn = conn(&up).await;
         let parts = get(Method::POST, &[("content-length", "1000000")]);
         let out = Outgoing::encode(&parts, true);
-        let answer = exchange(&mut conn, &out, &mut Endless(false))
+        let answer = exchange(&mut conn, &out, &mut Endless(false), SECS_60)
             .await
             .unwrap();
         assert_eq!(answer.head.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let (body, _) = UpBody::new(conn, &answer, &up, std::time::Duration::from_secs(60));
+        let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
         drop(body);
         assert!(up.take_idle().is_none(), "reused with half a body unsent");
     }
@@ -1094,9 +1179,9 @@ mod tests {
         let mut conn = conn(&up).await;
         let out = Outgoing::encode(&get(Method::POST, &[]), true);
         let mut body = Full::new(Bytes::from_static(b"hello"));
-        exchange(&mut conn, &out, &mut body).await.unwrap();
+        exchange(&mut conn, &out, &mut body, SECS_60).await.unwrap();
         let out = Outgoing::encode(&get(Method::POST, &[]), false);
-        exchange(&mut conn, &out, &mut Empty::<Bytes>::new())
+        exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();
         let seen = server.await.unwrap();

@@ -441,13 +441,10 @@ fn send(
             };
             let guard = upstream::InflightGuard::new(up, slot);
             let resend = loop {
-                let sent = tokio::time::timeout(
-                    cfg.response_timeout,
-                    h1_client::exchange(&mut c, &p.out, &mut p.body),
-                )
-                .await;
+                let sent =
+                    h1_client::exchange(&mut c, &p.out, &mut p.body, cfg.response_timeout).await;
                 let f = match sent {
-                    Ok(Ok(answer)) => {
+                    Ok(answer) => {
                         up.record_success();
                         let (body, tunnel_conn) = UpBody::new(c, &answer, up, cfg.response_timeout);
                         if let Some(tc) = tunnel_conn {
@@ -467,18 +464,14 @@ fn send(
                         }
                         return Ok((Response::from_parts(head, body), up.name.clone(), guard));
                     }
-                    Ok(Err(f)) => f,
-                    Err(_) => {
+                    Err(f) if f.error.is_timeout() => {
                         up.record_failure(cfg.max_fails, cfg.fail_timeout);
                         timed_out = true;
-                        last_error = format!(
-                            "{} sent no response headers within {}",
-                            up.addr,
-                            humantime::format_duration(cfg.response_timeout)
-                        );
+                        last_error = format!("{} {}", up.addr, f.error);
                         tracing::warn!(upstream = %up.addr, "{last_error}");
                         break p.bodyless && p.out.idempotent;
                     }
+                    Err(f) => f,
                 };
                 if let SendError::Body(_) = f.error {
                     return Err(match p.tripped.get() {
