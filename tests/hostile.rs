@@ -18,9 +18,14 @@ struct Setup {
 }
 
 fn setup(limits: &str) -> Setup {
+    setup_with(limits, "")
+}
+
+/// `site_keys` go into the site's table.
+fn setup_with(limits: &str, site_keys: &str) -> Setup {
     let flask = Flask::start(1);
     let (dir, cfg) = config(&format!(
-        "{}[limits]\n{limits}\n{}",
+        "{}[limits]\n{limits}\n{}{site_keys}\n",
         listen_any(),
         site(&["flask.test"], &[flask.addr()])
     ));
@@ -32,19 +37,29 @@ fn setup(limits: &str) -> Setup {
     }
 }
 
-/// Sends raw bytes over TLS and returns what came back until the server closed.
-fn raw_tls(port: u16, request: &[u8]) -> String {
+/// A TLS client (openssl s_client) that has sent `request` and keeps its
+/// input open; its output is the caller's to read, or not.
+fn tls_client_sending(
+    port: u16,
+    request: &[u8],
+) -> (std::process::Child, std::process::ChildStdin) {
+    use std::io::Write;
     let mut child = s_client(port, true)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(request).unwrap();
-    }
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(request).unwrap();
+    stdin.flush().unwrap();
+    (child, stdin)
+}
+
+/// Sends raw bytes over TLS and returns what came back until the server closed.
+fn raw_tls(port: u16, request: &[u8]) -> String {
+    let (child, stdin) = tls_client_sending(port, request);
+    drop(stdin);
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -265,22 +280,10 @@ fn body_limits_413_and_408() {
     let out = raw_tls(s.port(), &req);
     assert!(out.starts_with("HTTP/1.1 413"), "{out:?}");
     // A body that stalls: 408 after the idle timeout.
-    let mut child = s_client(s.port(), true)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    {
-        use std::io::Write;
-        stdin
-            .write_all(
-                b"POST /echo?stall HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 10\r\n\r\nab",
-            )
-            .unwrap();
-        stdin.flush().unwrap();
-    }
+    let (mut child, stdin) = tls_client_sending(
+        s.port(),
+        b"POST /echo?stall HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 10\r\n\r\nab",
+    );
     let start = Instant::now();
     let mut stdout = child.stdout.take().unwrap();
     let mut got = Vec::new();
@@ -384,12 +387,18 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
         "idle keep-alive connection closed after {idle:?}, keepalive_timeout is 3 s"
     );
 
-    // About 3 s at 40 KB/s: three times header_read_timeout.
+    // Three times header_read_timeout.
+    assert_slow_upload_answered(s.port(), &[]);
+}
+
+/// A 120 KB upload at 40 KB/s (about 3 s) to Flask's /sha256 through edge
+/// arrives whole and is answered.
+fn assert_slow_upload_answered(port: u16, extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("upload.bin");
     std::fs::write(&file, vec![b'u'; 120_000]).unwrap();
     let data = format!("@{}", file.display());
-    let args = [
+    let mut args = vec![
         "--http1.1",
         "--limit-rate",
         "40k",
@@ -398,16 +407,22 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
         "-H",
         "Content-Type: application/octet-stream",
     ];
+    args.extend(extra);
     let start = Instant::now();
-    let (code, _, body) = curl_bytes("flask.test", s.port(), "/sha256", &args, dir.path());
+    let (code, _, body) = curl_bytes("flask.test", port, "/sha256", &args, dir.path());
     let body = String::from_utf8_lossy(&body);
-    assert_eq!(code, 200, "{body}");
-    assert!(body.contains("120000"), "{body}");
+    assert_eq!(code, 200, "{args:?}: {body}");
+    assert!(body.contains("\"length\":120000"), "{body}");
     assert!(
-        start.elapsed() > Duration::from_millis(1500),
+        start.elapsed() > Duration::from_millis(2000),
         "the upload was not slow enough to test anything: {:?}",
         start.elapsed()
     );
+}
+
+/// Flask behind edge with send_timeout 1 s and one upstream slot.
+fn one_slot_edge() -> Setup {
+    setup_with("send_timeout = \"1s\"", "max_conns = 1")
 }
 
 /// A client that asks for a large response and stops reading is cut off
@@ -415,29 +430,13 @@ fn head_deadline_counts_from_the_first_byte_and_idle_from_the_last_answer() {
 /// response held is freed: with max_conns = 1, the next request is served.
 #[test]
 fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
-    let flask = Flask::start(1);
-    let (_dir, cfg) = config(&format!(
-        "{}[limits]\nsend_timeout = \"1s\"\n{}max_conns = 1\n",
-        listen_any(),
-        site(&["flask.test"], &[flask.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
-    let port = edge.https.port();
+    let s = one_slot_edge();
+    let (edge, port) = (&s.edge, s.port());
     // 40 MB: more than the client's and edge's socket buffers hold together.
-    let mut client = s_client(port, true)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = client.stdin.take().unwrap();
-    {
-        use std::io::Write;
-        stdin
-            .write_all(b"GET /stream?chunks=4000&size=10000 HTTP/1.1\r\nHost: flask.test\r\n\r\n")
-            .unwrap();
-        stdin.flush().unwrap();
-    }
+    let (mut client, stdin) = tls_client_sending(
+        port,
+        b"GET /stream?chunks=4000&size=10000 HTTP/1.1\r\nHost: flask.test\r\n\r\n",
+    );
     // Nobody reads the client's stdout, so it stops reading the socket.
     edge.proc.wait_for(
         "the client took no response bytes within send_timeout",
@@ -468,14 +467,8 @@ fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
 /// other streams go on.
 #[test]
 fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
-    let flask = Flask::start(1);
-    let (_dir, cfg) = config(&format!(
-        "{}[limits]\nsend_timeout = \"1s\"\n{}max_conns = 1\n",
-        listen_any(),
-        site(&["flask.test"], &[flask.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
-    let port = edge.https.port();
+    let s = one_slot_edge();
+    let (edge, port) = (&s.edge, s.port());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -485,17 +478,7 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
         let mut b = h2::client::Builder::new();
         b.initial_window_size(0);
         let (mut h2c, _driver) = h2_connect(port, &b).await;
-        let req = http::Request::get(format!(
-            "https://flask.test:{port}/stream?chunks=100&size=10000"
-        ))
-        .body(())
-        .unwrap();
-        let (resp, _) = h2c.send_request(req, true).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(10), resp)
-            .await
-            .expect("no response head")
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        let resp = h2_get(&mut h2c, port, "/stream?chunks=100&size=10000", 10).await;
         let mut body = resp.into_body();
         let start = Instant::now();
         let end = tokio::time::timeout(Duration::from_secs(10), body.data())
@@ -509,15 +492,7 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
             start.elapsed()
         );
         // The upstream's only slot is free, and the same connection still works.
-        let req = http::Request::get(format!("https://flask.test:{port}/"))
-            .body(())
-            .unwrap();
-        let (resp, _) = h2c.send_request(req, true).unwrap();
-        let resp = tokio::time::timeout(Duration::from_secs(3), resp)
-            .await
-            .expect("the upstream slot was still taken")
-            .unwrap();
-        assert_eq!(resp.status(), 200);
+        h2_get(&mut h2c, port, "/", 3).await;
     });
     edge.proc
         .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
@@ -528,45 +503,9 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
 /// timeout reaches the backend whole and is answered.
 #[test]
 fn an_upload_slower_than_response_timeout_is_answered() {
-    let flask = Flask::start(1);
-    let (dir, cfg) = config(&format!(
-        "{}{}response_timeout = \"1s\"\n",
-        listen_any(),
-        site(&["flask.test"], &[flask.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
-    let file = dir.path().join("upload.bin");
-    std::fs::write(&file, vec![b'u'; 120_000]).unwrap();
-    let data = format!("@{}", file.display());
-    // About 3 s at 40 KB/s, with a length and chunked.
-    for extra in [vec![], vec!["-H", "Transfer-Encoding: chunked"]] {
-        let mut args = vec![
-            "--http1.1",
-            "--limit-rate",
-            "40k",
-            "--data-binary",
-            &data,
-            "-H",
-            "Content-Type: application/octet-stream",
-        ];
-        args.extend(extra);
-        let start = Instant::now();
-        let (code, _, body) = curl_bytes(
-            "flask.test",
-            edge.https.port(),
-            "/sha256",
-            &args,
-            dir.path(),
-        );
-        let body = String::from_utf8_lossy(&body);
-        assert_eq!(code, 200, "{args:?}: {body}");
-        assert!(body.contains("\"length\":120000"), "{body}");
-        assert!(
-            start.elapsed() > Duration::from_millis(2000),
-            "the upload was not slow enough to test anything: {:?}",
-            start.elapsed()
-        );
-    }
+    let s = setup_with("", "response_timeout = \"1s\"");
+    assert_slow_upload_answered(s.port(), &[]);
+    assert_slow_upload_answered(s.port(), &["-H", "Transfer-Encoding: chunked"]);
 }
 
 #[test]
@@ -630,6 +569,25 @@ async fn h2_connect(
         .unwrap();
     let (h2c, conn) = builder.handshake(tls).await.unwrap();
     (h2c, tokio::spawn(conn))
+}
+
+/// A GET whose answer's head must come within `secs` with status 200.
+async fn h2_get(
+    h2c: &mut h2::client::SendRequest<bytes::Bytes>,
+    port: u16,
+    path: &str,
+    secs: u64,
+) -> http::Response<h2::RecvStream> {
+    let req = http::Request::get(format!("https://flask.test:{port}{path}"))
+        .body(())
+        .unwrap();
+    let (resp, _) = h2c.send_request(req, true).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(secs), resp)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to {path} within {secs} s"))
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{path}");
+    resp
 }
 
 /// Accepts any server certificate: the raw HTTP/2 clients only need the bytes.
