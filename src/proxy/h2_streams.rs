@@ -20,7 +20,7 @@
 //! the request's future returns `Pending`, and edge's request future writes to
 //! the upstream on its first poll, so an HTTP/2 request first waits once
 //! ([`reset_check`]) and every new stream is polled twice in its first turn
-//! ([`Started`]): between the two, hyper has looked for a reset that came in
+//! (`Stream`): between the two, hyper has looked for a reset that came in
 //! the same read.
 //!
 //! A stream whose client takes none of its answer for `send_timeout` is reset
