@@ -228,11 +228,17 @@ fn header_smuggling_via_underscores_and_connection_is_neutralised() {
     let s = setup("");
     let out = raw_tls(
         s.port(),
-        b"GET /headers HTTP/1.1\r\nHost: flask.test\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nConnection: close, X-Forwarded-For, X-Real-IP\r\n\r\n",
+        b"GET /headers HTTP/1.1\r\nHost: flask.test\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Forwarded-Host: evil.test\r\nX-Forwarded-Proto: http\r\nConnection: close, X-Forwarded-For, X-Real-IP, Host\r\n\r\n",
     );
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     let body = &out[out.find("\r\n\r\n").unwrap() + 4..];
     let v: serde_json::Value = serde_json::from_str(body.trim()).unwrap();
+    // Listing Host in Connection does not take it off the request, and the
+    // client's own forwarding claims are replaced, each sent once.
+    assert_eq!(v["headers"]["Host"], "flask.test", "{body}");
+    assert_eq!(v["headers"]["X-Forwarded-Host"], "flask.test", "{body}");
+    assert_eq!(v["headers"]["X-Forwarded-Proto"], "https", "{body}");
+    assert!(!body.contains("evil.test"), "{body}");
     assert_eq!(v["headers"]["X-Forwarded-For"], "127.0.0.1", "{body}");
     assert_eq!(v["headers"]["X-Real-Ip"], "127.0.0.1", "{body}");
     assert_eq!(v["environ_forwarded_for"], "127.0.0.1", "{body}");

@@ -114,26 +114,45 @@ impl Outgoing {
     /// body follows; without a `Content-Length` it is sent chunked, and a
     /// bodiless POST, PUT or PATCH gets `Content-Length: 0` as hyper's client gave it.
     pub fn encode(parts: &http::request::Parts, has_body: bool) -> Outgoing {
+        Outgoing::encode_with(parts, has_body, &[])
+    }
+
+    /// `encode`, with `added` lines after the request's own headers: what edge
+    /// adds (the forwarding headers, Host from `:authority`) goes straight to
+    /// the wire instead of through the header map, where each would be a hash,
+    /// an insert, some a value allocation, and often the map's regrowth. The
+    /// values must be valid header values; the caller's are checked ones.
+    pub fn encode_with(
+        parts: &http::request::Parts,
+        has_body: bool,
+        added: &[(&str, &[u8])],
+    ) -> Outgoing {
         let path = parts
             .uri
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .as_bytes();
         let method = parts.method.as_str().as_bytes();
+        let line = |k: &str, v: &[u8]| k.len() + v.len() + 4;
         let size: usize = parts
             .headers
             .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .map(|(k, v)| line(k.as_str(), v.as_bytes()))
+            .chain(added.iter().map(|(k, v)| line(k, v)))
             .sum();
         let mut wire = Vec::with_capacity(method.len() + path.len() + size + 48);
         wire.extend_from_slice(method);
         wire.push(b' ');
         wire.extend_from_slice(path);
         wire.extend_from_slice(b" HTTP/1.1\r\n");
-        for (k, v) in &parts.headers {
-            wire.extend_from_slice(k.as_str().as_bytes());
+        let headers = parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_bytes()));
+        for (k, v) in headers.chain(added.iter().copied()) {
+            wire.extend_from_slice(k.as_bytes());
             wire.extend_from_slice(b": ");
-            wire.extend_from_slice(v.as_bytes());
+            wire.extend_from_slice(v);
             wire.extend_from_slice(b"\r\n");
         }
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);

@@ -60,7 +60,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for v in first.iter().chain(&rest) {
             for name in v.to_str().unwrap_or("").split(',') {
                 let name = name.trim();
-                if !name.is_empty() {
+                // Host is the request's, never the connection's; a client
+                // that lists it would leave the upstream request without one.
+                if !name.is_empty() && !name.eq_ignore_ascii_case("host") {
                     // Not a valid header name: nothing by that name to remove.
                     headers.remove(name);
                 }
@@ -90,8 +92,32 @@ pub fn drop_underscored(headers: &mut HeaderMap) {
     }
 }
 
-fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+pub fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
+}
+
+static FORWARDING: [&HeaderName; 4] = [
+    &X_FORWARDED_FOR,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+    &X_REAL_IP,
+];
+
+/// Removes whatever forwarding headers the client sent, before edge writes its
+/// own (see `Outgoing::encode_with`). One scan of the names; most requests
+/// carry none, and then nothing is hashed.
+pub fn remove_forwarding(headers: &mut HeaderMap) {
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = FORWARDING.iter().position(|h| *h == k) {
+            present |= 1 << i;
+        }
+    }
+    for (i, name) in FORWARDING.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(*name);
+        }
+    }
 }
 
 /// Sets X-Forwarded-*, X-Real-IP. A client's own X-Forwarded-For is replaced

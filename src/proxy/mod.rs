@@ -350,7 +350,8 @@ fn prepare(
     let client_upgrade = websocket_upgrade(&req)?.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let (body, tripped) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
-    rewrite_request(&mut parts, conn, host, &site.cfg);
+    let authority = parts.uri.authority().cloned();
+    let added = rewrite_request(&mut parts, conn, host, &site.cfg, authority.as_ref());
     if client_upgrade.is_some() {
         // Hop-by-hop stripping removed these; a WebSocket handshake needs them.
         parts
@@ -361,7 +362,7 @@ fn prepare(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let bodyless = http_body::Body::is_end_stream(&body);
-    let out = Outgoing::encode(&parts, !bodyless);
+    let out = Outgoing::encode_with(&parts, !bodyless, added.lines());
     let pool_len = site.pool.len();
     let max_tries = if site.cfg.max_tries == 0 {
         pool_len
@@ -601,23 +602,67 @@ async fn tunnel(
 
 // ---------------------------------------------------------------- rewrite
 
-fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, host: &str, site: &Site) {
-    // Host is kept as the client sent it (with its port), like a transparent proxy.
-    let host_value = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => parts.headers.get(header::HOST).cloned(),
-    };
+/// Header lines edge adds to a request, written after the client's own (see
+/// `Outgoing::encode_with`).
+#[derive(Default)]
+struct Added<'a> {
+    lines: [(&'static str, &'a [u8]); 5],
+    len: usize,
+}
+
+impl<'a> Added<'a> {
+    fn push(&mut self, name: &'static str, value: &'a [u8]) {
+        self.lines[self.len] = (name, value);
+        self.len += 1;
+    }
+
+    fn lines(&self) -> &[(&'static str, &'a [u8])] {
+        &self.lines[..self.len]
+    }
+}
+
+/// Rewrites the request for the upstream; returns the headers edge adds.
+/// `authority` is the request URI's (HTTP/2's `:authority`, or HTTP/1.1's
+/// absolute form), which stands for Host (RFC 9112 §3.2.2).
+fn rewrite_request<'a>(
+    parts: &mut http::request::Parts,
+    conn: &'a ConnInfo,
+    host: &'a str,
+    site: &Site,
+    authority: Option<&'a http::uri::Authority>,
+) -> Added<'a> {
+    let mut added = Added::default();
+    // Host is kept as the client sent it (with its port), like a transparent
+    // proxy; the hop-by-hop strip never removes it.
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_underscored(&mut parts.headers);
-    headers::set_forwarding_with(
-        &mut parts.headers,
-        conn.peer.ip(),
-        &conn.peer_header,
-        host,
-        &site.trusted_proxies,
-    );
-    if let Some(h) = host_value {
-        parts.headers.insert(header::HOST, h);
+    if let Some(a) = authority {
+        if parts.headers.contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                parts.headers.insert(header::HOST, v);
+            }
+        } else {
+            added.push("host", a.as_str().as_bytes());
+        }
+    }
+    let peer = conn.peer.ip();
+    if site.trusted_proxies.is_empty() || !headers::trusted(peer, &site.trusted_proxies) {
+        // The usual case: whatever the client claimed is replaced, and edge's
+        // own values need no allocation (the peer's was made per connection,
+        // the host was checked by `request_host`).
+        headers::remove_forwarding(&mut parts.headers);
+        added.push("x-forwarded-proto", b"https");
+        added.push("x-forwarded-host", host.as_bytes());
+        added.push("x-forwarded-for", conn.peer_header.as_bytes());
+        added.push("x-real-ip", conn.peer_header.as_bytes());
+    } else {
+        headers::set_forwarding_with(
+            &mut parts.headers,
+            peer,
+            &conn.peer_header,
+            host,
+            &site.trusted_proxies,
+        );
     }
     // HTTP/2 clients may split cookies over several fields; HTTP/1.1 wants one.
     if parts.version == Version::HTTP_2
@@ -652,6 +697,7 @@ fn rewrite_request(parts: &mut http::request::Parts, conn: &ConnInfo, host: &str
         parts.uri = uri;
     }
     parts.version = Version::HTTP_11;
+    added
 }
 
 // ---------------------------------------------------------------- errors
