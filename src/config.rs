@@ -207,8 +207,9 @@ struct RawUpstreamTable {
 /// Requests in flight to one upstream before more wait in edge's queue.
 /// Each upstream HTTP/1.1 connection costs memory (about 40 KiB with hyper's
 /// client when this was measured; a socket and an 8 KiB read buffer with edge's
-/// own), and a Flask backend gains nothing from hundreds of requests at once: a full upstream is passed over for one with room, and when all are
-/// full requests queue in edge, as HAProxy's `maxconn` does. In bench/run's
+/// own), and a Flask backend gains nothing from hundreds of requests at once:
+/// a full upstream is passed over for one with room, and when all are full
+/// requests queue in edge, as HAProxy's `maxconn` does. In bench/run's
 /// HTTP/2 test (500 streams) 64 cost no CPU against no limit and cut peak RSS
 /// by about 7 MiB; 32 cost a third more CPU per request (smaller batches).
 pub const DEFAULT_MAX_CONNS: usize = 64;

@@ -37,6 +37,7 @@ use super::upstream::Upstream;
 
 /// A response head larger than this is refused (nginx's limit is 4-8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
+const HEAD_TOO_LARGE: &str = "response head over 64 KiB";
 const MAX_HEADERS: usize = 100;
 /// Interim (1xx) answers skipped before the final one; more is a broken upstream.
 const MAX_INTERIM: usize = 16;
@@ -112,17 +113,13 @@ pub struct Outgoing {
 impl Outgoing {
     /// The request line and headers as they go on the wire. `has_body`: a
     /// body follows; without a `Content-Length` it is sent chunked, and a
-    /// bodiless POST, PUT or PATCH gets `Content-Length: 0` as hyper's client gave it.
-    pub fn encode(parts: &http::request::Parts, has_body: bool) -> Outgoing {
-        Outgoing::encode_with(parts, has_body, &[])
-    }
-
-    /// `encode`, with `added` lines after the request's own headers: what edge
-    /// adds (the forwarding headers, Host from `:authority`) goes straight to
-    /// the wire instead of through the header map, where each would be a hash,
-    /// an insert, some a value allocation, and often the map's regrowth. The
-    /// values must be valid header values; the caller's are checked ones.
-    pub fn encode_with(
+    /// bodiless POST, PUT or PATCH gets `Content-Length: 0` as hyper's client
+    /// gave it. `added` lines follow the request's own headers: what edge adds
+    /// (the forwarding headers, Host from `:authority`) goes straight to the
+    /// wire instead of through the header map, where each would be a hash, an
+    /// insert, some a value allocation, and often the map's regrowth. They
+    /// must be valid header values; the caller's are checked ones.
+    pub fn encode(
         parts: &http::request::Parts,
         has_body: bool,
         added: &[(&str, &[u8])],
@@ -265,6 +262,18 @@ impl Answer {
     }
 }
 
+/// A request body `exchange` can stream: any `http_body::Body` of `Bytes`
+/// whose error can be boxed (edge's is `body::Guarded`; tests use others).
+pub trait RequestBody:
+    Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin
+{
+}
+
+impl<T> RequestBody for T where
+    T: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>> + Unpin
+{
+}
+
 /// Sends `out` with `body` on `conn` and reads the answer's head. A body is
 /// streamed while the head is awaited, in a boxed future: most requests have
 /// none, and every request's (and every HTTP/2 stream's) future would carry
@@ -275,16 +284,12 @@ impl Answer {
 /// takes (its own pace is `body_idle_timeout`'s business), and fails here only
 /// when the upstream takes none of it for that long (nginx's
 /// proxy_send_timeout, which has the same default).
-pub async fn exchange<B>(
+pub async fn exchange<B: RequestBody>(
     conn: &mut Conn,
     out: &Outgoing,
     body: &mut B,
     timeout: std::time::Duration,
-) -> Result<Answer, Failed>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<Answer, Failed> {
     if body.is_end_stream() {
         let go = async {
             if let Err(e) = conn.io.write_all(&out.wire).await {
@@ -312,16 +317,12 @@ where
     Box::pin(exchange_streaming(conn, out, body, timeout)).await
 }
 
-async fn exchange_streaming<B>(
+async fn exchange_streaming<B: RequestBody>(
     conn: &mut Conn,
     out: &Outgoing,
     body: &mut B,
     timeout: std::time::Duration,
-) -> Result<Answer, Failed>
-where
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
+) -> Result<Answer, Failed> {
     let (mut r, mut w) = conn.io.split();
     let progress = Upload::default();
     let up = upload(&mut w, out, body, &progress);
@@ -387,7 +388,7 @@ where
                         Err(Failed {
                             error,
                             answered,
-                            body_used: progress.body_used.load(Ordering::Relaxed),
+                            body_used: progress.head_sent.load(Ordering::Relaxed),
                             head_sent: progress.head_sent.load(Ordering::Relaxed),
                         })
                     }
@@ -401,8 +402,9 @@ where
 /// so that the future stays `Send`; nothing else touches them).
 #[derive(Debug, Default)]
 struct Upload {
+    /// The head went out; body frames are taken only after it, so this also
+    /// says whether any of the body may have been used.
     head_sent: AtomicBool,
-    body_used: AtomicBool,
     /// A write to the upstream is waiting.
     writing: AtomicBool,
     /// Counts body frames taken and writes done: whether anything moved.
@@ -433,14 +435,12 @@ async fn upload<W, B>(
 ) -> Result<(), UploadError>
 where
     W: tokio::io::AsyncWrite + Unpin,
-    B: Body<Data = Bytes> + Unpin,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: RequestBody,
 {
     progress.write_started();
     w.write_all(&out.wire).await.map_err(UploadError::Io)?;
     progress.write_done();
     progress.head_sent.store(true, Ordering::Relaxed);
-    progress.body_used.store(true, Ordering::Relaxed);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| UploadError::Body(e.into()))?;
         progress.moved.fetch_add(1, Ordering::Relaxed);
@@ -491,9 +491,6 @@ async fn read_answer<R: AsyncRead + Unpin>(
                     continue;
                 }
                 Some(a) => return Ok(a),
-                None if buf.len() > MAX_HEAD => {
-                    return Err((SendError::Invalid("response head over 64 KiB"), true))
-                }
                 None => {}
             }
         }
@@ -514,12 +511,10 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
-        // The cap holds however the head arrived: in one read it is complete
-        // before `read_answer`'s check on partial heads sees it.
-        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => {
-            return Err("response head over 64 KiB")
-        }
+        // The cap holds whether the head is complete in the buffer or not yet.
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(HEAD_TOO_LARGE),
         Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => return Err(HEAD_TOO_LARGE),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err("more than 100 header fields"),
         Err(_) => return Err("malformed head"),
@@ -698,20 +693,9 @@ impl UpBody {
         home: &Arc<Upstream>,
         read_timeout: std::time::Duration,
     ) -> (UpBody, Option<Conn>) {
+        let upgrade = answer.is_upgrade();
         let state = match answer.framing {
-            Framing::Upgrade => {
-                let body = UpBody {
-                    conn: None,
-                    state: State::Done,
-                    keep_alive: false,
-                    home: home.clone(),
-                    read_timeout,
-                    stall: None,
-                    moved: false,
-                };
-                return (body, Some(conn));
-            }
-            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Upgrade | Framing::Empty | Framing::Length(0) => State::Done,
             // The usual small answer: all here already. Bytes past its end were
             // never asked for, so that connection is not reused (see `release`).
             Framing::Length(n) if conn.buf.len() as u64 >= n => {
@@ -730,6 +714,10 @@ impl UpBody {
             stall: None,
             moved: false,
         };
+        if upgrade {
+            let tunnel = body.conn.take();
+            return (body, tunnel);
+        }
         if matches!(body.state, State::Done | State::Whole(_)) {
             body.release();
         }
@@ -761,18 +749,19 @@ fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
 }
 
 impl UpBody {
+    /// The next frame. On an error the connection is left for `poll_frame`,
+    /// which drops it for every failure alike.
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self;
         loop {
             // Whole and Done gave the connection up when entered; a failed body
             // dropped it.
-            let Some(conn) = this.conn.as_mut() else {
-                return match std::mem::replace(&mut this.state, State::Done) {
+            let Some(conn) = self.conn.as_mut() else {
+                return match std::mem::replace(&mut self.state, State::Done) {
                     State::Whole(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
                     _ => Poll::Ready(None),
                 };
             };
-            match &mut this.state {
+            match &mut self.state {
                 State::Done | State::Whole(_) => return Poll::Ready(None),
                 State::Length(left) => {
                     if !conn.buf.is_empty() {
@@ -780,22 +769,21 @@ impl UpBody {
                         let data = take(&mut conn.buf, n as usize);
                         *left -= n;
                         if *left == 0 {
-                            this.state = State::Done;
-                            this.release();
+                            self.state = State::Done;
+                            self.release();
                         }
                         return Poll::Ready(Some(Ok(Frame::data(data))));
                     }
                     let left = *left;
                     if !ready!(poll_fill(conn, cx))? {
-                        this.conn = None;
                         return Poll::Ready(Some(Err(BodyError::Short(left))));
                     }
                 }
                 State::Chunked(d) => match d.step(&mut conn.buf) {
                     Ok(chunked::Step::Data(b)) => return Poll::Ready(Some(Ok(Frame::data(b)))),
                     Ok(chunked::Step::End(trailers)) => {
-                        this.state = State::Done;
-                        this.release();
+                        self.state = State::Done;
+                        self.release();
                         if let Some(t) = trailers {
                             return Poll::Ready(Some(Ok(Frame::trailers(t))));
                         }
@@ -803,14 +791,10 @@ impl UpBody {
                     }
                     Ok(chunked::Step::More) => {
                         if !ready!(poll_fill(conn, cx))? {
-                            this.conn = None;
                             return Poll::Ready(Some(Err(BodyError::ChunkCut)));
                         }
                     }
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(BodyError::Chunked(e))));
-                    }
+                    Err(e) => return Poll::Ready(Some(Err(BodyError::Chunked(e)))),
                 },
                 State::Close => {
                     if !conn.buf.is_empty() {
@@ -818,8 +802,8 @@ impl UpBody {
                         return Poll::Ready(Some(Ok(Frame::data(take(&mut conn.buf, n)))));
                     }
                     if !ready!(poll_fill(conn, cx))? {
-                        this.conn = None;
-                        this.state = State::Done;
+                        self.conn = None;
+                        self.state = State::Done;
                         return Poll::Ready(None);
                     }
                 }
@@ -946,7 +930,7 @@ mod tests {
         c: &mut Option<Conn>,
         method: Method,
     ) -> Result<(StatusCode, Vec<u8>, Option<HeaderMap>), Failed> {
-        let out = Outgoing::encode(&get(method, &[("host", "a")]), false);
+        let out = Outgoing::encode(&get(method, &[("host", "a")]), false, &[]);
         let mut conn = c.take().unwrap();
         let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60).await?;
         let (body, _) = UpBody::new(conn, &answer, up, SECS_60);
@@ -1080,7 +1064,7 @@ mod tests {
         let both: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
         let (up, _server) = scripted(vec![(b"\r\n\r\n", both)]).await;
         let mut c = Some(conn(&up).await);
-        let out = Outgoing::encode(&get(Method::GET, &[]), false);
+        let out = Outgoing::encode(&get(Method::GET, &[]), false, &[]);
         let mut conn = c.take().unwrap();
         let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
@@ -1109,7 +1093,7 @@ mod tests {
         ] {
             let (up, _server) = scripted(vec![(b"\r\n\r\n", answer)]).await;
             let mut conn = conn(&up).await;
-            let out = Outgoing::encode(&get(Method::GET, &[]), false);
+            let out = Outgoing::encode(&get(Method::GET, &[]), false, &[]);
             let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
                 .await
                 .unwrap();
@@ -1124,7 +1108,7 @@ mod tests {
         let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
         let (up, server) = scripted(vec![(b"\r\n\r\n", ok)]).await;
         let mut c = conn(&up).await;
-        let get_out = Outgoing::encode(&get(Method::GET, &[]), false);
+        let get_out = Outgoing::encode(&get(Method::GET, &[]), false, &[]);
         let answer = exchange(&mut c, &get_out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();
@@ -1144,7 +1128,7 @@ mod tests {
         );
         assert!(!e.answered && e.head_sent);
         assert!(e.may_resend(&get_out), "an idempotent GET may go again");
-        let post_out = Outgoing::encode(&get(Method::POST, &[]), false);
+        let post_out = Outgoing::encode(&get(Method::POST, &[]), false, &[]);
         assert!(
             !e.may_resend(&post_out),
             "a POST that reached the socket may not"
@@ -1181,7 +1165,7 @@ mod tests {
         let (up, _server) = scripted(vec![(b"first", early)]).await;
         let mut conn = conn(&up).await;
         let parts = get(Method::POST, &[("content-length", "1000000")]);
-        let out = Outgoing::encode(&parts, true);
+        let out = Outgoing::encode(&parts, true, &[]);
         let answer = exchange(&mut conn, &out, &mut Endless(false), SECS_60)
             .await
             .unwrap();
@@ -1196,10 +1180,10 @@ mod tests {
         let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
         let (up, server) = scripted(vec![(b"0\r\n\r\n", ok), (b"\r\n\r\n", ok)]).await;
         let mut conn = conn(&up).await;
-        let out = Outgoing::encode(&get(Method::POST, &[]), true);
+        let out = Outgoing::encode(&get(Method::POST, &[]), true, &[]);
         let mut body = Full::new(Bytes::from_static(b"hello"));
         exchange(&mut conn, &out, &mut body, SECS_60).await.unwrap();
-        let out = Outgoing::encode(&get(Method::POST, &[]), false);
+        let out = Outgoing::encode(&get(Method::POST, &[]), false, &[]);
         exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();

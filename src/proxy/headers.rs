@@ -92,7 +92,7 @@ pub fn drop_underscored(headers: &mut HeaderMap) {
     }
 }
 
-pub fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+fn trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
 
@@ -103,56 +103,52 @@ static FORWARDING: [&HeaderName; 4] = [
     &X_REAL_IP,
 ];
 
-/// Removes whatever forwarding headers the client sent, before edge writes its
-/// own (see `Outgoing::encode_with`). One scan of the names; most requests
-/// carry none, and then nothing is hashed.
-pub fn remove_forwarding(headers: &mut HeaderMap) {
-    let mut present = 0u8;
-    for k in headers.keys() {
-        if let Some(i) = FORWARDING.iter().position(|h| *h == k) {
-            present |= 1 << i;
-        }
-    }
-    for (i, name) in FORWARDING.iter().enumerate() {
-        if present & (1 << i) != 0 {
-            headers.remove(*name);
-        }
-    }
-}
-
-/// Sets X-Forwarded-*, X-Real-IP. A client's own X-Forwarded-For is replaced
-/// unless the peer is a trusted proxy, in which case the peer is appended and the
-/// real client is the right-most address that is not itself trusted.
-pub fn set_forwarding(
-    headers: &mut HeaderMap,
-    peer: IpAddr,
-    host: &str,
-    trusted_proxies: &[IpNet],
-) {
-    set_forwarding_with(headers, peer, &peer_value(peer), host, trusted_proxies)
-}
-
 /// The peer address as a header value; computed once per connection.
 pub fn peer_value(peer: IpAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// `set_forwarding` with the peer's header value made in advance: the common
-/// (untrusted peer) case then costs no formatting or allocation per request.
-pub fn set_forwarding_with(
+/// Header lines for the upstream request, written after the client's own.
+pub type Lines<'a> = [(&'static str, &'a [u8]); 4];
+
+/// X-Forwarded-*, X-Real-IP. A client's own are replaced unless the peer is a
+/// trusted proxy, in which case the peer is appended to X-Forwarded-For and the
+/// real client is the right-most address that is not itself trusted.
+///
+/// The usual case (untrusted peer) returns edge's four lines, to be written
+/// straight to the wire by `Outgoing::encode`, after the client's are removed
+/// with one scan of the names (nothing hashed when there are none): no map
+/// insert and no allocation, since `peer_hv` is made once per connection and
+/// `host` was checked by the caller. A trusted peer's chain is rewritten in the
+/// map, and nothing is returned.
+pub fn forwarding<'a>(
     headers: &mut HeaderMap,
     peer: IpAddr,
-    peer_hv: &HeaderValue,
-    host: &str,
+    peer_hv: &'a HeaderValue,
+    host: &'a str,
     trusted_proxies: &[IpNet],
-) {
+) -> Option<Lines<'a>> {
+    if trusted_proxies.is_empty() || !trusted(peer, trusted_proxies) {
+        let mut present = 0u8;
+        for k in headers.keys() {
+            if let Some(i) = FORWARDING.iter().position(|h| *h == k) {
+                present |= 1 << i;
+            }
+        }
+        for (i, name) in FORWARDING.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                headers.remove(*name);
+            }
+        }
+        return Some([
+            ("x-forwarded-proto", b"https"),
+            ("x-forwarded-host", host.as_bytes()),
+            ("x-forwarded-for", peer_hv.as_bytes()),
+            ("x-real-ip", peer_hv.as_bytes()),
+        ]);
+    }
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("https"));
     set(headers, &X_FORWARDED_HOST, host);
-    if trusted_proxies.is_empty() || !trusted(peer, trusted_proxies) {
-        headers.insert(X_FORWARDED_FOR.clone(), peer_hv.clone());
-        headers.insert(X_REAL_IP.clone(), peer_hv.clone());
-        return;
-    }
     let peer_str = peer.to_string();
     let mut real_ip = peer;
     let xff = {
@@ -182,6 +178,7 @@ pub fn set_forwarding_with(
     };
     set(headers, &X_FORWARDED_FOR, &xff);
     set(headers, &X_REAL_IP, &real_ip.to_string());
+    None
 }
 
 fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
@@ -195,6 +192,15 @@ fn set(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the upstream gets from `forwarding`: the map, with the lines it
+    /// returns appended as `Outgoing::encode` writes them after the map.
+    fn set_forwarding(h: &mut HeaderMap, peer: IpAddr, host: &str, nets: &[IpNet]) {
+        let hv = peer_value(peer);
+        for (k, v) in forwarding(h, peer, &hv, host, nets).into_iter().flatten() {
+            h.append(k, HeaderValue::from_bytes(v).unwrap());
+        }
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

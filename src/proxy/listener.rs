@@ -8,6 +8,7 @@
 //! behind the framing guard (see `framing`). That one sniffs its first bytes,
 //! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,6 +68,18 @@ fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// A client connection's deadlines, kept by the framing guard; `head`: it
+/// reads HTTP/1 request heads.
+fn deadlines(l: &Limits, head: bool, inflight: &Arc<AtomicUsize>, peer: SocketAddr) -> Deadlines {
+    Deadlines {
+        keepalive: l.keepalive_timeout,
+        send: l.send_timeout,
+        head: head.then_some(l.header_read_timeout),
+        inflight: inflight.clone(),
+        peer,
+    }
+}
+
 /// One HTTP/2 connection's builder: its executor is the connection's own
 /// (see `h2_streams`), so the builder is made per connection.
 fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
@@ -115,12 +128,7 @@ pub async fn serve_https(
         let proxy = proxy.clone();
         let (h1, conn_limits) = (h1.clone(), conn_limits.clone());
         let watcher = graceful.watcher();
-        let (handshake_timeout, keepalive, header_read_timeout, send_timeout) = (
-            limits.handshake_timeout,
-            limits.limits.keepalive_timeout,
-            limits.limits.header_read_timeout,
-            limits.limits.send_timeout,
-        );
+        let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
@@ -145,15 +153,12 @@ pub async fn serve_https(
             let served = certs.current().for_sni(session.server_name()).cloned();
             let is_h2 = session.alpn_protocol() == Some(b"h2");
             let inflight = Arc::new(AtomicUsize::new(0));
-            let deadlines = Deadlines {
-                keepalive,
-                send: send_timeout,
-                // HTTP/2 has hyper's own for each stream's headers.
-                head: (!is_h2).then_some(header_read_timeout),
-                inflight: inflight.clone(),
-                peer,
-            };
-            let io = Guard::new(tls, !is_h2, Some(deadlines));
+            // HTTP/2 has hyper's own head deadline for each stream.
+            let io = Guard::new(
+                tls,
+                !is_h2,
+                Some(deadlines(&conn_limits, !is_h2, &inflight, peer)),
+            );
             let peer_header = super::headers::peer_value(peer.ip());
             let info = Arc::new(ConnInfo {
                 peer,
@@ -166,7 +171,7 @@ pub async fn serve_https(
                 let exec = StreamExec::default();
                 let conn =
                     h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
-                WithStreams::new(watcher.watch(conn), exec, send_timeout, peer)
+                WithStreams::new(watcher.watch(conn), exec, conn_limits.send_timeout, peer)
                     .await
                     .map_err(|e| crate::acme::error_chain(&e))
             } else {
@@ -192,6 +197,7 @@ pub async fn serve_http(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let builder = Arc::new(builder(&limits.limits).http1_only());
+    let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -216,21 +222,16 @@ pub async fn serve_http(
         let redirect = redirect.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let keepalive = limits.limits.keepalive_timeout;
-        let header_read_timeout = limits.limits.header_read_timeout;
-        let send_timeout = limits.limits.send_timeout;
+        let conn_limits = conn_limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
             let inflight = Arc::new(AtomicUsize::new(0));
-            let deadlines = Deadlines {
-                keepalive,
-                send: send_timeout,
-                head: Some(header_read_timeout),
-                inflight: inflight.clone(),
-                peer,
-            };
-            let io = Guard::new(stream, false, Some(deadlines));
+            let io = Guard::new(
+                stream,
+                false,
+                Some(deadlines(&conn_limits, true, &inflight, peer)),
+            );
             let svc = service_fn(move |req| {
                 let r = redirect.handle(req, peer, &inflight);
                 async move { r }

@@ -362,7 +362,7 @@ fn prepare(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let bodyless = http_body::Body::is_end_stream(&body);
-    let out = Outgoing::encode_with(&parts, !bodyless, added.lines());
+    let out = Outgoing::encode(&parts, !bodyless, added.lines());
     let pool_len = site.pool.len();
     let max_tries = if site.cfg.max_tries == 0 {
         pool_len
@@ -373,7 +373,6 @@ fn prepare(
         site: site.clone(),
         out,
         body,
-        bodyless,
         client_upgrade,
         tripped,
         max_tries,
@@ -386,7 +385,6 @@ struct Prepared {
     site: Arc<SiteRt>,
     out: Outgoing,
     body: Guarded,
-    bodyless: bool,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     tripped: body::Tripped,
     max_tries: usize,
@@ -470,7 +468,7 @@ fn send(
                         timed_out = true;
                         last_error = format!("{} {}", up.addr, f.error);
                         tracing::warn!(upstream = %up.addr, "{last_error}");
-                        break p.bodyless && p.out.idempotent;
+                        break f.may_resend(&p.out);
                     }
                     Err(f) => f,
                 };
@@ -603,7 +601,7 @@ async fn tunnel(
 // ---------------------------------------------------------------- rewrite
 
 /// Header lines edge adds to a request, written after the client's own (see
-/// `Outgoing::encode_with`).
+/// `Outgoing::encode`).
 #[derive(Default)]
 struct Added<'a> {
     lines: [(&'static str, &'a [u8]); 5],
@@ -645,24 +643,16 @@ fn rewrite_request<'a>(
             added.push("host", a.as_str().as_bytes());
         }
     }
-    let peer = conn.peer.ip();
-    if site.trusted_proxies.is_empty() || !headers::trusted(peer, &site.trusted_proxies) {
-        // The usual case: whatever the client claimed is replaced, and edge's
-        // own values need no allocation (the peer's was made per connection,
-        // the host was checked by `request_host`).
-        headers::remove_forwarding(&mut parts.headers);
-        added.push("x-forwarded-proto", b"https");
-        added.push("x-forwarded-host", host.as_bytes());
-        added.push("x-forwarded-for", conn.peer_header.as_bytes());
-        added.push("x-real-ip", conn.peer_header.as_bytes());
-    } else {
-        headers::set_forwarding_with(
-            &mut parts.headers,
-            peer,
-            &conn.peer_header,
-            host,
-            &site.trusted_proxies,
-        );
+    // `host` was checked by `request_host`: fit for a header value as it is.
+    let lines = headers::forwarding(
+        &mut parts.headers,
+        conn.peer.ip(),
+        &conn.peer_header,
+        host,
+        &site.trusted_proxies,
+    );
+    for (name, value) in lines.into_iter().flatten() {
+        added.push(name, value);
     }
     // HTTP/2 clients may split cookies over several fields; HTTP/1.1 wants one.
     if parts.version == Version::HTTP_2
