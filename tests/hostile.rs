@@ -483,25 +483,29 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
         // A window of 0: edge may send the head but no byte of the body.
         let mut b = h2::client::Builder::new();
         b.initial_window_size(0);
-        let (mut h2c, _driver) = h2_connect(port, &b).await;
-        let resp = h2_get(&mut h2c, port, "/stream?chunks=100&size=10000", 10).await;
-        let mut body = resp.into_body();
-        let start = Instant::now();
-        let end = tokio::time::timeout(Duration::from_secs(10), body.data())
-            .await
-            .expect("the stalled stream was never reset");
-        let err = end.expect("the body ended cleanly").unwrap_err();
-        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
-        assert!(
-            start.elapsed() >= Duration::from_millis(900),
-            "{:?}",
-            start.elapsed()
-        );
-        // The upstream's only slot is free, and the same connection still works.
-        h2_get(&mut h2c, port, "/", 3).await;
+        // With ALPN h2, and with the HTTP/2 preface alone (prior knowledge),
+        // which edge serves too but on a different path.
+        for (n, alpn) in [(1, true), (2, false)] {
+            let (mut h2c, _driver) = h2_connect(port, &b, alpn).await;
+            let resp = h2_get(&mut h2c, port, "/stream?chunks=100&size=10000", 10).await;
+            let mut body = resp.into_body();
+            let start = Instant::now();
+            let end = tokio::time::timeout(Duration::from_secs(10), body.data())
+                .await
+                .unwrap_or_else(|_| panic!("the stalled stream was never reset (ALPN {alpn})"));
+            let err = end.expect("the body ended cleanly").unwrap_err();
+            assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err}");
+            assert!(
+                start.elapsed() >= Duration::from_millis(900),
+                "{:?}",
+                start.elapsed()
+            );
+            // The upstream's only slot is free, and the same connection still works.
+            h2_get(&mut h2c, port, "/", 3).await;
+            edge.proc
+                .wait_for_nth("resetting 1 HTTP/2 stream(s)", n, Duration::from_secs(5));
+        }
     });
-    edge.proc
-        .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
 }
 
 /// response_timeout counts from the end of the request, as nginx's
@@ -549,10 +553,12 @@ fn connections_per_ip_are_capped() {
     s.assert_backend_never_saw("/capped");
 }
 
-/// A raw HTTP/2 client over TLS to edge, with its connection driven by a task.
+/// A raw HTTP/2 client over TLS to edge, with its connection driven by a task;
+/// without `alpn` it sends the HTTP/2 preface unannounced (prior knowledge).
 async fn h2_connect(
     port: u16,
     builder: &h2::client::Builder,
+    alpn: bool,
 ) -> (
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
@@ -564,7 +570,9 @@ async fn h2_connect(
         .dangerous()
         .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    if alpn {
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+    }
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -643,7 +651,7 @@ fn http2_rapid_reset_gets_goaway_and_others_are_served() {
         .build()
         .unwrap();
     let outcome = rt.block_on(async move {
-        let (mut h2c, driver) = h2_connect(port, &h2::client::Builder::new()).await;
+        let (mut h2c, driver) = h2_connect(port, &h2::client::Builder::new(), true).await;
         let mut sent = 0;
         let mut refused = String::new();
         for _ in 0..5000 {

@@ -28,7 +28,8 @@
 //! connection and yet never open a stream's flow-control window; that stream
 //! is then never polled, so nothing inside it can notice, and the upstream
 //! connection its answer comes from stays taken. The connection's future
-//! sweeps its streams instead (see [`waiting_on_client`] and `WithStreams`).
+//! sweeps its streams instead (see [`waiting_on_client`] and `WithStreams`;
+//! HTTP/2 without ALPN: [`TaskExec`]).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -145,6 +146,84 @@ impl Future for Stream {
     }
 }
 
+/// The executor of hyper-util's auto builder, which serves HTTP/2 to a client
+/// that sends the preface without ALPN (prior knowledge; RFC 9113 has TLS
+/// clients use ALPN, so this is rare). Its streams run as tokio tasks, each
+/// with a send_timeout timer of its own ([`Timed`]): the builder serves
+/// HTTP/1.1 too, whose connections would otherwise all carry a stream set and
+/// its sweep for nothing.
+#[derive(Clone)]
+pub struct TaskExec {
+    pub send_timeout: Duration,
+    pub peer: SocketAddr,
+}
+
+impl<F> hyper::rt::Executor<F> for TaskExec
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Timed {
+            fut: Box::pin(fut),
+            owed: false,
+            timer: None,
+            send_timeout: self.send_timeout,
+            peer: self.peer,
+        });
+    }
+}
+
+/// A stream run as a task of its own, cut when it waits on its client for
+/// `send_timeout` without being polled: the sweep's rule, on a timer that is
+/// moved at each poll that leaves it owing.
+struct Timed {
+    fut: StreamFuture,
+    owed: bool,
+    timer: Option<Pin<Box<Sleep>>>,
+    send_timeout: Duration,
+    peer: SocketAddr,
+}
+
+impl Future for Timed {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        if this.owed
+            && this
+                .timer
+                .as_mut()
+                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
+        {
+            // Dropping the stream resets it, and its body closes the upstream connection.
+            log_reset(this.peer, 1);
+            return Poll::Ready(());
+        }
+        OWED.with(|o| o.set(this.owed));
+        if this.fut.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        this.owed = OWED.with(Cell::get);
+        if this.owed {
+            let at = Instant::now() + this.send_timeout;
+            let timer = this
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            timer.as_mut().reset(at);
+            // Registers the waker; it cannot have fired yet.
+            let _ = timer.as_mut().poll(cx);
+        }
+        Poll::Pending
+    }
+}
+
+fn log_reset(peer: SocketAddr, streams: usize) {
+    tracing::info!(
+        client = %peer,
+        "resetting {streams} HTTP/2 stream(s): the client took none of the answer within send_timeout"
+    );
+}
+
 /// Waits once, so that hyper looks for a reset of this stream before the
 /// request goes upstream (see the module doc).
 pub fn reset_check() -> impl Future<Output = ()> {
@@ -212,10 +291,7 @@ impl<C: Future> WithStreams<C> {
                 }
             }
             if cut > 0 {
-                tracing::info!(
-                    client = %self.peer,
-                    "resetting {cut} HTTP/2 stream(s): the client took none of the answer within send_timeout"
-                );
+                log_reset(self.peer, cut);
             }
             sweep.as_mut().reset(Instant::now() + period);
         }

@@ -6,7 +6,8 @@
 //! HTTP/2 connection whose streams run in its own task (see `h2_streams`);
 //! anything else gets hyper-util's auto connection, HTTP/1.1 with upgrades
 //! behind the framing guard (see `framing`). That one sniffs its first bytes,
-//! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits.
+//! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits
+//! (its streams are tokio tasks, see `h2_streams::TaskExec`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -24,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn_limit::ConnLimiter;
 use super::framing::{Deadlines, Guard};
-use super::h2_streams::{StreamExec, WithStreams};
+use super::h2_streams::{StreamExec, TaskExec, WithStreams};
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
 use crate::config::Limits;
@@ -50,8 +51,8 @@ macro_rules! h2_limits {
     };
 }
 
-fn builder(l: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
+fn builder<E: Clone>(l: &Limits, exec: E) -> auto::Builder<E> {
+    let mut b = auto::Builder::new(exec);
     // The head deadline is the framing guard's (`Deadlines`): hyper's would
     // arm a boxed timer per request, and would also close idle keep-alive
     // connections at header_read_timeout instead of keepalive_timeout. hyper
@@ -98,9 +99,6 @@ pub async fn serve_https(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    // Connections without ALPN h2. No `http1_only` here: hyper-util ignores it
-    // when serving with upgrades (see `builder`).
-    let h1 = Arc::new(builder(&limits.limits));
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {
@@ -126,7 +124,7 @@ pub async fn serve_https(
         let acceptor = acceptor.clone();
         let certs = certs.clone();
         let proxy = proxy.clone();
-        let (h1, conn_limits) = (h1.clone(), conn_limits.clone());
+        let conn_limits = conn_limits.clone();
         let watcher = graceful.watcher();
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
@@ -175,7 +173,15 @@ pub async fn serve_https(
                     .await
                     .map_err(|e| crate::acme::error_chain(&e))
             } else {
-                let conn = h1.serve_connection_with_upgrades(TokioIo::new(io), svc);
+                // No `http1_only` here: hyper-util ignores it when serving with
+                // upgrades (see `builder`). Made per connection for the
+                // executor's peer address; the builder is a few words and a timer.
+                let exec = TaskExec {
+                    send_timeout: conn_limits.send_timeout,
+                    peer,
+                };
+                let b = builder(&conn_limits, exec);
+                let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
                 watcher
                     .watch(conn.into_owned())
                     .await
@@ -196,7 +202,7 @@ pub async fn serve_http(
     conns: Arc<ConnLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&limits.limits).http1_only());
+    let builder = Arc::new(builder(&limits.limits, TokioExecutor::new()).http1_only());
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {

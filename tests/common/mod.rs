@@ -94,11 +94,26 @@ impl Proc {
 
     /// As `wait_for`, but says why instead of panicking.
     pub fn try_wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        self.try_wait_for_nth(needle, 1, timeout)
+    }
+
+    /// Waits for the `n`th line containing `needle` (from 1).
+    pub fn wait_for_nth(&self, needle: &str, n: usize, timeout: Duration) -> String {
+        self.try_wait_for_nth(needle, n, timeout)
+            .unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    fn try_wait_for_nth(
+        &self,
+        needle: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<String, String> {
         let deadline = Instant::now() + timeout;
         let (m, cv) = &*self.out;
         let mut s = m.lock().unwrap();
         loop {
-            if let Some(line) = s.lines().find(|l| l.contains(needle)) {
+            if let Some(line) = s.lines().filter(|l| l.contains(needle)).nth(n - 1) {
                 return Ok(line.to_string());
             }
             let now = Instant::now();
@@ -110,7 +125,7 @@ impl Proc {
             }
             if now >= deadline {
                 return Err(format!(
-                    "{}: no line containing {needle:?} within {timeout:?}; output:\n{}",
+                    "{}: no line {n} containing {needle:?} within {timeout:?}; output:\n{}",
                     self.name, *s
                 ));
             }
