@@ -257,6 +257,37 @@ fn oversized_header_is_431_and_connect_is_405() {
         "a".repeat(64 * 1024)
     );
     s.assert_refused(big.as_bytes(), "431", "/big-header");
+    // The same limit on HTTP/2, where it bounds the decoded header list: many
+    // fields that add up past it get 431 (h2 decodes them one by one) ...
+    let h2_fields = |n: usize, path: &str| {
+        let fields: Vec<String> = (0..n)
+            .map(|i| format!("X-Big-{i}: {}", "a".repeat(1000)))
+            .collect();
+        let mut args = vec!["--http2"];
+        for f in &fields {
+            args.extend(["-H", f.as_str()]);
+        }
+        curl("flask.test", s.port(), path, &args)
+    };
+    let (code, body) = h2_fields(40, "/big-header-h2");
+    assert_eq!(code, 431, "{body}");
+    // (20 KB is served: the limit is edge's 32 KiB, not h2's 16 KiB default.)
+    let (code, body) = h2_fields(20, "/");
+    assert_eq!(code, 200, "{body}");
+    // ... and one field too large to decode in parts ends the connection
+    // (GOAWAY COMPRESSION_ERROR), so curl gets no answer at all.
+    let (code, body) = curl(
+        "flask.test",
+        s.port(),
+        "/big-header-h2",
+        &[
+            "--http2",
+            "-H",
+            &format!("X-Big: {}", "a".repeat(64 * 1024)),
+        ],
+    );
+    assert_eq!(code, 0, "{body}");
+    s.assert_backend_never_saw("/big-header-h2");
     let out = raw_tls(
         s.port(),
         b"CONNECT flask.test:443 HTTP/1.1\r\nHost: flask.test:443\r\nConnection: close\r\n\r\n",
@@ -520,7 +551,17 @@ fn an_upload_slower_than_response_timeout_is_answered() {
 
 #[test]
 fn connections_per_ip_are_capped() {
-    let s = setup("max_connections_per_ip = 2");
+    connections_are_capped("max_connections_per_ip");
+}
+
+#[test]
+fn connections_in_all_are_capped() {
+    connections_are_capped("max_connections");
+}
+
+/// Two idle connections take both slots of `key`; a third is closed unserved.
+fn connections_are_capped(key: &str) {
+    let s = setup(&format!("{key} = 2"));
     // Two idle TLS connections hold both slots.
     let hold = || {
         let cmd = s_client(s.port(), false);
@@ -533,7 +574,7 @@ fn connections_per_ip_are_capped() {
     let (code, _) = curl("flask.test", s.port(), "/capped", &[]);
     assert_eq!(code, 0, "a third connection from the same IP was served");
     s.edge.proc.wait_for(
-        "limits.max_connections_per_ip reached",
+        &format!("connection refused: limits.{key} reached"),
         Duration::from_secs(5),
     );
     drop(a);
@@ -563,6 +604,18 @@ async fn h2_connect(
     h2::client::SendRequest<bytes::Bytes>,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
 ) {
+    let (h2c, conn) = builder
+        .handshake(tls_connect(port, alpn).await)
+        .await
+        .unwrap();
+    (h2c, tokio::spawn(conn))
+}
+
+/// A TLS connection to edge, offering ALPN h2 or nothing.
+async fn tls_connect(
+    port: u16,
+    alpn: bool,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -577,12 +630,10 @@ async fn h2_connect(
         .await
         .unwrap();
     let name = rustls_pki_types::ServerName::try_from("flask.test").unwrap();
-    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
         .connect(name, tcp)
         .await
-        .unwrap();
-    let (h2c, conn) = builder.handshake(tls).await.unwrap();
-    (h2c, tokio::spawn(conn))
+        .unwrap()
 }
 
 /// A GET whose answer's head must come within `secs` with status 200.
@@ -692,6 +743,98 @@ fn http2_rapid_reset_gets_goaway_and_others_are_served() {
     s.assert_clean_request_works();
     let (code, _) = curl("flask.test", port, "/", &["--http2"]);
     assert_eq!(code, 200);
+}
+
+/// An HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Reads one frame: (type, flags, stream, payload).
+async fn read_h2_frame(
+    tls: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<(u8, u8, u32, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tls.read_exact(&mut head).await?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    let mut payload = vec![0; len];
+    tls.read_exact(&mut payload).await?;
+    Ok((head[3], head[4], stream, payload))
+}
+
+/// A client that opens more streams at once than `h2_max_concurrent_streams`
+/// (which the h2 client crate would never do, so the frames are written by
+/// hand) gets REFUSED_STREAM for the extra one, which never reaches the
+/// backend; the streams within the limit are answered.
+#[test]
+fn http2_streams_past_the_concurrency_limit_are_refused() {
+    let s = setup("h2_max_concurrent_streams = 2");
+    let port = s.port();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = tls_connect(port, true).await;
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(h2_frame(4, 0, 0, &[]));
+        tls.write_all(&out).await.unwrap();
+        // The limit holds once the client has acknowledged edge's SETTINGS.
+        loop {
+            let (kind, flags, _, payload) = read_h2_frame(&mut tls).await.unwrap();
+            if kind == 4 && flags & 1 == 0 {
+                let advertised = payload
+                    .chunks(6)
+                    .find(|p| p[..2] == [0, 3])
+                    .map(|p| u32::from_be_bytes([p[2], p[3], p[4], p[5]]));
+                assert_eq!(advertised, Some(2), "SETTINGS_MAX_CONCURRENT_STREAMS");
+                break;
+            }
+        }
+        // SETTINGS ACK and three GET requests in one write: edge reads them
+        // together, before either of the first two is answered.
+        let mut out = h2_frame(4, 1, 0, &[]);
+        for (stream, path) in [(1, "/s1"), (3, "/s2"), (5, "/refused-stream")] {
+            // HPACK: :method GET, :scheme https (static table), then :path and
+            // :authority as literals without indexing.
+            let mut block = vec![0x82, 0x87, 0x04, path.len() as u8];
+            block.extend_from_slice(path.as_bytes());
+            block.extend_from_slice(&[0x01, 10]);
+            block.extend_from_slice(b"flask.test");
+            // END_STREAM | END_HEADERS
+            out.extend(h2_frame(1, 0x5, stream, &block));
+        }
+        tls.write_all(&out).await.unwrap();
+        let (mut refused, mut ended) = (None, Vec::new());
+        while refused.is_none() || ended.len() < 2 {
+            let (kind, flags, stream, payload) =
+                tokio::time::timeout(Duration::from_secs(5), read_h2_frame(&mut tls))
+                    .await
+                    .unwrap_or_else(|_| panic!("stalled: refused {refused:?}, ended {ended:?}"))
+                    .unwrap();
+            match kind {
+                // RST_STREAM: its error code.
+                3 => refused = Some((stream, u32::from_be_bytes(payload[..4].try_into().unwrap()))),
+                // HEADERS or DATA that ends its stream.
+                0 | 1 if flags & 1 == 1 => ended.push(stream),
+                7 => panic!("GOAWAY: {payload:?}"),
+                _ => {}
+            }
+        }
+        // 0x7: REFUSED_STREAM, which tells the client it may retry the request.
+        assert_eq!(refused, Some((5, 7)));
+        ended.sort();
+        assert_eq!(ended, [1, 3]);
+    });
+    s.assert_backend_never_saw("/refused-stream");
+    s.assert_clean_request_works();
 }
 
 /// A client that offers no ALPN gets HTTP/1.1 (HTTP/2 over TLS is chosen by

@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -111,4 +111,36 @@ fn slow_request_finishes_after_sigterm(http: &'static str) {
     assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), 0);
     // New connections are refused once it stopped accepting.
     assert_eq!(curl("flask.test", port, "/", &[]).0, 0);
+}
+
+/// A request still running when `shutdown_grace` runs out is cut, and edge
+/// exits then instead of waiting on it (systemd would SIGKILL it at its stop
+/// timeout, logging nothing).
+#[test]
+fn sigterm_cuts_what_outlives_shutdown_grace() {
+    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "30")]);
+    let (_dir, cfg) = config(&format!(
+        "{}[limits]\nshutdown_grace = \"1s\"\n{}",
+        listen_any(),
+        site(&["flask.test"], &[slow.addr()])
+    ));
+    let mut edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    let req = std::thread::spawn(move || curl("flask.test", port, "/", &[]));
+    slow.proc
+        .wait_for("slow request started", Duration::from_secs(5));
+    let start = Instant::now();
+    edge.proc.signal("TERM");
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(10)), 0);
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "exited after {took:?}, not at the 1 s grace"
+    );
+    edge.proc.wait_for(
+        "HTTPS: grace period over; closing the remaining connections",
+        Duration::from_secs(1),
+    );
+    let (code, body) = req.join().unwrap();
+    assert_ne!(code, 200, "the slow request was answered: {body}");
 }
