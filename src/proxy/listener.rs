@@ -175,7 +175,7 @@ pub async fn serve_https(
             } else {
                 // No `http1_only` here: hyper-util ignores it when serving with
                 // upgrades (see `builder`). Made per connection for the
-                // executor's peer address; the builder is a few words and a timer.
+                // executor's peer address: a few words and two timer handles.
                 let exec = TaskExec {
                     send_timeout: conn_limits.send_timeout,
                     peer,
