@@ -14,9 +14,9 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http2;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
@@ -51,17 +51,29 @@ macro_rules! h2_limits {
     };
 }
 
+/// edge's HTTP/1 settings, on hyper's builder or hyper-util's auto builder.
+macro_rules! h1_limits {
+    ($b:expr, $l:expr) => {
+        // The head deadline is the framing guard's (`Deadlines`): hyper's would
+        // arm a boxed timer per request, and would also close idle keep-alive
+        // connections at header_read_timeout instead of keepalive_timeout. hyper
+        // sets 30 s by default once it has a timer, so it is switched off here.
+        $b.timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .max_buf_size($l.max_header_bytes)
+            .keep_alive(true)
+    };
+}
+
+fn h1_builder(l: &Limits) -> http1::Builder {
+    let mut b = http1::Builder::new();
+    h1_limits!(b, l);
+    b
+}
+
 fn builder<E: Clone>(l: &Limits, exec: E) -> auto::Builder<E> {
     let mut b = auto::Builder::new(exec);
-    // The head deadline is the framing guard's (`Deadlines`): hyper's would
-    // arm a boxed timer per request, and would also close idle keep-alive
-    // connections at header_read_timeout instead of keepalive_timeout. hyper
-    // sets 30 s by default once it has a timer, so it is switched off here.
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .max_buf_size(l.max_header_bytes)
-        .keep_alive(true);
+    h1_limits!(b.http1(), l);
     // hyper-util serves a connection with upgrades by sniffing its first
     // bytes, whatever `http1_only` says, so a client that sends the HTTP/2
     // preface without ALPN h2 is served HTTP/2 here: with the same limits.
@@ -202,7 +214,10 @@ pub async fn serve_http(
     conns: Arc<ConnLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(builder(&limits.limits, TokioExecutor::new()).http1_only());
+    // hyper's own HTTP/1 connection: nothing here upgrades or speaks HTTP/2,
+    // so hyper-util's auto wrapper (version sniffing, a rewind buffer) would
+    // be work per request for nothing.
+    let builder = Arc::new(h1_builder(&limits.limits));
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
     loop {
@@ -243,7 +258,7 @@ pub async fn serve_http(
                 async move { r }
             });
             let conn = builder.serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(client = %peer, "connection ended: {e}");
             }
         });
