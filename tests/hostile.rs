@@ -515,7 +515,7 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
         let mut b = h2::client::Builder::new();
         b.initial_window_size(0);
         // With ALPN h2, and with the HTTP/2 preface alone (prior knowledge),
-        // which edge serves too but on a different path.
+        // which edge serves through a different connection type.
         for (n, alpn) in [(1, true), (2, false)] {
             let (mut h2c, _driver) = h2_connect(port, &b, alpn).await;
             let resp = h2_get(&mut h2c, port, "/stream?chunks=100&size=10000", 10).await;
