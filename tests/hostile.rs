@@ -506,11 +506,7 @@ fn a_client_that_stops_reading_is_cut_off_and_frees_the_upstream() {
 fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
     let s = one_slot_edge();
     let (edge, port) = (&s.edge, s.port());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         // A window of 0: edge may send the head but no byte of the body.
         let mut b = h2::client::Builder::new();
         b.initial_window_size(0);
@@ -592,6 +588,15 @@ fn connections_are_capped(key: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
     s.assert_backend_never_saw("/capped");
+}
+
+/// Runs an async client to completion on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
 /// A raw HTTP/2 client over TLS to edge, with its connection driven by a task;
@@ -697,11 +702,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyCert {
 fn http2_rapid_reset_gets_goaway_and_others_are_served() {
     let s = setup("");
     let port = s.port();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let outcome = rt.block_on(async move {
+    let outcome = block_on(async move {
         let (mut h2c, driver) = h2_connect(port, &h2::client::Builder::new(), true).await;
         let mut sent = 0;
         let mut refused = String::new();
@@ -776,11 +777,7 @@ async fn read_h2_frame(
 fn http2_streams_past_the_concurrency_limit_are_refused() {
     let s = setup("h2_max_concurrent_streams = 2");
     let port = s.port();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async move {
+    block_on(async move {
         use tokio::io::AsyncWriteExt;
         let mut tls = tls_connect(port, true).await;
         let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
