@@ -83,14 +83,21 @@ fn sigterm_lets_a_slow_http2_request_finish() {
     slow_request_finishes_after_sigterm("--http2");
 }
 
-fn slow_request_finishes_after_sigterm(http: &'static str) {
-    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "1.5")]);
-    let (_dir, cfg) = config(&format!(
-        "{}{}",
+/// edge in front of one Flask backend that answers `/` after `delay`
+/// seconds, with `limits` in its `[limits]` table.
+fn slow_edge(delay: &str, limits: &str) -> (Flask, tempfile::TempDir, Edge) {
+    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", delay)]);
+    let (dir, cfg) = config(&format!(
+        "{}[limits]\n{limits}\n{}",
         listen_any(),
         site(&["flask.test"], &[slow.addr()])
     ));
-    let mut edge = Edge::serve(&cfg);
+    let edge = Edge::serve(&cfg);
+    (slow, dir, edge)
+}
+
+fn slow_request_finishes_after_sigterm(http: &'static str) {
+    let (slow, _dir, mut edge) = slow_edge("1.5", "");
     let port = edge.https.port();
     let req = std::thread::spawn(move || {
         curl(
@@ -118,13 +125,7 @@ fn slow_request_finishes_after_sigterm(http: &'static str) {
 /// timeout, logging nothing).
 #[test]
 fn sigterm_cuts_what_outlives_shutdown_grace() {
-    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "30")]);
-    let (_dir, cfg) = config(&format!(
-        "{}[limits]\nshutdown_grace = \"1s\"\n{}",
-        listen_any(),
-        site(&["flask.test"], &[slow.addr()])
-    ));
-    let mut edge = Edge::serve(&cfg);
+    let (slow, _dir, mut edge) = slow_edge("30", "shutdown_grace = \"1s\"");
     let port = edge.https.port();
     let req = std::thread::spawn(move || curl("flask.test", port, "/", &[]));
     slow.proc

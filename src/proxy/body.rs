@@ -46,6 +46,49 @@ impl Tripped {
     }
 }
 
+/// The longest a body may wait between two frames, on a timer made at its
+/// first wait only (a body that is all there never pays for one) and moved
+/// only when it waits again after data came (not per frame).
+#[derive(Debug)]
+pub struct Stall {
+    after: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    /// Data came since the timer was last set.
+    moved: bool,
+}
+
+impl Stall {
+    pub fn new(after: Duration) -> Stall {
+        Stall {
+            after,
+            sleep: None,
+            moved: false,
+        }
+    }
+
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// A frame came through.
+    pub fn moved(&mut self) {
+        self.moved = true;
+    }
+
+    /// The body waits: whether `after` has passed since the last frame (or
+    /// since the first wait, when none came before it).
+    pub fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let after = self.after;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        if std::mem::take(&mut self.moved) {
+            sleep.as_mut().reset(Instant::now() + after);
+        }
+        sleep.as_mut().poll(cx).is_ready()
+    }
+}
+
 /// A request body on its way upstream. Boxed, and absent when there is no body:
 /// it lives in the request's future, which every HTTP/2 stream carries, and
 /// most requests have none, so they pay one pointer and no allocation.
@@ -55,9 +98,7 @@ struct Streaming {
     inner: Incoming,
     seen: u64,
     max: u64,
-    idle: Duration,
-    /// Made on the first wait only, so a body sent at once never pays for a timer.
-    sleep: Option<Pin<Box<Sleep>>>,
+    idle: Stall,
     tripped: Tripped,
 }
 
@@ -71,8 +112,7 @@ impl Guarded {
             inner,
             seen: 0,
             max,
-            idle,
-            sleep: None,
+            idle: Stall::new(idle),
             tripped: tripped.clone(),
         };
         (Guarded(Some(Box::new(body))), tripped)
@@ -99,21 +139,15 @@ impl Body for Guarded {
                         return Poll::Ready(Some(Err(BodyError::TooLarge(this.max))));
                     }
                 }
-                if let Some(s) = &mut this.sleep {
-                    s.as_mut().reset(Instant::now() + this.idle);
-                }
+                this.idle.moved();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let idle = this.idle;
-                let s = this
-                    .sleep
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if s.as_mut().poll(cx).is_ready() {
+                if this.idle.expired(cx) {
                     this.tripped.set(IDLE);
-                    return Poll::Ready(Some(Err(BodyError::Idle(idle))));
+                    return Poll::Ready(Some(Err(BodyError::Idle(this.idle.after()))));
                 }
                 Poll::Pending
             }

@@ -161,20 +161,18 @@ impl Idle {
             self.last = now;
             return Ok(now + self.period());
         }
-        if let (Some(since), Some(limit)) = (self.head_since, self.head) {
-            if now >= since + limit {
-                return Err(Expired::Head);
-            }
+        let head_due = self
+            .head_since
+            .zip(self.head)
+            .map(|(since, limit)| since + limit);
+        if head_due.is_some_and(|due| now >= due) {
+            return Err(Expired::Head);
         }
         let idle_due = self.last + self.keepalive;
         if now >= idle_due {
             return Err(Expired::Idle);
         }
-        let head_due = match (self.head_since, self.head) {
-            (Some(since), Some(limit)) => since + limit,
-            _ => now + self.period(),
-        };
-        Ok(idle_due.min(head_due))
+        Ok(idle_due.min(head_due.unwrap_or(now + self.period())))
     }
 }
 

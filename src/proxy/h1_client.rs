@@ -17,7 +17,6 @@
 //! fails the request with a reason instead of being guessed at: conflicting
 //! lengths, a malformed head, a head over 64 KiB.
 
-use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +31,7 @@ use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::body::Stall;
 use super::chunked::{self, Decoder};
 use super::upstream::Upstream;
 
@@ -335,11 +335,10 @@ async fn exchange_streaming<B: RequestBody>(
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut seen = 0;
+    // A timed-out upload counts as used, whatever went: it is not sent again.
     let timed_out = |error| Failed {
-        error,
-        answered: false,
         body_used: true,
-        head_sent: progress.head_sent.load(Ordering::Relaxed),
+        ..progress.failed(error, false)
     };
     loop {
         tokio::select! {
@@ -385,12 +384,7 @@ async fn exchange_streaming<B: RequestBody>(
                             (SendError::Closed, Some(Err(e))) => SendError::Io(e),
                             (e, _) => e,
                         };
-                        Err(Failed {
-                            error,
-                            answered,
-                            body_used: progress.head_sent.load(Ordering::Relaxed),
-                            head_sent: progress.head_sent.load(Ordering::Relaxed),
-                        })
+                        Err(progress.failed(error, answered))
                     }
                 };
             }
@@ -419,6 +413,18 @@ impl Upload {
     fn write_done(&self) {
         self.writing.store(false, Ordering::Relaxed);
         self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The exchange failed this far: body frames are taken only once the
+    /// head is sent, so whether the body was used is whether the head went.
+    fn failed(&self, error: SendError, answered: bool) -> Failed {
+        let head_sent = self.head_sent.load(Ordering::Relaxed);
+        Failed {
+            error,
+            answered,
+            body_used: head_sent,
+            head_sent,
+        }
     }
 }
 
@@ -677,11 +683,7 @@ pub struct UpBody {
     /// Longest wait for the next body bytes: the site's response_timeout, as
     /// nginx's proxy_read_timeout runs between two reads. Without it a backend
     /// that stops mid-body would hold the client and an upstream slot forever.
-    read_timeout: std::time::Duration,
-    /// Armed on the first wait for the socket; a whole body never needs it.
-    stall: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// Data came since the stall timer was last set.
-    moved: bool,
+    stall: Stall,
 }
 
 impl UpBody {
@@ -710,9 +712,7 @@ impl UpBody {
             state,
             keep_alive: answer.keep_alive,
             home: home.clone(),
-            read_timeout,
-            stall: None,
-            moved: false,
+            stall: Stall::new(read_timeout),
         };
         if upgrade {
             let tunnel = body.conn.take();
@@ -822,20 +822,10 @@ impl Body for UpBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut r = self.poll_next(cx);
         match &r {
-            Poll::Ready(Some(Ok(_))) => self.moved = true,
+            Poll::Ready(Some(Ok(_))) => self.stall.moved(),
             // Only a wait for the upstream's socket is Pending here.
-            Poll::Pending => {
-                let timeout = self.read_timeout;
-                let moved = std::mem::take(&mut self.moved);
-                let stall = self
-                    .stall
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                if moved {
-                    stall.as_mut().reset(tokio::time::Instant::now() + timeout);
-                }
-                if stall.as_mut().poll(cx).is_ready() {
-                    r = Poll::Ready(Some(Err(BodyError::Stalled(timeout))));
-                }
+            Poll::Pending if self.stall.expired(cx) => {
+                r = Poll::Ready(Some(Err(BodyError::Stalled(self.stall.after()))));
             }
             _ => {}
         }

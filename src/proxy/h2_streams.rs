@@ -123,27 +123,34 @@ impl Future for Stream {
         if this.expired {
             return Poll::Ready(());
         }
-        // What it last said it waits on holds until something says otherwise:
-        // a poll in which hyper only finds no flow-control room runs no code
-        // of edge's.
-        OWED.with(|o| o.set(this.owed));
         if !this.started {
             this.started = true;
             let mut first = Context::from_waker(Waker::noop());
-            if this.fut.as_mut().poll(&mut first).is_ready() {
+            if poll_owing(&mut this.fut, &mut this.owed, &mut first).is_ready() {
                 return Poll::Ready(());
             }
         }
-        if this.fut.as_mut().poll(cx).is_ready() {
+        if poll_owing(&mut this.fut, &mut this.owed, cx).is_ready() {
             return Poll::Ready(());
         }
-        this.owed = OWED.with(Cell::get);
         this.quiet = 0;
         if this.owed && !this.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             this.waker = Some(cx.waker().clone());
         }
         Poll::Pending
     }
+}
+
+/// Polls a stream's future; `owed` is what it said it waits on, updated when
+/// it waits again. What it last said holds until something says otherwise: a
+/// poll in which hyper only finds no flow-control room runs no code of edge's.
+fn poll_owing(fut: &mut StreamFuture, owed: &mut bool, cx: &mut Context<'_>) -> Poll<()> {
+    OWED.with(|o| o.set(*owed));
+    let r = fut.as_mut().poll(cx);
+    if r.is_pending() {
+        *owed = OWED.with(Cell::get);
+    }
+    r
 }
 
 /// The executor of hyper-util's auto builder, which serves HTTP/2 to a client
@@ -199,11 +206,9 @@ impl Future for Timed {
             log_reset(this.peer, 1);
             return Poll::Ready(());
         }
-        OWED.with(|o| o.set(this.owed));
-        if this.fut.as_mut().poll(cx).is_ready() {
+        if poll_owing(&mut this.fut, &mut this.owed, cx).is_ready() {
             return Poll::Ready(());
         }
-        this.owed = OWED.with(Cell::get);
         if this.owed {
             let at = Instant::now() + this.send_timeout;
             let timer = this
