@@ -113,7 +113,7 @@ where
     }
 }
 
-fn emit(r: &Record, bytes: u64) {
+pub(super) fn emit(r: &Record, bytes: u64) {
     let ms = r.start.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         target: "edge::access",

@@ -14,7 +14,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -63,12 +63,6 @@ macro_rules! h1_limits {
             .max_buf_size($l.max_header_bytes)
             .keep_alive(true)
     };
-}
-
-fn h1_builder(l: &Limits) -> http1::Builder {
-    let mut b = http1::Builder::new();
-    h1_limits!(b, l);
-    b
 }
 
 fn builder<E: Clone>(l: &Limits, exec: E) -> auto::Builder<E> {
@@ -204,7 +198,13 @@ pub async fn serve_https(
             }
         });
     }
-    drain(graceful, limits.limits.shutdown_grace, "HTTPS").await;
+    drain(
+        graceful.count(),
+        graceful.shutdown(),
+        limits.limits.shutdown_grace,
+        "HTTPS",
+    )
+    .await;
 }
 
 pub async fn serve_http(
@@ -214,12 +214,9 @@ pub async fn serve_http(
     conns: Arc<ConnLimiter>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    // hyper's own HTTP/1 connection: nothing here upgrades or speaks HTTP/2,
-    // so hyper-util's auto wrapper (version sniffing, a rewind buffer) would
-    // be work per request for nothing.
-    let builder = Arc::new(h1_builder(&limits.limits));
+    // Each connection's task holds a sender; when the last is gone, all are done.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let conn_limits = Arc::new(limits.limits.clone());
-    let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -241,43 +238,49 @@ pub async fn serve_http(
         };
         let _ = stream.set_nodelay(true);
         let redirect = redirect.clone();
-        let builder = builder.clone();
-        let watcher = graceful.watcher();
         let conn_limits = conn_limits.clone();
+        let mut stop = shutdown.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
+            let _alive = alive;
+            // Answers are written as soon as their head is read, so nothing is
+            // ever in flight here: the guard's head and idle deadlines apply.
             let inflight = Arc::new(AtomicUsize::new(0));
             let io = Guard::new(
                 stream,
                 false,
                 Some(deadlines(&conn_limits, true, &inflight, peer)),
             );
-            let svc = service_fn(move |req| {
-                let r = redirect.handle(req, peer, &inflight);
-                async move { r }
-            });
-            let conn = builder.serve_connection(TokioIo::new(io), svc);
-            if let Err(e) = watcher.watch(conn).await {
+            let max_head = conn_limits.max_header_bytes;
+            if let Err(e) = redirect.serve(io, peer.ip(), max_head, &mut stop).await {
                 tracing::debug!(client = %peer, "connection ended: {e}");
             }
         });
     }
-    drain(graceful, limits.limits.shutdown_grace, "HTTP").await;
+    let open = alive.strong_count() - 1;
+    drop(alive);
+    let done = async move {
+        let _ = all_done.recv().await;
+    };
+    drain(open, done, limits.limits.shutdown_grace, "HTTP").await;
 }
 
-async fn drain(graceful: GracefulShutdown, grace: Duration, what: &str) {
-    let open = graceful.count();
+/// Waits up to `grace` for `open` connections to finish (`done`).
+async fn drain(
+    open: usize,
+    done: impl std::future::Future<Output = ()>,
+    grace: Duration,
+    what: &str,
+) {
     if open > 0 {
         tracing::info!(
             "{what} listener closed; waiting up to {} for {open} connection(s) to finish",
             humantime::format_duration(grace)
         );
     }
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, done).await.is_err() {
         tracing::warn!("{what}: grace period over; closing the remaining connections");
     }
 }

@@ -1,27 +1,61 @@
-//! The plain-HTTP listener: everything is redirected to HTTPS.
+//! The plain-HTTP listener: every request is answered with a redirect to
+//! HTTPS (or a 400 / 404 page), and nothing is forwarded anywhere.
 //!
 //! 308 is the default because it keeps the method and body (a POST stays a
 //! POST); `listen.redirect = 301` gives nginx's `permanent` behaviour.
+//!
+//! Since this listener only ever answers, it does not run hyper's server:
+//! each request head is parsed in place in one reused read buffer (httparse,
+//! as hyper does), its answer is appended to one reused write buffer, and the
+//! answers to pipelined requests leave in one write. hyper's general machinery
+//! (a `Request` with its URI and header map, a service future, a `Response`,
+//! the dispatch loop) was most of this listener's user-space CPU, with the
+//! same two syscalls per request as here (bench/notes.md).
+//!
+//! What hyper did here that this keeps: a head longer than
+//! `max_header_bytes` or with more than 100 fields is 431, a malformed one
+//! 400, and either ends the connection; HTTP/1.0 is closed after the answer
+//! unless it asks for keep-alive; `Connection: close` is honoured; a
+//! request body is read and dropped so the connection can go on (up to
+//! `DISCARD_MAX` with a `Content-Length`; anything else ends it after the
+//! answer); answers carry `Date`; on shutdown an idle connection closes at
+//! once and one in the middle of a head gets its answer with
+//! `Connection: close`. The deadlines (head, keep-alive, send) are the
+//! framing guard's, as before.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
-use std::time::Instant;
+use std::cell::RefCell;
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::time::{Duration, Instant, SystemTime};
 
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
+use bytes::{Buf, BytesMut};
+use http::{Method, StatusCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::watch;
 
-use super::access_log::{Inflight, Logged, Record};
-use super::{error, Body};
+use super::access_log::{self, Record};
+use super::error;
 use crate::config::AccessLog;
 use crate::names;
 
 /// Kept free for HTTP-01 validation, which is answered on this listener.
 pub const ACME_HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// hyper's limit, kept: more fields than this is 431.
+const MAX_HEADERS: usize = 100;
+/// A request body up to this size is read and dropped to keep the
+/// connection; a larger or chunked one ends the connection after the answer.
+const DISCARD_MAX: u64 = 64 * 1024;
+/// After an answer that ends a connection while the client may still be
+/// sending (a body not read, a broken head), what it sends is read and dropped
+/// for up to this long and this much before closing: closing a socket with
+/// unread input sends a reset, which can destroy the answer before the client
+/// has read it (nginx's lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 256 * 1024;
+/// Read into at least this much free space.
+const READ_SIZE: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct Redirect {
@@ -30,67 +64,114 @@ pub struct Redirect {
     pub access: AccessLog,
 }
 
-impl Redirect {
-    pub fn handle(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        inflight: &Arc<AtomicUsize>,
-    ) -> Result<Response<Body>, Infallible> {
-        let inflight = Inflight::new(inflight);
-        let logging = self.access != AccessLog::Off;
-        let start = logging.then(Instant::now);
-        let host = usable_host(&req);
-        let resp = match host {
-            None => page(StatusCode::BAD_REQUEST, true),
-            Some(_) if req.uri().path().starts_with(ACME_HTTP01_PREFIX) => {
-                page(StatusCode::NOT_FOUND, false)
-            }
-            Some(h) => {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map(|p| p.as_str())
-                    .unwrap_or("/");
-                match HeaderValue::from_maybe_shared(Bytes::from(location(h, self.https_port, pq)))
-                {
-                    Ok(loc) => {
-                        let mut r = Response::new(Either::Right(Full::new(Bytes::new())));
-                        *r.status_mut() = self.status;
-                        r.headers_mut().insert(header::LOCATION, loc);
-                        r
-                    }
-                    Err(_) => page(StatusCode::BAD_REQUEST, true),
-                }
-            }
-        };
-        let record = logging.then(|| {
-            Box::new(Record {
-                client: peer.ip(),
-                method: req.method().clone(),
-                host: host.map(str::to_ascii_lowercase).unwrap_or_default(),
-                path: req.uri().path().to_string(),
-                status: resp.status().as_u16(),
-                upstream: None,
-                start: start.unwrap_or_else(Instant::now),
-            })
-        });
-        let (parts, body) = resp.into_parts();
-        Ok(Response::from_parts(
-            parts,
-            Logged::new(body, record, Some(inflight)),
-        ))
-    }
+/// What answering the request at the front of the buffer did.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// The head is not complete yet.
+    More,
+    /// Answered: the head was `len` bytes and `body` bytes follow it.
+    Answered { len: usize, body: u64, end: End },
 }
 
-/// The host to redirect to, only if it is a plain host name or IP: anything else
-/// (no Host, two Hosts, odd bytes) would make the Location header a weapon.
-fn usable_host<B>(req: &Request<B>) -> Option<&str> {
-    let mut hosts = req.headers().get_all(header::HOST).iter();
-    let raw = match (req.uri().authority(), hosts.next(), hosts.next()) {
-        (_, Some(_), Some(_)) => return None,
-        (Some(a), _, _) => a.as_str(),
-        (None, Some(h), None) => h.to_str().ok()?,
+/// Whether the connection goes on after an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    KeepAlive,
+    /// Close after the answer; the client has sent all it meant to.
+    Close,
+    /// Close after the answer, but the client may still be sending: linger.
+    Linger,
+}
+
+/// The parts of a request head that decide its answer.
+struct Head<'a> {
+    method: &'a str,
+    /// The request target as sent.
+    target: &'a str,
+    http10: bool,
+    host: Option<&'a str>,
+    /// Two or more Host fields.
+    hosts: bool,
+    close: bool,
+    keep_alive: bool,
+    length: Result<Option<u64>, ()>,
+    chunked: bool,
+    expect: bool,
+}
+
+fn read_head<'a>(req: &httparse::Request<'_, 'a>) -> Head<'a> {
+    let mut h = Head {
+        method: req.method.unwrap_or(""),
+        target: req.path.unwrap_or(""),
+        http10: req.version == Some(0),
+        host: None,
+        hosts: false,
+        close: false,
+        keep_alive: false,
+        length: Ok(None),
+        chunked: false,
+        expect: false,
+    };
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"host") {
+            h.hosts |= h.host.is_some();
+            h.host = Some(std::str::from_utf8(f.value).unwrap_or("\0"));
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for t in f.value.split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                h.close |= t.eq_ignore_ascii_case(b"close");
+                h.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            h.length = h.length.and_then(|was| {
+                let v = f.value.trim_ascii();
+                let n = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .flatten()
+                    .ok_or(())?;
+                match was {
+                    Some(w) if w != n => Err(()),
+                    _ => Ok(Some(n)),
+                }
+            });
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            h.chunked = true;
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            h.expect = true;
+        }
+    }
+    h
+}
+
+/// Splits a request target into the authority it names (absolute form) and
+/// its path and query. `None` for a form edge does not redirect (CONNECT's
+/// authority form) or bytes a Location header must not carry.
+fn split_target(target: &str) -> Option<(Option<&str>, &str)> {
+    if !target.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return None;
+    }
+    if target.starts_with('/') || target == "*" {
+        return Some((None, target));
+    }
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let cut = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, pq) = rest.split_at(cut);
+    Some((Some(authority), if pq.is_empty() { "/" } else { pq }))
+}
+
+/// The host to redirect to, only if it is a plain host name or IP: anything
+/// else (no Host, two Hosts, odd bytes) would make the Location header a weapon.
+fn usable_host<'a>(authority: Option<&'a str>, head: &Head<'a>) -> Option<&'a str> {
+    let raw = match (authority, head.host, head.hosts) {
+        (_, _, true) => return None,
+        (Some(a), _, _) => a,
+        (None, Some(h), false) => h,
         (None, None, _) => return None,
     };
     let host = names::host_without_port(raw);
@@ -102,88 +183,522 @@ fn usable_host<B>(req: &Request<B>) -> Option<&str> {
     ok.then_some(host)
 }
 
-/// `https://host[:port]/path?query`, built in one allocation: this runs for
-/// every plain-HTTP request. `host` is already checked by `usable_host`.
-fn location(host: &str, https_port: u16, path_and_query: &str) -> String {
-    use std::fmt::Write;
-    let mut loc = String::with_capacity(host.len() + path_and_query.len() + 16);
-    loc.push_str("https://");
+/// `https://host[:port]/path?query`, written straight into the answer.
+/// `host` is already checked by `usable_host`, the rest by `split_target`.
+fn write_location(out: &mut Vec<u8>, host: &str, https_port: u16, path_and_query: &str) {
+    out.extend_from_slice(b"https://");
     let v6 = host.contains(':');
     if v6 {
-        loc.push('[');
+        out.push(b'[');
     }
-    loc.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    out.extend(host.bytes().map(|b| b.to_ascii_lowercase()));
     if v6 {
-        loc.push(']');
+        out.push(b']');
     }
     if https_port != 443 {
-        let _ = write!(loc, ":{https_port}");
+        out.push(b':');
+        out.extend_from_slice(https_port.to_string().as_bytes());
     }
     if !path_and_query.starts_with('/') {
-        loc.push('/');
+        out.push(b'/');
     }
-    loc.push_str(path_and_query);
-    loc
+    out.extend_from_slice(path_and_query.as_bytes());
 }
 
-fn page(
-    status: StatusCode,
-    close: bool,
-) -> Response<Either<super::h1_client::UpBody, Full<Bytes>>> {
-    let mut r = Response::new(Either::Right(Full::new(error::builtin(status))));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    if close {
-        r.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+thread_local! {
+    /// The `Date` value, made once a second (hyper caches it the same way).
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn write_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// The status line and the headers every answer has; the caller adds its own
+/// and the blank line.
+fn write_head(out: &mut Vec<u8>, status: StatusCode, end: End, http10_keep_alive: bool) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    write_date(out);
+    if end != End::KeepAlive {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if http10_keep_alive {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
-    r
+}
+
+/// An error page; `with_body` false for HEAD. Returns the body's length sent.
+fn write_page(out: &mut Vec<u8>, status: StatusCode, end: End, ka10: bool, with_body: bool) -> u64 {
+    let body = error::builtin(status);
+    write_head(out, status, end, ka10);
+    out.extend_from_slice(b"content-type: text/html; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    if with_body {
+        out.extend_from_slice(&body);
+        body.len() as u64
+    } else {
+        0
+    }
+}
+
+impl Redirect {
+    /// Answers the request whose head starts `buf`, appending the answer to
+    /// `out`. `closing`: the listener is shutting down.
+    fn answer(
+        &self,
+        buf: &[u8],
+        max_head: usize,
+        closing: bool,
+        out: &mut Vec<u8>,
+        client: IpAddr,
+    ) -> Step {
+        let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let refuse = |out: &mut Vec<u8>, status| {
+            write_page(out, status, End::Linger, false, true);
+            Step::Answered {
+                len: buf.len(),
+                body: 0,
+                end: End::Linger,
+            }
+        };
+        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
+            Ok(httparse::Status::Complete(n)) if n <= max_head => n,
+            Ok(httparse::Status::Partial) if buf.len() < max_head => return Step::More,
+            Ok(_) | Err(httparse::Error::TooManyHeaders) => {
+                return refuse(out, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
+            }
+            Err(_) => return refuse(out, StatusCode::BAD_REQUEST),
+        };
+        let start = Instant::now();
+        let head = read_head(&req);
+        let Ok(length) = head.length else {
+            return refuse(out, StatusCode::BAD_REQUEST);
+        };
+        let length = length.unwrap_or(0);
+        // A body is dropped in place only when its end is known and near, and
+        // the client is not waiting for a 100 that will never come.
+        let end = if head.chunked || length > DISCARD_MAX || (head.expect && length > 0) {
+            End::Linger
+        } else if closing || head.close || (head.http10 && !head.keep_alive) {
+            End::Close
+        } else {
+            End::KeepAlive
+        };
+        let body = if end == End::Linger { 0 } else { length };
+        let ka10 = head.http10 && end == End::KeepAlive;
+        let target = split_target(head.target);
+        let host = target.and_then(|(authority, _)| usable_host(authority, &head));
+        let (status, sent) = match (target, host) {
+            (Some((_, pq)), Some(host)) if !pq.starts_with(ACME_HTTP01_PREFIX) => {
+                write_head(out, self.status, end, ka10);
+                out.extend_from_slice(b"location: ");
+                write_location(out, host, self.https_port, pq);
+                out.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
+                (self.status, 0)
+            }
+            (Some(_), Some(_)) => {
+                let sent = write_page(out, StatusCode::NOT_FOUND, end, ka10, head.method != "HEAD");
+                (StatusCode::NOT_FOUND, sent)
+            }
+            _ => {
+                // No usable host or target: 400, and the connection ends, as
+                // hyper ended it; with a body left unread, lingering.
+                let end = if end == End::Linger || body > 0 {
+                    End::Linger
+                } else {
+                    End::Close
+                };
+                let sent = write_page(
+                    out,
+                    StatusCode::BAD_REQUEST,
+                    end,
+                    false,
+                    head.method != "HEAD",
+                );
+                self.log(client, &head, host, StatusCode::BAD_REQUEST, sent, start);
+                return Step::Answered { len, body, end };
+            }
+        };
+        self.log(client, &head, host, status, sent, start);
+        Step::Answered { len, body, end }
+    }
+
+    fn log(
+        &self,
+        client: IpAddr,
+        head: &Head<'_>,
+        host: Option<&str>,
+        status: StatusCode,
+        bytes: u64,
+        start: Instant,
+    ) {
+        if self.access == AccessLog::Off {
+            return;
+        }
+        let path = split_target(head.target).map_or(head.target, |(_, pq)| pq);
+        let record = Record {
+            client,
+            method: Method::from_bytes(head.method.as_bytes()).unwrap_or(Method::GET),
+            host: host.map(str::to_ascii_lowercase).unwrap_or_default(),
+            path: path.split('?').next().unwrap_or(path).to_string(),
+            status: status.as_u16(),
+            upstream: None,
+            start,
+        };
+        access_log::emit(&record, bytes);
+    }
+
+    /// Serves one connection until the client closes it, a deadline of the
+    /// framing guard under `io` ends it, or the listener shuts down.
+    pub async fn serve<T: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut io: T,
+        client: IpAddr,
+        max_head: usize,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> io::Result<()> {
+        let mut buf = BytesMut::with_capacity(READ_SIZE);
+        let mut out = Vec::with_capacity(512);
+        // Body bytes still to drop before the next head.
+        let mut skip: u64 = 0;
+        loop {
+            let mut end = End::KeepAlive;
+            loop {
+                if skip > 0 {
+                    let n = skip.min(buf.len() as u64);
+                    buf.advance(n as usize);
+                    skip -= n;
+                    if skip > 0 {
+                        break;
+                    }
+                }
+                if buf.is_empty() {
+                    break;
+                }
+                let closing = *shutdown.borrow();
+                match self.answer(&buf, max_head, closing, &mut out, client) {
+                    Step::More => break,
+                    Step::Answered { len, body, end: e } => {
+                        buf.advance(len);
+                        skip = body;
+                        if e != End::KeepAlive {
+                            end = e;
+                            break;
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() {
+                io.write_all(&out).await?;
+                out.clear();
+            }
+            match end {
+                End::KeepAlive => {}
+                End::Close => return io.shutdown().await,
+                End::Linger => {
+                    linger(&mut io, &mut buf).await;
+                    return Ok(());
+                }
+            }
+            if buf.capacity() - buf.len() < READ_SIZE / 4 {
+                buf.reserve(READ_SIZE);
+            }
+            let n = if buf.is_empty() && skip == 0 {
+                // Idle between requests: shutting down closes it now.
+                tokio::select! {
+                    biased;
+                    _ = shutdown.changed() => return Ok(()),
+                    r = io.read_buf(&mut buf) => r?,
+                }
+            } else {
+                io.read_buf(&mut buf).await?
+            };
+            if n == 0 {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Half-closes, then reads and drops what the client still sends, for a
+/// while: see [`LINGER_TIME`].
+async fn linger<T: AsyncRead + AsyncWrite + Unpin>(io: &mut T, buf: &mut BytesMut) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            buf.clear();
+            buf.reserve(READ_SIZE);
+            match io.read_buf(buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn host_of(pairs: &[(&str, &str)], uri: &str) -> Option<String> {
-        let mut b = Request::builder().uri(uri);
-        for (k, v) in pairs {
-            b = b.header(*k, *v);
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    fn redirect() -> Redirect {
+        Redirect {
+            https_port: 8443,
+            status: StatusCode::PERMANENT_REDIRECT,
+            access: AccessLog::Off,
         }
-        let req = b.body(()).unwrap();
-        usable_host(&req).map(str::to_string)
+    }
+
+    /// Answers `input` as a connection would, without I/O: the answers and
+    /// how the connection ended (`None`: it waits for more).
+    fn converse(input: &[u8], max_head: usize, closing: bool) -> (String, Option<End>) {
+        let r = redirect();
+        let mut buf = input;
+        let mut out = Vec::new();
+        loop {
+            match r.answer(buf, max_head, closing, &mut out, CLIENT) {
+                Step::More => return (String::from_utf8(out).unwrap(), None),
+                Step::Answered { len, body, end } => {
+                    let skip = len + body as usize;
+                    buf = &buf[skip.min(buf.len())..];
+                    if end != End::KeepAlive || buf.is_empty() {
+                        return (String::from_utf8(out).unwrap(), Some(end));
+                    }
+                }
+            }
+        }
+    }
+
+    fn location_of(target: &str, host: &str) -> Option<String> {
+        let req = format!("GET {target} HTTP/1.1\r\n{host}\r\n");
+        let (out, _) = converse(req.as_bytes(), 32 * 1024, false);
+        out.lines()
+            .find_map(|l| l.strip_prefix("location: "))
+            .map(str::to_string)
     }
 
     #[test]
     fn location_keeps_path_and_query_and_names_the_port() {
         assert_eq!(
-            location("Flask.Test", 8443, "/a/b?x=1&y"),
-            "https://flask.test:8443/a/b?x=1&y"
+            location_of("/a/b?x=1&y", "Host: Flask.Test:80\r\n").as_deref(),
+            Some("https://flask.test:8443/a/b?x=1&y")
         );
-        assert_eq!(location("flask.test", 443, "/"), "https://flask.test/");
-        assert_eq!(location("::1", 443, "/p"), "https://[::1]/p");
-        assert_eq!(location("flask.test", 443, "*"), "https://flask.test/*");
+        assert_eq!(
+            location_of("/p", "Host: [::1]:80\r\n").as_deref(),
+            Some("https://[::1]:8443/p")
+        );
+        assert_eq!(
+            location_of("*", "Host: flask.test\r\n").as_deref(),
+            Some("https://flask.test:8443/*")
+        );
+        // Absolute form: its authority stands for Host.
+        assert_eq!(
+            location_of("http://Abs.Test:8080/x?q", "Host: other.test\r\n").as_deref(),
+            Some("https://abs.test:8443/x?q")
+        );
+        assert_eq!(
+            location_of("http://abs.test", "").as_deref(),
+            Some("https://abs.test:8443/")
+        );
+        let mut out = Vec::new();
+        write_location(&mut out, "flask.test", 443, "/");
+        assert_eq!(out, b"https://flask.test/");
     }
 
     #[test]
     fn only_plain_hosts_are_redirected_to() {
-        assert_eq!(
-            host_of(&[("host", "Flask.Test:80")], "/"),
-            Some("Flask.Test".into())
+        for (target, host) in [
+            ("/", ""),
+            ("/", "Host: a.test\r\nHost: b.test\r\n"),
+            ("/", "Host: evil.test/x\r\n"),
+            ("/", "Host: a b\r\n"),
+            ("/", "Host: user@a.test\r\n"),
+            ("http://user@a.test/", ""),
+            ("ftp://a.test/", ""),
+            ("a.test:443", "Host: a.test\r\n"),
+        ] {
+            let req = format!("GET {target} HTTP/1.1\r\n{host}\r\n");
+            let (out, end) = converse(req.as_bytes(), 32 * 1024, false);
+            assert!(
+                out.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+                "{req:?}: {out}"
+            );
+            assert!(!out.contains("location"), "{req:?}: {out}");
+            assert_eq!(end, Some(End::Close), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn pipelined_requests_and_dropped_bodies_keep_the_connection() {
+        let (out, end) = converse(
+            b"GET /1 HTTP/1.1\r\nHost: a.test\r\n\r\n\
+              POST /2 HTTP/1.1\r\nHost: a.test\r\nContent-Length: 6\r\n\r\nGET /x\
+              GET /3 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            32 * 1024,
+            false,
         );
-        assert_eq!(host_of(&[("host", "[::1]:80")], "/"), Some("::1".into()));
-        assert_eq!(host_of(&[], "/"), None);
+        let locations: Vec<&str> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("location: "))
+            .collect();
+        // The body that looks like a request line is never answered.
         assert_eq!(
-            host_of(&[("host", "a.test"), ("host", "b.test")], "/"),
-            None
+            locations,
+            [
+                "https://a.test:8443/1",
+                "https://a.test:8443/2",
+                "https://a.test:8443/3"
+            ]
         );
-        assert_eq!(host_of(&[("host", "evil.test/x")], "/"), None);
-        assert_eq!(host_of(&[("host", "a b")], "/"), None);
+        assert_eq!(end, Some(End::KeepAlive));
+        assert_eq!(out.matches("date: ").count(), 3, "{out}");
+    }
+
+    #[test]
+    fn bodies_edge_does_not_drop_end_the_connection() {
+        for req in [
+            "POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1000000\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        ] {
+            let (out, end) = converse(req.as_bytes(), 32 * 1024, false);
+            assert!(out.starts_with("HTTP/1.1 308 "), "{req:?}: {out}");
+            assert!(out.contains("connection: close\r\n"), "{req:?}: {out}");
+            assert_eq!(end, Some(End::Linger), "{req:?}");
+        }
+        let (out, end) = converse(
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            32 * 1024,
+            false,
+        );
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+        assert_eq!(end, Some(End::Linger));
+    }
+
+    #[test]
+    fn close_http10_and_shutdown_end_the_connection() {
+        let cases: [(&str, bool, &str, End); 5] = [
+            (
+                "GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+                false,
+                "connection: close",
+                End::Close,
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a.test\r\n\r\n",
+                false,
+                "connection: close",
+                End::Close,
+            ),
+            (
+                "GET / HTTP/1.0\r\nHost: a.test\r\nConnection: Keep-Alive\r\n\r\n",
+                false,
+                "connection: keep-alive",
+                End::KeepAlive,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                true,
+                "connection: close",
+                End::Close,
+            ),
+            (
+                "GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+                false,
+                "",
+                End::KeepAlive,
+            ),
+        ];
+        for (req, closing, header, want) in cases {
+            let (out, end) = converse(req.as_bytes(), 32 * 1024, closing);
+            assert!(out.starts_with("HTTP/1.1 308 "), "{req:?}: {out}");
+            assert_eq!(end, Some(want), "{req:?}");
+            if header.is_empty() {
+                assert!(!out.contains("connection:"), "{req:?}: {out}");
+            } else {
+                assert!(out.contains(&format!("{header}\r\n")), "{req:?}: {out}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_or_broken_heads_are_refused() {
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(2000)
+        );
+        let (out, end) = converse(long.as_bytes(), 1024, false);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        assert_eq!(end, Some(End::Linger));
+        // Still incomplete but already over the cap: 431 without waiting for the rest.
+        let (out, _) = converse(&long.as_bytes()[..1500], 1024, false);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        // Under the cap and incomplete: wait for more.
         assert_eq!(
-            host_of(&[], "http://abs.test:8080/x"),
-            Some("abs.test".into())
+            converse(b"GET / HTTP/1.1\r\nHo", 1024, false),
+            (String::new(), None)
         );
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\nHost: a.test\r\n{many}\r\n");
+        let (out, _) = converse(req.as_bytes(), 32 * 1024, false);
+        assert!(out.starts_with("HTTP/1.1 431 "), "{out}");
+        for bad in [
+            &b"GET / HTTP/1.1\r\nHost a.test\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /\x01 HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        ] {
+            let (out, end) = converse(bad, 32 * 1024, false);
+            assert!(out.starts_with("HTTP/1.1 400 "), "{bad:?}: {out}");
+            assert_eq!(end, Some(End::Linger));
+        }
+        // A byte a Location must not carry, though httparse takes it.
+        let (out, _) = converse(
+            "GET /\u{e9} HTTP/1.1\r\nHost: a.test\r\n\r\n".as_bytes(),
+            32 * 1024,
+            false,
+        );
+        assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    }
+
+    #[test]
+    fn acme_challenges_get_404_and_head_gets_no_body() {
+        let (out, end) = converse(
+            b"GET /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            32 * 1024,
+            false,
+        );
+        assert!(out.starts_with("HTTP/1.1 404 Not Found\r\n"), "{out}");
+        assert!(out.ends_with("</html>\n"), "{out}");
+        assert_eq!(end, Some(End::KeepAlive));
+        let (out, _) = converse(
+            b"HEAD /.well-known/acme-challenge/tok HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            32 * 1024,
+            false,
+        );
+        assert!(out.ends_with("\r\n\r\n"), "{out}");
+        assert!(!out.contains("content-length: 0"), "{out}");
     }
 }
