@@ -17,6 +17,7 @@
 //! fails the request with a reason instead of being guessed at: conflicting
 //! lengths, a malformed head, a head over 64 KiB.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,6 +31,7 @@ use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 use super::body::Stall;
 use super::chunked::{self, Decoder};
@@ -52,6 +54,11 @@ const COPY_UNDER: usize = 4096;
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The wait for an answer's head, one timer for the connection's life,
+    /// made at its first request. Moving a registered tokio timer later is one
+    /// atomic exchange; a timer per request took the timer wheel's lock to
+    /// register and again to remove.
+    answer_due: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -59,6 +66,7 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            answer_due: None,
         }
     }
 
@@ -291,11 +299,24 @@ pub async fn exchange<B: RequestBody>(
     timeout: std::time::Duration,
 ) -> Result<Answer, Failed> {
     if body.is_end_stream() {
+        let Conn {
+            io,
+            buf,
+            answer_due,
+        } = conn;
+        let due = Instant::now() + timeout;
+        let due = match answer_due {
+            Some(sleep) => {
+                sleep.as_mut().reset(due);
+                sleep
+            }
+            None => answer_due.insert(Box::pin(tokio::time::sleep_until(due))),
+        };
         let go = async {
-            if let Err(e) = conn.io.write_all(&out.wire).await {
+            if let Err(e) = io.write_all(&out.wire).await {
                 return Err(Failed::new(e.into()));
             }
-            read_answer(&mut conn.io, &mut conn.buf, out.head_only)
+            read_answer(io, buf, out.head_only)
                 .await
                 .map_err(|(error, answered)| Failed {
                     error,
@@ -304,15 +325,21 @@ pub async fn exchange<B: RequestBody>(
                     head_sent: true,
                 })
         };
-        return match tokio::time::timeout(timeout, go).await {
-            Ok(r) => r,
-            Err(_) => Err(Failed {
+        let mut go = std::pin::pin!(go);
+        // As `tokio::time::timeout`: the exchange first, then the deadline.
+        return std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = go.as_mut().poll(cx) {
+                return Poll::Ready(r);
+            }
+            ready!(due.as_mut().poll(cx));
+            Poll::Ready(Err(Failed {
                 error: SendError::NoAnswer(timeout),
                 answered: false,
                 body_used: false,
                 head_sent: true,
-            }),
-        };
+            }))
+        })
+        .await;
     }
     Box::pin(exchange_streaming(conn, out, body, timeout)).await
 }
@@ -927,6 +954,65 @@ mod tests {
         let all = body.collect().await.expect("body");
         let trailers = all.trailers().cloned();
         Ok((answer.head.status, all.to_bytes().to_vec(), trailers))
+    }
+
+    /// The answer deadline is one timer per connection, moved per request: a
+    /// reused connection's request gets its own full `timeout` (the timer set
+    /// by the one before does not fire early), and no answer within it fails
+    /// the exchange as `NoAnswer`.
+    #[tokio::test]
+    async fn each_request_on_a_connection_gets_its_own_answer_deadline() {
+        use std::time::Duration;
+        let timeout = Duration::from_millis(400);
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            // First at once, the second 250 ms late, the third never.
+            for delay in [0, 250] {
+                let _ = s.read(&mut b).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                s.write_all(ok).await.unwrap();
+            }
+            let _ = s.read(&mut b).await.unwrap();
+            s
+        });
+        let cfg = crate::config::Upstream {
+            addr,
+            weight: 1,
+            max_conns: 0,
+        };
+        let up = Arc::new(Upstream::new(&cfg, "h1-client-test"));
+        let out = Outgoing::encode(&get(Method::GET, &[("host", "a")]), false, &[]);
+        let mut c = conn(&up).await;
+        let take = |c: &mut Conn, answer: &Answer| {
+            let n = match answer.framing {
+                Framing::Length(n) => n as usize,
+                _ => panic!("{:?}", answer.framing),
+            };
+            c.buf.advance(n);
+        };
+        let a = exchange(&mut c, &out, &mut Empty::<Bytes>::new(), timeout)
+            .await
+            .unwrap();
+        take(&mut c, &a);
+        // The next request starts 300 ms into the first one's 400: its answer,
+        // 250 ms later, comes after the first deadline and before its own.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let a = exchange(&mut c, &out, &mut Empty::<Bytes>::new(), timeout)
+            .await
+            .expect("the first request's deadline cut the second");
+        take(&mut c, &a);
+        let start = std::time::Instant::now();
+        let f = exchange(&mut c, &out, &mut Empty::<Bytes>::new(), timeout)
+            .await
+            .expect_err("an answer that never came was taken");
+        assert!(matches!(f.error, SendError::NoAnswer(_)), "{:?}", f.error);
+        assert!(f.head_sent && !f.answered && !f.body_used);
+        assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+        drop(server.await.unwrap());
     }
 
     #[tokio::test]
