@@ -205,6 +205,49 @@ fn one_connection_pipelined_bodies_limits_and_close() {
     );
 }
 
+/// A client that pipelines requests and never reads the answers: once edge's
+/// write has waited `send_timeout`, the connection is cut (edge reads no more
+/// of it meanwhile, so neither its buffer nor the answers pile up), and other
+/// clients are served throughout.
+#[test]
+fn a_pipelining_client_that_never_reads_is_cut_at_send_timeout() {
+    let (_flask, _dir, edge) = edge_with("send_timeout = \"1s\"");
+    let addr = edge.http;
+    let writer = std::thread::spawn(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+        // Each answers with a whole error page, about four times its size.
+        let req = b"GET /.well-known/acme-challenge/x HTTP/1.1\r\nHost: flask.test\r\n\r\n";
+        let batch = req.repeat(1000);
+        let mut sent = 0usize;
+        loop {
+            match c.write_all(&batch) {
+                Ok(()) => sent += batch.len(),
+                Err(e) => return (sent, e.kind()),
+            }
+            assert!(sent < 200_000_000, "edge took {sent} bytes without a cut");
+        }
+    });
+    edge.proc.wait_for(
+        "the client took no response bytes within send_timeout",
+        Duration::from_secs(20),
+    );
+    // Served meanwhile.
+    let mut c = connect(edge.http);
+    c.write_all(b"GET /ok HTTP/1.1\r\nHost: flask.test\r\n\r\n")
+        .unwrap();
+    assert!(read_answers(&mut c, 1)[0].starts_with("HTTP/1.1 308 "));
+    // The blocked writer sees the connection go.
+    let (sent, why) = writer.join().unwrap();
+    assert!(
+        matches!(
+            why,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{why:?} after {sent} bytes"
+    );
+}
+
 /// SIGTERM: an idle connection is closed at once, one in the middle of a
 /// head still gets its answer (with `Connection: close`), and edge exits
 /// without waiting out `shutdown_grace`.
