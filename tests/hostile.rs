@@ -24,12 +24,7 @@ fn setup(limits: &str) -> Setup {
 /// `site_keys` go into the site's table.
 fn setup_with(limits: &str, site_keys: &str) -> Setup {
     let flask = Flask::start(1);
-    let (dir, cfg) = config(&format!(
-        "{}[limits]\n{limits}\n{}{site_keys}\n",
-        listen_any(),
-        site(&["flask.test"], &[flask.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
+    let (dir, edge) = edge_for(&flask.addr(), limits, site_keys);
     Setup {
         flask,
         edge,

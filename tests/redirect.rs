@@ -12,12 +12,7 @@ use common::*;
 
 fn edge_with(limits: &str) -> (Flask, tempfile::TempDir, Edge) {
     let flask = Flask::start(1);
-    let (dir, cfg) = config(&format!(
-        "{}[limits]\n{limits}\n{}",
-        listen_any(),
-        site(&["flask.test"], &[flask.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
+    let (dir, edge) = edge_for(&flask.addr(), limits, "");
     (flask, dir, edge)
 }
 

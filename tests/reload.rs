@@ -87,12 +87,7 @@ fn sigterm_lets_a_slow_http2_request_finish() {
 /// seconds, with `limits` in its `[limits]` table.
 fn slow_edge(delay: &str, limits: &str) -> (Flask, tempfile::TempDir, Edge) {
     let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", delay)]);
-    let (dir, cfg) = config(&format!(
-        "{}[limits]\n{limits}\n{}",
-        listen_any(),
-        site(&["flask.test"], &[slow.addr()])
-    ));
-    let edge = Edge::serve(&cfg);
+    let (dir, edge) = edge_for(&slow.addr(), limits, "");
     (slow, dir, edge)
 }
 

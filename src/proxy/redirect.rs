@@ -502,27 +502,28 @@ mod tests {
 
     #[test]
     fn location_keeps_path_and_query_and_names_the_port() {
-        assert_eq!(
-            location_of("/a/b?x=1&y", "Host: Flask.Test:80\r\n").as_deref(),
-            Some("https://flask.test:8443/a/b?x=1&y")
-        );
-        assert_eq!(
-            location_of("/p", "Host: [::1]:80\r\n").as_deref(),
-            Some("https://[::1]:8443/p")
-        );
-        assert_eq!(
-            location_of("*", "Host: flask.test\r\n").as_deref(),
-            Some("https://flask.test:8443/*")
-        );
-        // Absolute form: its authority stands for Host.
-        assert_eq!(
-            location_of("http://Abs.Test:8080/x?q", "Host: other.test\r\n").as_deref(),
-            Some("https://abs.test:8443/x?q")
-        );
-        assert_eq!(
-            location_of("http://abs.test", "").as_deref(),
-            Some("https://abs.test:8443/")
-        );
+        for (target, host, want) in [
+            (
+                "/a/b?x=1&y",
+                "Host: Flask.Test:80\r\n",
+                "https://flask.test:8443/a/b?x=1&y",
+            ),
+            ("/p", "Host: [::1]:80\r\n", "https://[::1]:8443/p"),
+            ("*", "Host: flask.test\r\n", "https://flask.test:8443/*"),
+            // Absolute form: its authority stands for Host.
+            (
+                "http://Abs.Test:8080/x?q",
+                "Host: other.test\r\n",
+                "https://abs.test:8443/x?q",
+            ),
+            ("http://abs.test", "", "https://abs.test:8443/"),
+        ] {
+            assert_eq!(
+                location_of(target, host).as_deref(),
+                Some(want),
+                "{target} {host:?}"
+            );
+        }
         let mut out = Vec::new();
         write_location(&mut out, "flask.test", 443, "/");
         assert_eq!(out, b"https://flask.test/");

@@ -703,6 +703,17 @@ pub fn config(body: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
+/// `edge serve` for `flask.test` in front of one `backend`, with `limits` in
+/// its `[limits]` table and `site_keys` in the site's.
+pub fn edge_for(backend: &str, limits: &str, site_keys: &str) -> (tempfile::TempDir, Edge) {
+    let (dir, cfg) = config(&format!(
+        "{}[limits]\n{limits}\n{}{site_keys}\n",
+        listen_any(),
+        site(&["flask.test"], &[backend.to_string()])
+    ));
+    (dir, Edge::serve(&cfg))
+}
+
 pub fn listen_any() -> &'static str {
     "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\n"
 }
