@@ -422,11 +422,12 @@ impl Redirect {
                 buf.reserve(READ_SIZE);
             }
             let n = if buf.is_empty() && skip == 0 {
-                // Idle between requests: shutting down closes it now.
+                // Idle between requests: shutting down closes it now, unless a
+                // request has already come (it is answered, with close).
                 tokio::select! {
                     biased;
-                    _ = shutdown.changed() => return Ok(()),
                     r = io.read_buf(&mut buf) => r?,
+                    _ = shutdown.changed() => return Ok(()),
                 }
             } else {
                 io.read_buf(&mut buf).await?
