@@ -610,16 +610,7 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
             }
             hop_by_hop = true;
         } else if name == header::CONTENT_LENGTH {
-            for v in value.to_str().unwrap_or("-").split(',').map(str::trim) {
-                if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) || v.len() > 19 {
-                    return Err("invalid Content-Length");
-                }
-                let n: u64 = v.parse().map_err(|_| "invalid Content-Length")?;
-                if length.is_some_and(|l| l != n) {
-                    return Err("differing Content-Length values");
-                }
-                length = Some(n);
-            }
+            length = Some(super::headers::content_length(value.as_bytes(), length)?);
         } else if super::headers::is_hop_by_hop(&name) {
             hop_by_hop = true;
         }

@@ -28,6 +28,26 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// One `Content-Length` field folded into what the fields before it said
+/// (`seen`). A field may list values, which must all be equal (RFC 9110
+/// §8.6); anything but digits, or a value that differs, fails with the reason.
+/// One rule for the upstream client and the plain-HTTP listener.
+pub fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static str> {
+    let mut length = seen;
+    for v in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+            return Err("invalid Content-Length");
+        }
+        // At most 19 digits: fits a u64.
+        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        if length.is_some_and(|l| l != n) {
+            return Err("differing Content-Length values");
+        }
+        length = Some(n);
+    }
+    length.ok_or("invalid Content-Length")
+}
+
 /// Whether `name` is one of the hop-by-hop headers [`strip_hop_by_hop`] removes.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
@@ -263,6 +283,37 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert!(h.get(name).is_none(), "{name} was forwarded");
             assert!(h.get("x-keep").is_some());
+        }
+    }
+
+    #[test]
+    fn content_length_lists_must_agree_and_be_digits() {
+        assert_eq!(content_length(b"5", None), Ok(5));
+        assert_eq!(content_length(b" 5 , 5", None), Ok(5));
+        assert_eq!(content_length(b"5", Some(5)), Ok(5));
+        assert_eq!(
+            content_length(b"9999999999999999999", None),
+            Ok(9_999_999_999_999_999_999)
+        );
+        for (v, seen) in [(&b"5, 6"[..], None), (b"6", Some(5))] {
+            assert_eq!(
+                content_length(v, seen),
+                Err("differing Content-Length values")
+            );
+        }
+        for v in [
+            &b""[..],
+            b"+5",
+            b"5,",
+            b"0x10",
+            b"10000000000000000000",
+            b"5\xe9",
+        ] {
+            assert_eq!(
+                content_length(v, None),
+                Err("invalid Content-Length"),
+                "{v:?}"
+            );
         }
     }
 
