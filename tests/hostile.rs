@@ -197,6 +197,59 @@ fn content_length_with_transfer_encoding_is_400_and_never_forwarded() {
     );
 }
 
+/// edge answers plain keep-alive requests itself and hands a connection to
+/// hyper at its first request with a body (or anything else unusual): the
+/// smuggling checks must hold after such a hand-off as before it.
+#[test]
+fn smuggling_after_plain_requests_on_the_same_connection_is_400() {
+    let s = setup("");
+    let out = raw_tls(
+        s.port(),
+        b"GET /headers?first HTTP/1.1\r\nHost: flask.test\r\n\r\nPOST /smuggle-late HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-late HTTP/1.1\r\nHost: flask.test\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    let second = out
+        .find("HTTP/1.1 400")
+        .expect("no 400 for the smuggling head");
+    assert!(out.contains("/headers?first"), "{out:?}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 2, "{out:?}");
+    assert!(second > out.find("/headers?first").unwrap(), "{out:?}");
+    s.assert_backend_never_saw("/smuggle");
+    s.assert_clean_request_works();
+}
+
+/// Requests pipelined in one write on one connection: plain ones (edge's own
+/// loop), a HEAD, then a POST with a body (hyper from there on) and more after
+/// it. Each is answered once, in order, with its own body; HEAD's has none.
+#[test]
+fn pipelined_requests_are_answered_in_order_across_the_handoff_to_hyper() {
+    let s = setup("");
+    let out = raw_tls(
+        s.port(),
+        b"GET /headers?n=1 HTTP/1.1\r\nHost: flask.test\r\n\r\n\
+HEAD /headers?n=head HTTP/1.1\r\nHost: flask.test\r\n\r\n\
+GET /headers?n=2 HTTP/1.1\r\nHost: flask.test\r\nConnection: keep-alive\r\n\r\n\
+POST /echo HTTP/1.1\r\nHost: flask.test\r\nContent-Length: 11\r\n\r\nhello-hyper\
+GET /headers?n=3 HTTP/1.1\r\nHost: flask.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 5, "{out:?}");
+    let at = |needle: &str| {
+        out.find(needle)
+            .unwrap_or_else(|| panic!("no {needle} in {out:?}"))
+    };
+    assert!(at("/headers?n=1") < at("/headers?n=2"), "{out:?}");
+    assert!(at("/headers?n=2") < at("hello-hyper"), "{out:?}");
+    assert!(at("hello-hyper") < at("/headers?n=3"), "{out:?}");
+    // The HEAD answer is a head only: its path never shows up in a body.
+    assert!(!out.contains("n=head"), "{out:?}");
+    // Each answer says how long it is, so the client could frame all five.
+    assert_eq!(
+        out.to_ascii_lowercase().matches("content-length: ").count(),
+        5,
+        "{out:?}"
+    );
+}
+
 #[test]
 fn differing_content_lengths_te_on_http10_and_odd_te_are_400() {
     let s = setup("");

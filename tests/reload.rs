@@ -140,3 +140,43 @@ fn sigterm_cuts_what_outlives_shutdown_grace() {
     let (code, body) = req.join().unwrap();
     assert_ne!(code, 200, "the slow request was answered: {body}");
 }
+
+/// SIGTERM closes an idle keep-alive HTTPS connection at once (one in the
+/// middle of a request gets its answer first: above), so edge exits without
+/// waiting out shutdown_grace for a client that may never send again.
+#[test]
+fn sigterm_closes_idle_keep_alive_connections_at_once() {
+    let flask = Flask::start(1);
+    let (_dir, mut edge) = edge_for(&flask.addr(), "shutdown_grace = \"30s\"", "");
+    let port = edge.https.port();
+    let mut client = Proc::spawn("keep-alive client", s_client(port, true));
+    client.wait_for("verify return", Duration::from_secs(5));
+    client.write_stdin("GET / HTTP/1.1\r\nHost: flask.test\r\n\r\n");
+    client.wait_for("200 OK", Duration::from_secs(5));
+
+    let start = Instant::now();
+    edge.proc.signal("TERM");
+    assert_eq!(edge.proc.wait_exit(Duration::from_secs(20)), 0);
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "exit took {took:?}: the idle connection was held until the grace ran out"
+    );
+    assert!(
+        !edge
+            .proc
+            .output()
+            .contains("grace period over; closing the remaining connections"),
+        "{}",
+        edge.proc.output()
+    );
+    // The client saw its connection end (s_client exits on the server's close).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !client.exited() {
+        assert!(
+            Instant::now() < deadline,
+            "the client's connection is still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -103,10 +103,11 @@ struct Streaming {
 }
 
 impl Guarded {
-    pub fn new(inner: Incoming, max: u64, idle: Duration) -> (Guarded, Tripped) {
-        if inner.is_end_stream() {
+    /// `inner` is `None` for a request edge's own HTTP/1 loop read: it has no body.
+    pub fn new(inner: Option<Incoming>, max: u64, idle: Duration) -> (Guarded, Tripped) {
+        let Some(inner) = inner.filter(|b| !b.is_end_stream()) else {
             return (Guarded(None), Tripped::default());
-        }
+        };
         let tripped = Tripped(Some(Arc::default()));
         let body = Streaming {
             inner,

@@ -43,6 +43,10 @@ enum State {
     Chunked(Chunk),
     /// Not HTTP/1 as we know it (h2 preface, upgrade, odd input): hands off.
     Passthrough,
+    /// edge's own HTTP/1 loop reads the heads (`h1_server`), and takes only
+    /// bodyless ones: the stream is at a head boundary whenever it hands the
+    /// connection to hyper, and `resume_scan` starts from there.
+    Deferred,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -213,6 +217,24 @@ impl<T> Guard<T> {
         &self.inner
     }
 
+    /// Stops the framing scan while edge's own loop parses the heads: it
+    /// would parse each one a second time.
+    pub fn defer_scan(&mut self) {
+        if self.state == State::Head && self.pending.is_empty() {
+            self.state = State::Deferred;
+        }
+    }
+
+    /// hyper takes over: `unread`, read through this guard but not consumed,
+    /// begins at a request head; it is scanned (and a smuggling head broken)
+    /// as if it had just been read, and so is all that follows.
+    pub fn resume_scan(&mut self, unread: &mut [u8]) {
+        if self.state == State::Deferred {
+            self.state = State::Head;
+            self.scan(unread);
+        }
+    }
+
     /// Bytes came in: maybe the first of a request head.
     fn touch_read(&mut self) {
         if let Some(i) = &mut self.idle {
@@ -276,7 +298,7 @@ impl<T> Guard<T> {
         let mut i = 0;
         while i < buf.len() {
             match self.state {
-                State::Passthrough => return,
+                State::Passthrough | State::Deferred => return,
                 State::Body(n) => {
                     let take = (n as usize).min(buf.len() - i);
                     i += take;

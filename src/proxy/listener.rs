@@ -4,8 +4,9 @@
 //! the TLS handshake has its own timeout so a client that connects and says
 //! nothing cannot hold a task forever. After the handshake, ALPN h2 gets an
 //! HTTP/2 connection whose streams run in its own task (see `h2_streams`);
-//! anything else gets hyper-util's auto connection, HTTP/1.1 with upgrades
-//! behind the framing guard (see `framing`). That one sniffs its first bytes,
+//! anything else is served by edge's own HTTP/1.1 loop (`h1_server`) until a
+//! request it leaves to hyper-util's auto connection, HTTP/1.1 with upgrades,
+//! both behind the framing guard (see `framing`). hyper-util sniffs the bytes,
 //! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits
 //! (its streams are tokio tasks, see `h2_streams::TaskExec`).
 
@@ -25,6 +26,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::conn_limit::ConnLimiter;
 use super::framing::{Deadlines, Guard};
+use super::h1_server;
 use super::h2_streams::{StreamExec, TaskExec, WithStreams};
 use super::redirect::Redirect;
 use super::{ConnInfo, Proxy};
@@ -132,6 +134,7 @@ pub async fn serve_https(
         let proxy = proxy.clone();
         let conn_limits = conn_limits.clone();
         let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
         tokio::spawn(async move {
             let _permit = permit;
@@ -170,29 +173,52 @@ pub async fn serve_https(
                 inflight,
                 peer_header,
             });
-            let svc = service_fn(move |req| proxy.clone().handle(req, info.clone()));
-            let ended = if is_h2 {
+            if is_h2 {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    proxy.clone().handle(req.map(Some), info.clone())
+                });
+
                 let exec = StreamExec::default();
                 let conn =
                     h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
-                WithStreams::new(watcher.watch(conn), exec, conn_limits.send_timeout, peer)
-                    .await
-                    .map_err(|e| crate::acme::error_chain(&e))
-            } else {
-                // No `http1_only` here: hyper-util ignores it when serving with
-                // upgrades (see `builder`). Made per connection for the
-                // executor's peer address: a few words and two timer handles.
-                let exec = TaskExec {
-                    send_timeout: conn_limits.send_timeout,
-                    peer,
-                };
-                let b = builder(&conn_limits, exec);
-                let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                watcher
-                    .watch(conn.into_owned())
-                    .await
-                    .map_err(|e| crate::acme::error_chain(e.as_ref()))
+                let ended =
+                    WithStreams::new(watcher.watch(conn), exec, conn_limits.send_timeout, peer)
+                        .await
+                        .map_err(|e| crate::acme::error_chain(&e));
+                if let Err(chain) = ended {
+                    tracing::debug!(client = %peer, "connection ended: {chain}");
+                }
+                return;
+            }
+            // edge's own loop first; hyper takes over at the first request it
+            // does not serve (see `h1_server`). The watcher is held meanwhile,
+            // so the listener's drain waits for this connection either way.
+            let mut stop = h1_server::Stop::new(stop);
+            let max_head = conn_limits.max_header_bytes;
+            let io = match h1_server::serve(io, &proxy, &info, max_head, &mut stop).await {
+                h1_server::Served::HandOff(io) => io,
+                h1_server::Served::Closed(Ok(())) => return,
+                h1_server::Served::Closed(Err(e)) => {
+                    tracing::debug!(client = %peer, "connection ended: {e}");
+                    return;
+                }
             };
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                proxy.clone().handle(req.map(Some), info.clone())
+            });
+            // No `http1_only` here: hyper-util ignores it when serving with
+            // upgrades (see `builder`). Made per connection for the
+            // executor's peer address: a few words and two timer handles.
+            let exec = TaskExec {
+                send_timeout: conn_limits.send_timeout,
+                peer,
+            };
+            let b = builder(&conn_limits, exec);
+            let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            let ended = watcher
+                .watch(conn.into_owned())
+                .await
+                .map_err(|e| crate::acme::error_chain(e.as_ref()));
             if let Err(chain) = ended {
                 tracing::debug!(client = %peer, "connection ended: {chain}");
             }

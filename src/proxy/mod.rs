@@ -11,6 +11,7 @@ pub mod conn_limit;
 pub mod error;
 pub mod framing;
 pub mod h1_client;
+pub mod h1_server;
 pub mod h2_streams;
 pub mod headers;
 pub mod health;
@@ -141,7 +142,7 @@ impl Proxy {
     /// the request stored five times over).
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<Option<Incoming>>,
         conn: Arc<ConnInfo>,
     ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
     {
@@ -329,7 +330,7 @@ type Forwarded = (Response<UpBody>, Arc<str>, upstream::InflightGuard);
 /// encoded once, so it can go to another upstream without being rebuilt.
 fn prepare(
     site: &Arc<SiteRt>,
-    req: Request<Incoming>,
+    req: Request<Option<Incoming>>,
     conn: &ConnInfo,
     host: &str,
     limits: &Limits,

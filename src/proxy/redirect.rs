@@ -202,7 +202,7 @@ thread_local! {
     static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
 }
 
-fn write_date(out: &mut Vec<u8>) {
+pub(super) fn write_date(out: &mut Vec<u8>) {
     let now = SystemTime::now();
     let secs = now
         .duration_since(SystemTime::UNIX_EPOCH)
