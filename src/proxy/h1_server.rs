@@ -9,7 +9,7 @@
 //! head and first body bytes leave in one write.
 //!
 //! Nothing unusual is decided here. The first head this loop does not take as
-//! it is (a body, `Expect`, an upgrade, `Connection: close`, HTTP/1.0, a
+//! it is (a body, `Expect`, an upgrade, HTTP/1.0, a
 //! target that is not origin-form, anything malformed or over a limit, an
 //! HTTP/2 preface) hands the connection to hyper, with the bytes read so far
 //! put back in front (`Prefixed`), for the rest of its life: hyper answers it
@@ -18,6 +18,7 @@
 
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -59,6 +60,8 @@ enum Parse {
         len: usize,
         method: Method,
         path: (usize, usize),
+        /// `Connection: close`: the answer is the last on this connection.
+        close: bool,
     },
 }
 
@@ -67,9 +70,10 @@ type Field = (HeaderName, usize, usize);
 
 /// Parses the head at the front of `buf`; fills `fields` for a plain one.
 fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Field>) -> Parse {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut slots);
-    let len = match req.parse(buf) {
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
+        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
         Ok(httparse::Status::Partial) if buf.len() < max_head => return Parse::More,
         // Too long, too many fields, malformed, or not HTTP/1 at all: hyper's to answer.
@@ -88,9 +92,10 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Field>) -> Parse {
         return Parse::HandOff;
     };
     let base = buf.as_ptr() as usize;
+    let mut close = false;
     fields.clear();
     for f in req.headers.iter() {
-        if !plain_field(f) {
+        if !plain_field(f, &mut close) {
             fields.clear();
             return Parse::HandOff;
         }
@@ -104,14 +109,16 @@ fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Field>) -> Parse {
         len,
         method,
         path: (path.as_ptr() as usize - base, path.len()),
+        close,
     }
 }
 
 /// Whether a field leaves the request one this loop serves: no body
 /// (`Content-Length`, `Transfer-Encoding`), nothing that changes the
-/// connection (`Upgrade`, `Connection` other than keep-alive, `Expect`), no
-/// trailers asked for (`TE`).
-fn plain_field(f: &httparse::Header<'_>) -> bool {
+/// connection (`Upgrade`, `Expect`, `Connection` naming anything but
+/// keep-alive or close), no trailers asked for (`TE`). Sets `close` for
+/// `Connection: close`.
+fn plain_field(f: &httparse::Header<'_>, close: &mut bool) -> bool {
     let n = f.name.as_bytes();
     let is = |s: &[u8]| n.eq_ignore_ascii_case(s);
     match n.len() {
@@ -120,9 +127,12 @@ fn plain_field(f: &httparse::Header<'_>) -> bool {
         7 => !is(b"upgrade"),
         10 => {
             !is(b"connection")
-                || f.value
-                    .split(|&b| b == b',')
-                    .all(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
+                || f.value.split(|&b| b == b',').all(|t| {
+                    let t = t.trim_ascii();
+                    let c = t.eq_ignore_ascii_case(b"close");
+                    *close |= c;
+                    c || t.eq_ignore_ascii_case(b"keep-alive")
+                })
         }
         14 => !is(b"content-length"),
         17 => !is(b"transfer-encoding"),
@@ -210,10 +220,15 @@ where
     let mut out: Vec<u8> = Vec::with_capacity(1024);
     let mut fields: Vec<Field> = Vec::new();
     loop {
-        let (len, method, path) = loop {
+        let (len, method, path, close) = loop {
             if !buf.is_empty() {
                 match parse(&buf, max_head, &mut fields) {
-                    Parse::Plain { len, method, path } => break (len, method, path),
+                    Parse::Plain {
+                        len,
+                        method,
+                        path,
+                        close,
+                    } => break (len, method, path, close),
                     Parse::HandOff => return Served::HandOff(Prefixed::new(buf, io)),
                     Parse::More => {}
                 }
@@ -256,7 +271,7 @@ where
         drop(head);
         let is_head = req.method() == Method::HEAD;
         let Ok(resp) = proxy.clone().handle(req, info.clone()).await;
-        let closing = stop.is_set();
+        let closing = close || stop.is_set();
         match respond(&mut io, &mut out, resp, is_head, closing).await {
             Ok(true) if !closing => {}
             Ok(_) => return Served::Closed(shut(&mut io).await),
@@ -317,7 +332,7 @@ async fn respond<T: AsyncWrite + Unpin>(
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     let mut length = None;
-    let mut keep_alive = !closing;
+    let mut keep_alive = true;
     for (name, value) in parts.headers.iter() {
         if name == header::CONTENT_LENGTH {
             length = super::headers::content_length(value.as_bytes(), length).ok();
