@@ -258,7 +258,8 @@ GET /headers?n=3 HTTP/1.1\r\nHost: flask.test\r\nConnection: close\r\n\r\n",
     assert_eq!(out.matches("HTTP/1.1 200 OK\r\n").count(), 1, "{out:?}");
     assert!(out.contains("/headers?last"), "{out:?}");
     assert!(
-        out.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+        out.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
         "{out:?}"
     );
     s.assert_backend_never_saw("/headers?never");

@@ -517,3 +517,91 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
         self.io.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `parse` makes of a head: "plain", "plain close", "more" or "hand off".
+    fn kind(head: &[u8], max_head: usize) -> &'static str {
+        let mut fields = Vec::new();
+        match parse(head, max_head, &mut fields) {
+            Parse::Plain { close: false, .. } => "plain",
+            Parse::Plain { close: true, .. } => "plain close",
+            Parse::More => "more",
+            Parse::HandOff => "hand off",
+        }
+    }
+
+    #[test]
+    fn only_bodyless_http11_origin_form_heads_stay_in_edges_loop() {
+        let get = |extra: &str| format!("GET /a?b HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        for (extra, want) in [
+            ("", "plain"),
+            ("Connection: keep-alive\r\n", "plain"),
+            ("Connection: Close\r\n", "plain close"),
+            ("Connection: keep-alive, close\r\n", "plain close"),
+            ("Connection: upgrade\r\nUpgrade: websocket\r\n", "hand off"),
+            ("Connection: X-Forwarded-For\r\n", "hand off"),
+            ("Content-Length: 0\r\n", "hand off"),
+            ("content-length: 5\r\n", "hand off"),
+            ("Transfer-Encoding: chunked\r\n", "hand off"),
+            ("Expect: 100-continue\r\n", "hand off"),
+            ("TE: trailers\r\n", "hand off"),
+            ("Upgrade: h2c\r\n", "hand off"),
+        ] {
+            assert_eq!(kind(get(extra).as_bytes(), 8192), want, "{extra:?}");
+        }
+        for head in [
+            "GET / HTTP/1.0\r\nHost: x\r\n\r\n",
+            "GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            "CONNECT x:443 HTTP/1.1\r\nHost: x\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+        ] {
+            assert_eq!(kind(head.as_bytes(), 8192), "hand off", "{head:?}");
+        }
+    }
+
+    #[test]
+    fn a_partial_head_waits_until_it_reaches_the_limit_then_goes_to_hyper() {
+        let partial = b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: aaaaaaaa";
+        assert_eq!(kind(partial, 8192), "more");
+        // At the limit, hyper answers (431).
+        assert_eq!(kind(partial, partial.len()), "hand off");
+        // A complete head longer than the limit, and more fields than 100.
+        let long = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Long: {}\r\n\r\n",
+            "a".repeat(100)
+        );
+        assert_eq!(kind(long.as_bytes(), 64), "hand off");
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let many = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
+        assert_eq!(kind(many.as_bytes(), 65536), "hand off");
+    }
+
+    #[test]
+    fn values_are_slices_of_the_head() {
+        let head =
+            Bytes::from_static(b"GET /p?q=1 HTTP/1.1\r\nHost: x\r\nX-A: one\r\nX-A: two\r\n\r\n");
+        let mut fields = Vec::new();
+        let Parse::Plain { method, path, .. } = parse(&head, 8192, &mut fields) else {
+            panic!("not plain");
+        };
+        let req = request(&head, method, path, &mut fields).unwrap();
+        assert_eq!(req.uri(), "/p?q=1");
+        assert_eq!(req.version(), Version::HTTP_11);
+        let a: Vec<_> = req.headers().get_all("x-a").iter().collect();
+        assert_eq!(a, ["one", "two"]);
+        assert!(req.body().is_none());
+        // Bytes past ASCII in the target: both parsers take them, so edge does.
+        let head = Bytes::from_static(b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut fields = Vec::new();
+        let Parse::Plain { method, path, .. } = parse(&head, 8192, &mut fields) else {
+            panic!("httparse refused the target");
+        };
+        let req = request(&head, method, path, &mut fields).unwrap();
+        assert_eq!(req.uri().path(), "/caf\u{e9}");
+    }
+}

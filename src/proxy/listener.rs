@@ -203,6 +203,8 @@ pub async fn serve_https(
                     return;
                 }
             };
+            // hyper's graceful watcher (below) takes over the shutdown signal.
+            drop(stop);
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 proxy.clone().handle(req.map(Some), info.clone())
             });
