@@ -40,7 +40,6 @@ use super::upstream::Upstream;
 /// A response head larger than this is refused (nginx's limit is 4-8 KiB).
 const MAX_HEAD: usize = 64 * 1024;
 const HEAD_TOO_LARGE: &str = "response head over 64 KiB";
-const MAX_HEADERS: usize = 100;
 /// Interim (1xx) answers skipped before the final one; more is a broken upstream.
 const MAX_INTERIM: usize = 16;
 /// Read a socket into at least this much free space.
@@ -541,7 +540,7 @@ async fn read_answer<R: AsyncRead + Unpin>(
 
 /// Parses a complete head off the front of `buf`, or `None` for more input.
 fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut fields = [httparse::EMPTY_HEADER; super::headers::MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut fields);
     let len = match resp.parse(buf) {
         // The cap holds whether the head is complete in the buffer or not yet.
@@ -579,17 +578,9 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         // answer from a keep-alive backend has `Connection: keep-alive`), the
         // caller's hop-by-hop strip has nothing to do for most answers.
         if name == header::CONNECTION {
-            let mut names_others = false;
-            for t in value.to_str().unwrap_or("-").split(',').map(str::trim) {
-                if t.eq_ignore_ascii_case("close") {
-                    keep_alive = false;
-                } else if t.eq_ignore_ascii_case("keep-alive") {
-                    keep_alive |= version == Version::HTTP_10;
-                } else {
-                    names_others = true;
-                }
-            }
-            if names_others {
+            let t = super::headers::connection_tokens(value.as_bytes());
+            keep_alive = (keep_alive || (t.keep_alive && version == Version::HTTP_10)) && !t.close;
+            if t.other {
                 // Names another header to drop (or is not text): the strip does it.
                 hop_by_hop = true;
                 headers.append(name, value);

@@ -16,7 +16,7 @@
 //! exactly as it did before this loop existed, errors and limits included.
 //! The framing guard under both sees the same byte stream either way.
 
-use std::future::{poll_fn, Future};
+use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -29,13 +29,12 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 
 use super::framing::Guard;
+use super::headers;
+use super::shutdown::Stop;
 use super::{Body, ConnInfo, Proxy};
 
-/// hyper's limit on header fields, kept: a head with more goes to hyper (431).
-const MAX_HEADERS: usize = 100;
 /// Read into at least this much free space.
 const READ_SIZE: usize = 8192;
 /// Body data up to this size is copied behind the head into one write;
@@ -70,8 +69,8 @@ type Field = (HeaderName, usize, usize);
 
 /// Parses the head at the front of `buf`; fills `fields` for a plain one.
 fn parse(buf: &[u8], max_head: usize, fields: &mut Vec<Field>) -> Parse {
-    let mut slots: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
-        [const { MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; headers::MAX_FIELDS] =
+        [const { MaybeUninit::uninit() }; headers::MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     let len = match req.parse_with_uninit_headers(buf, &mut slots) {
         Ok(httparse::Status::Complete(n)) if n <= max_head => n,
@@ -126,81 +125,16 @@ fn plain_field(f: &httparse::Header<'_>, close: &mut bool) -> bool {
         6 => !is(b"expect"),
         7 => !is(b"upgrade"),
         10 => {
-            !is(b"connection")
-                || f.value.split(|&b| b == b',').all(|t| {
-                    let t = t.trim_ascii();
-                    let c = t.eq_ignore_ascii_case(b"close");
-                    *close |= c;
-                    c || t.eq_ignore_ascii_case(b"keep-alive")
-                })
+            if !is(b"connection") {
+                return true;
+            }
+            let t = headers::connection_tokens(f.value);
+            *close |= t.close;
+            !t.other
         }
         14 => !is(b"content-length"),
         17 => !is(b"transfer-encoding"),
         _ => true,
-    }
-}
-
-/// The listener's shutdown signal, cheap to ask per request. The wake-up is
-/// registered once per connection: a connection is one task, whose waker does
-/// not change, so the registration made at the first idle wait stays good;
-/// after that, asking costs one atomic load of the channel's version.
-/// (Polling `changed()` at every wait took the channel's lock each time.)
-pub struct Stop {
-    rx: watch::Receiver<bool>,
-    /// Completes when the value changes; polled once per arming.
-    wake: Pin<Box<dyn Future<Output = ()> + Send>>,
-    armed: bool,
-    set: bool,
-}
-
-impl Stop {
-    pub fn new(mut rx: watch::Receiver<bool>) -> Stop {
-        let set = *rx.borrow_and_update();
-        let mut waiter = rx.clone();
-        Stop {
-            rx,
-            wake: Box::pin(async move {
-                let _ = waiter.changed().await;
-            }),
-            armed: false,
-            set,
-        }
-    }
-
-    /// Whether shutdown has begun.
-    fn is_set(&mut self) -> bool {
-        if !self.set {
-            match self.rx.has_changed() {
-                Ok(false) => {}
-                Ok(true) => self.set = *self.rx.borrow_and_update(),
-                // The sender is gone: so is the listener.
-                Err(_) => self.set = true,
-            }
-        }
-        self.set
-    }
-
-    /// Ready once shutdown has begun; otherwise makes sure this task is woken then.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.is_set() {
-            return Poll::Ready(());
-        }
-        while !self.armed {
-            self.armed = true;
-            if self.wake.as_mut().poll(cx).is_ready() {
-                // Changed since the check above: look again, and if it was not
-                // to shutdown, wait for the next change.
-                if self.is_set() {
-                    return Poll::Ready(());
-                }
-                let mut waiter = self.rx.clone();
-                self.wake = Box::pin(async move {
-                    let _ = waiter.changed().await;
-                });
-                self.armed = false;
-            }
-        }
-        Poll::Pending
     }
 }
 
@@ -235,24 +169,17 @@ where
             }
             buf.reserve(READ_SIZE);
             let read = if buf.is_empty() {
-                // Between requests: shutdown closes an idle connection at once,
-                // but a request already in the socket is read (and answered) first.
-                let mut read = std::pin::pin!(io.read_buf(&mut buf));
-                let r = poll_fn(|cx| match read.as_mut().poll(cx) {
-                    Poll::Ready(r) => Poll::Ready(Some(r)),
-                    Poll::Pending => stop.poll(cx).map(|()| None),
-                })
-                .await;
-                match r {
+                // Between requests: shutdown closes an idle connection at once.
+                match stop.read_or_stop(&mut io, &mut buf).await {
                     Some(r) => r,
-                    None => return Served::Closed(shut(&mut io).await),
+                    None => return Served::Closed(io.shutdown().await),
                 }
             } else {
                 io.read_buf(&mut buf).await
             };
             match read {
                 // The client is done (TLS close_notify or FIN): say goodbye back.
-                Ok(0) => return Served::Closed(shut(&mut io).await.or(Ok(()))),
+                Ok(0) => return Served::Closed(io.shutdown().await.or(Ok(()))),
                 Ok(_) => {}
                 Err(e) => return Served::Closed(Err(e)),
             }
@@ -274,15 +201,11 @@ where
         let closing = close || stop.is_set();
         match respond(&mut io, &mut out, resp, is_head, closing).await {
             Ok(true) if !closing => {}
-            Ok(_) => return Served::Closed(shut(&mut io).await),
+            // TLS close_notify, then FIN, as hyper closes.
+            Ok(_) => return Served::Closed(io.shutdown().await),
             Err(e) => return Served::Closed(Err(e)),
         }
     }
-}
-
-/// Closes the connection as hyper does: TLS close_notify, then FIN.
-async fn shut<T: AsyncWrite + Unpin>(io: &mut T) -> io::Result<()> {
-    io.shutdown().await
 }
 
 /// The request for a plain head, its values slices of `head`. `None` when a
@@ -326,31 +249,25 @@ async fn respond<T: AsyncWrite + Unpin>(
     let mut body = std::pin::pin!(body);
     let status = parts.status;
     out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    headers::write_status_line(out, status);
     let mut length = None;
     let mut keep_alive = true;
+    let mut dated = false;
     for (name, value) in parts.headers.iter() {
         if name == header::CONTENT_LENGTH {
-            length = super::headers::content_length(value.as_bytes(), length).ok();
-        } else if name == header::CONNECTION
-            && value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        {
-            keep_alive = false;
+            length = headers::content_length(value.as_bytes(), length).ok();
+        } else if name == header::CONNECTION {
+            keep_alive &= !headers::connection_tokens(value.as_bytes()).close;
+        } else if name == header::DATE {
+            dated = true;
         }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !parts.headers.contains_key(header::DATE) {
-        super::redirect::write_date(out);
+    if !dated {
+        headers::write_date(out);
     }
     if closing && keep_alive {
         out.extend_from_slice(b"connection: close\r\n");

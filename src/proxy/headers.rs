@@ -28,6 +28,68 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
+/// hyper's limit on the fields of one head, kept by edge's own HTTP/1 code:
+/// a request with more is 431, an upstream answer with more is refused.
+pub const MAX_FIELDS: usize = 100;
+
+/// What one `Connection` field lists.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTokens {
+    pub close: bool,
+    pub keep_alive: bool,
+    /// Anything else (a header name to drop, `upgrade`, an empty or
+    /// non-text token).
+    pub other: bool,
+}
+
+/// Reads a `Connection` field's comma-separated tokens, case-insensitively.
+pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
+    let mut t = ConnectionTokens::default();
+    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+        if token.eq_ignore_ascii_case(b"close") {
+            t.close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+            t.keep_alive = true;
+        } else {
+            t.other = true;
+        }
+    }
+    t
+}
+
+thread_local! {
+    /// The `Date` value, made once a second (hyper caches it the same way).
+    static DATE: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+}
+
+/// `HTTP/1.1 <code> <reason>`, for the answers edge writes itself (the
+/// plain-HTTP listener, the HTTPS loop in `h1_server`).
+pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The `date` field of such an answer.
+pub fn write_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
 /// One `Content-Length` field folded into what the fields before it said
 /// (`seen`). A field may list values, which must all be equal (RFC 9110
 /// §8.6); anything but digits, or a value that differs, fails with the reason.
@@ -284,6 +346,22 @@ mod tests {
             assert!(h.get(name).is_none(), "{name} was forwarded");
             assert!(h.get("x-keep").is_some());
         }
+    }
+
+    #[test]
+    fn connection_tokens_are_read_case_insensitively() {
+        let t = |v: &[u8]| {
+            let c = connection_tokens(v);
+            (c.close, c.keep_alive, c.other)
+        };
+        assert_eq!(t(b"close"), (true, false, false));
+        assert_eq!(t(b"Keep-Alive"), (false, true, false));
+        assert_eq!(t(b" keep-alive , CLOSE "), (true, true, false));
+        assert_eq!(t(b"Upgrade"), (false, false, true));
+        assert_eq!(t(b"close, X-Forwarded-For"), (true, false, true));
+        // An empty token, or bytes that are no text, count as something else.
+        assert_eq!(t(b"close,"), (true, false, true));
+        assert_eq!(t(b"\xff"), (false, false, true));
     }
 
     #[test]

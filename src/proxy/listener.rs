@@ -29,6 +29,7 @@ use super::framing::{Deadlines, Guard};
 use super::h1_server;
 use super::h2_streams::{StreamExec, TaskExec, WithStreams};
 use super::redirect::Redirect;
+use super::shutdown::Stop;
 use super::{ConnInfo, Proxy};
 use crate::config::Limits;
 use crate::metrics::{ConnGuard, ResultLabel, METRICS};
@@ -95,6 +96,22 @@ fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
     let mut b = http2::Builder::new(exec);
     h2_limits!(b, l);
     b
+}
+
+/// What hyper's connections call for each request: `Proxy::handle`.
+fn service(
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<super::Body>,
+    Error = std::convert::Infallible,
+    Future: Send + 'static,
+> + Send
+       + 'static {
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        proxy.clone().handle(req.map(Some), info.clone())
+    })
 }
 
 pub async fn serve_https(
@@ -174,10 +191,7 @@ pub async fn serve_https(
                 peer_header,
             });
             if is_h2 {
-                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    proxy.clone().handle(req.map(Some), info.clone())
-                });
-
+                let svc = service(proxy, info);
                 let exec = StreamExec::default();
                 let conn =
                     h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
@@ -193,7 +207,7 @@ pub async fn serve_https(
             // edge's own loop first; hyper takes over at the first request it
             // does not serve (see `h1_server`). The watcher is held meanwhile,
             // so the listener's drain waits for this connection either way.
-            let mut stop = h1_server::Stop::new(stop);
+            let mut stop = Stop::new(stop);
             let max_head = conn_limits.max_header_bytes;
             let io = match h1_server::serve(io, &proxy, &info, max_head, &mut stop).await {
                 h1_server::Served::HandOff(io) => io,
@@ -205,9 +219,7 @@ pub async fn serve_https(
             };
             // hyper's graceful watcher (below) takes over the shutdown signal.
             drop(stop);
-            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                proxy.clone().handle(req.map(Some), info.clone())
-            });
+            let svc = service(proxy, info);
             // No `http1_only` here: hyper-util ignores it when serving with
             // upgrades (see `builder`). Made per connection for the
             // executor's peer address: a few words and two timer handles.
@@ -267,7 +279,7 @@ pub async fn serve_http(
         let _ = stream.set_nodelay(true);
         let redirect = redirect.clone();
         let conn_limits = conn_limits.clone();
-        let mut stop = shutdown.clone();
+        let mut stop = Stop::new(shutdown.clone());
         let alive = alive.clone();
         tokio::spawn(async move {
             let _permit = permit;

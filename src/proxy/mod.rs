@@ -17,6 +17,7 @@ pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod redirect;
+pub mod shutdown;
 pub mod upstream;
 
 use std::collections::HashMap;

@@ -23,27 +23,24 @@
 //! `Connection: close`. The deadlines (head, keep-alive, send) are the
 //! framing guard's, as before.
 
-use std::cell::RefCell;
 use std::io::{self, Write as _};
 use std::mem::MaybeUninit;
 use std::net::IpAddr;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
 
 use super::access_log::{self, Record};
-use super::error;
+use super::shutdown::Stop;
+use super::{error, headers};
 use crate::config::AccessLog;
 use crate::names;
 
 /// Kept free for HTTP-01 validation, which is answered on this listener.
 pub const ACME_HTTP01_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// hyper's limit, kept: more fields than this is 431.
-const MAX_HEADERS: usize = 100;
 /// A request body up to this size is read and dropped to keep the
 /// connection; a larger or chunked one ends the connection after the answer.
 const DISCARD_MAX: u64 = 64 * 1024;
@@ -119,11 +116,9 @@ fn read_head<'a>(req: &httparse::Request<'_, 'a>) -> Head<'a> {
             h.hosts |= h.host.is_some();
             h.host = Some(std::str::from_utf8(f.value).unwrap_or("\0"));
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for t in f.value.split(|&b| b == b',') {
-                let t = t.trim_ascii();
-                h.close |= t.eq_ignore_ascii_case(b"close");
-                h.keep_alive |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
+            let t = headers::connection_tokens(f.value);
+            h.close |= t.close;
+            h.keep_alive |= t.keep_alive;
         } else if name.eq_ignore_ascii_case(b"content-length") {
             h.length = h
                 .length
@@ -197,36 +192,11 @@ fn write_location(out: &mut Vec<u8>, host: &str, https_port: u16, path_and_query
     out.extend_from_slice(path_and_query.as_bytes());
 }
 
-thread_local! {
-    /// The `Date` value, made once a second (hyper caches it the same way).
-    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
-}
-
-pub(super) fn write_date(out: &mut Vec<u8>) {
-    let now = SystemTime::now();
-    let secs = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            *text = httpdate::fmt_http_date(now);
-        }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
-}
-
 /// The status line and the headers every answer has; the caller adds its own
 /// and the blank line.
 fn write_head(out: &mut Vec<u8>, status: StatusCode, end: End, http10_keep_alive: bool) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(status.as_str().as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
-    write_date(out);
+    headers::write_status_line(out, status);
+    headers::write_date(out);
     if end != End::KeepAlive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10_keep_alive {
@@ -285,8 +255,8 @@ impl Redirect {
         out: &mut Vec<u8>,
         client: IpAddr,
     ) -> Step {
-        let mut fields: [MaybeUninit<httparse::Header<'_>>; MAX_HEADERS] =
-            [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut fields: [MaybeUninit<httparse::Header<'_>>; headers::MAX_FIELDS] =
+            [const { MaybeUninit::uninit() }; headers::MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let refuse = |out: &mut Vec<u8>, status| {
             write_page(out, status, End::Linger, false, true);
@@ -362,7 +332,7 @@ impl Redirect {
         mut io: T,
         client: IpAddr,
         max_head: usize,
-        shutdown: &mut watch::Receiver<bool>,
+        stop: &mut Stop,
     ) -> io::Result<()> {
         let mut buf = BytesMut::with_capacity(READ_SIZE);
         let mut out = Vec::with_capacity(512);
@@ -371,7 +341,7 @@ impl Redirect {
         loop {
             let mut end = End::KeepAlive;
             // Once per read: every answer of this batch says the same.
-            let closing = *shutdown.borrow();
+            let closing = stop.is_set();
             loop {
                 if skip > 0 {
                     let n = skip.min(buf.len() as u64);
@@ -412,12 +382,10 @@ impl Redirect {
                 buf.reserve(READ_SIZE);
             }
             let n = if buf.is_empty() && skip == 0 {
-                // Idle between requests: shutting down closes it now, unless a
-                // request has already come (it is answered, with close).
-                tokio::select! {
-                    biased;
-                    r = io.read_buf(&mut buf) => r?,
-                    _ = shutdown.changed() => return Ok(()),
+                // Idle between requests: shutting down closes it now.
+                match stop.read_or_stop(&mut io, &mut buf).await {
+                    Some(r) => r?,
+                    None => return Ok(()),
                 }
             } else {
                 io.read_buf(&mut buf).await?
