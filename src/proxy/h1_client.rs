@@ -565,6 +565,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
     let base = buf.as_ptr() as usize;
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     let mut keep_alive = version == Version::HTTP_11;
+    // What every `Connection` field said together: `close` in any of them wins.
+    let mut connection = super::headers::ConnectionTokens::default();
     let mut hop_by_hop = false;
     let mut chunked = None;
     let mut length: Option<u64> = None;
@@ -579,7 +581,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         // caller's hop-by-hop strip has nothing to do for most answers.
         if name == header::CONNECTION {
             let t = super::headers::connection_tokens(value.as_bytes());
-            keep_alive = (keep_alive || (t.keep_alive && version == Version::HTTP_10)) && !t.close;
+            connection.close |= t.close;
+            connection.keep_alive |= t.keep_alive;
             if t.other {
                 // Names another header to drop (or is not text): the strip does it.
                 hop_by_hop = true;
@@ -608,6 +611,8 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         headers.append(name, value);
     }
     buf.advance(len);
+    keep_alive =
+        (keep_alive || (connection.keep_alive && version == Version::HTTP_10)) && !connection.close;
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         Framing::Upgrade
     } else if head_only
@@ -1101,6 +1106,13 @@ mod tests {
         assert_eq!(a.head.headers.len(), 1, "{:?}", a.head.headers);
         let a = parse("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n");
         assert!(!a.hop_by_hop && a.keep_alive, "HTTP/1.0 keep-alive");
+        // `close` ends the connection whichever field or place it comes in.
+        for raw in [
+            "HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            assert!(!parse(raw).keep_alive, "reused after close: {raw:?}");
+        }
         for raw in [
             "HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",

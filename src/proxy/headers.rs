@@ -57,12 +57,6 @@ pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
     t
 }
 
-thread_local! {
-    /// The `Date` value, made once a second (hyper caches it the same way).
-    static DATE: std::cell::RefCell<(u64, String)> =
-        const { std::cell::RefCell::new((u64::MAX, String::new())) };
-}
-
 /// `HTTP/1.1 <code> <reason>`, for the answers edge writes itself (the
 /// plain-HTTP listener, the HTTPS loop in `h1_server`).
 pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
@@ -71,6 +65,12 @@ pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+}
+
+thread_local! {
+    /// The `Date` value, made once a second (hyper caches it the same way).
+    static DATE: std::cell::RefCell<(u64, String)> =
+        const { std::cell::RefCell::new((u64::MAX, String::new())) };
 }
 
 /// The `date` field of such an answer.
