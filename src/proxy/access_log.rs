@@ -74,6 +74,10 @@ impl<B> Logged<B> {
         }
     }
 
+    pub fn inner_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+
     /// Keeps the upstream's in-flight count (and `max_conns` slot) until the body is done.
     pub fn holding(mut self, guard: Option<super::upstream::InflightGuard>) -> Self {
         self.upstream = guard;

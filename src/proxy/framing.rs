@@ -235,6 +235,12 @@ impl<T> Guard<T> {
         }
     }
 
+    /// When bytes last came in or went out, if deadlines are kept: a recent
+    /// clock reading a caller can take instead of making its own.
+    pub fn last_activity(&self) -> Option<Instant> {
+        self.idle.as_ref().map(|i| i.last)
+    }
+
     /// Bytes came in: maybe the first of a request head.
     fn touch_read(&mut self) {
         if let Some(i) = &mut self.idle {

@@ -19,6 +19,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -54,10 +55,32 @@ pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
     /// The wait for an answer's head, one timer for the connection's life,
-    /// made at its first request. Moving a registered tokio timer later is one
-    /// atomic exchange; a timer per request took the timer wheel's lock to
-    /// register and again to remove.
-    answer_due: Option<Pin<Box<Sleep>>>,
+    /// made at its first request. A timer per request took the timer wheel's
+    /// lock to register and again to remove. It is not moved for each request
+    /// either (`Due`): each request's deadline is later than the last, so the
+    /// timer only ever fires early, once per timeout at most, and is moved then.
+    answer_due: Option<Due>,
+}
+
+/// An answer's deadline and the timer that fires at it or before it.
+#[derive(Debug)]
+struct Due {
+    at: Instant,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl Due {
+    /// Ready once `at` has passed.
+    fn poll_passed(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            ready!(self.timer.as_mut().poll(cx));
+            if Instant::now() >= self.at {
+                return Poll::Ready(());
+            }
+            let at = self.at;
+            self.timer.as_mut().reset(at);
+        }
+    }
 }
 
 impl Conn {
@@ -115,6 +138,8 @@ pub struct Outgoing {
     /// The body goes with chunked encoding (its length is unknown).
     chunked: bool,
     pub idempotent: bool,
+    /// The answer's fields are wanted as lines (`RawHead`), not a header map.
+    pub raw_answer: bool,
 }
 
 impl Outgoing {
@@ -175,6 +200,7 @@ impl Outgoing {
             head_only: parts.method == Method::HEAD,
             chunked,
             idempotent: idempotent(&parts.method),
+            raw_answer: false,
         }
     }
 }
@@ -261,6 +287,24 @@ pub struct Answer {
     /// The head still holds a hop-by-hop header (or `Connection` names one)
     /// for the caller to strip; see `parse_head`.
     pub hop_by_hop: bool,
+    /// The fields as lines, for a request that asked for them; `head`'s map
+    /// is empty then.
+    pub raw: Option<RawHead>,
+}
+
+/// An answer's forwarded fields as the lines edge's own HTTP/1.1 loop writes
+/// (`h1_server`), for the plain requests it serves, when none of them needs
+/// changing. Building a header map for them only to write it out again (a
+/// name lookup and a hash per field, two allocations for the map and one for
+/// the shared head, and the drop) was about 2.5% of keep-alive CPU.
+#[derive(Debug)]
+pub struct RawHead {
+    /// `name: value\r\n` for each field, names lowercased.
+    pub lines: Vec<u8>,
+    /// The `Content-Length` among them.
+    pub length: Option<u64>,
+    /// A `Date` among them.
+    pub dated: bool,
 }
 
 impl Answer {
@@ -303,19 +347,27 @@ pub async fn exchange<B: RequestBody>(
             buf,
             answer_due,
         } = conn;
-        let due = Instant::now() + timeout;
+        let at = Instant::now() + timeout;
         let due = match answer_due {
-            Some(sleep) => {
-                sleep.as_mut().reset(due);
-                sleep
+            Some(due) => {
+                due.at = at;
+                // A timer that fired while the connection was pooled is moved
+                // now; one still pending fires early and is moved then.
+                if due.timer.is_elapsed() {
+                    due.timer.as_mut().reset(at);
+                }
+                due
             }
-            None => answer_due.insert(Box::pin(tokio::time::sleep_until(due))),
+            None => answer_due.insert(Due {
+                at,
+                timer: Box::pin(tokio::time::sleep_until(at)),
+            }),
         };
         let go = async {
             if let Err(e) = io.write_all(&out.wire).await {
                 return Err(Failed::new(e.into()));
             }
-            read_answer(io, buf, out.head_only)
+            read_answer(io, buf, out)
                 .await
                 .map_err(|(error, answered)| Failed {
                     error,
@@ -330,7 +382,7 @@ pub async fn exchange<B: RequestBody>(
             if let Poll::Ready(r) = go.as_mut().poll(cx) {
                 return Poll::Ready(r);
             }
-            ready!(due.as_mut().poll(cx));
+            ready!(due.poll_passed(cx));
             Poll::Ready(Err(Failed {
                 error: SendError::NoAnswer(timeout),
                 answered: false,
@@ -352,7 +404,7 @@ async fn exchange_streaming<B: RequestBody>(
     let (mut r, mut w) = conn.io.split();
     let progress = Upload::default();
     let up = upload(&mut w, out, body, &progress);
-    let down = read_answer(&mut r, &mut conn.buf, out.head_only);
+    let down = read_answer(&mut r, &mut conn.buf, out);
     tokio::pin!(up, down);
     let mut uploaded: Option<io::Result<()>> = None;
     // While uploading: fires every `timeout` to see whether a write to the
@@ -508,13 +560,15 @@ where
 async fn read_answer<R: AsyncRead + Unpin>(
     r: &mut R,
     buf: &mut BytesMut,
-    head_only: bool,
+    out: &Outgoing,
 ) -> Result<Answer, (SendError, bool)> {
     let mut answered = !buf.is_empty();
     let mut interim = 0;
     loop {
         if !buf.is_empty() {
-            match parse_head(buf, head_only).map_err(|e| (SendError::Invalid(e), true))? {
+            match parse_head(buf, out.head_only, out.raw_answer)
+                .map_err(|e| (SendError::Invalid(e), true))?
+            {
                 Some(a) if a.head.status.is_informational() && !a.is_upgrade() => {
                     interim += 1;
                     if interim > MAX_INTERIM {
@@ -539,10 +593,19 @@ async fn read_answer<R: AsyncRead + Unpin>(
 }
 
 /// Parses a complete head off the front of `buf`, or `None` for more input.
-fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; super::headers::MAX_FIELDS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+fn parse_head(
+    buf: &mut BytesMut,
+    head_only: bool,
+    raw: bool,
+) -> Result<Option<Answer>, &'static str> {
+    // Uninitialised slots: filling 100 empty ones first was half of this
+    // function's own time.
+    let mut slots: [MaybeUninit<httparse::Header<'_>>; super::headers::MAX_FIELDS] =
+        [const { MaybeUninit::uninit() }; super::headers::MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots)
+    {
         // The cap holds whether the head is complete in the buffer or not yet.
         Ok(httparse::Status::Complete(n)) if n > MAX_HEAD => return Err(HEAD_TOO_LARGE),
         Ok(httparse::Status::Complete(n)) => n,
@@ -559,57 +622,35 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         Some(1) => Version::HTTP_11,
         _ => Version::HTTP_10,
     };
-    // One copy of the head, and every value a slice of it: a value that pointed
-    // into the read buffer would pin all of it for as long as the headers live.
-    let block = Bytes::copy_from_slice(&buf[..len]);
-    let base = buf.as_ptr() as usize;
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
+    let head_bytes = &buf[..len];
+    // The answer's own fields go to the client as lines when nothing in them
+    // needs the header map (the usual answer); see `RawHead`.
+    let lines = raw && status != StatusCode::SWITCHING_PROTOCOLS;
+    let (facts, kept) = match read_fields(resp.headers, head_bytes, lines)? {
+        (f, Kept::Lines(_)) if f.hop_by_hop || (f.chunked.is_some() && f.length.is_some()) => {
+            read_fields(resp.headers, head_bytes, false)?
+        }
+        other => other,
+    };
+    let Facts {
+        connection,
+        hop_by_hop,
+        chunked,
+        length,
+        dated,
+    } = facts;
+    let (mut headers, raw) = match kept {
+        Kept::Map(m) => (m, None),
+        Kept::Lines(lines) => (
+            HeaderMap::new(),
+            Some(RawHead {
+                lines,
+                length,
+                dated,
+            }),
+        ),
+    };
     let mut keep_alive = version == Version::HTTP_11;
-    // What every `Connection` field said together: `close` in any of them wins.
-    let mut connection = super::headers::ConnectionTokens::default();
-    let mut hop_by_hop = false;
-    let mut chunked = None;
-    let mut length: Option<u64> = None;
-    for f in resp.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid header name")?;
-        let at = f.value.as_ptr() as usize - base;
-        let value = HeaderValue::from_maybe_shared(block.slice(at..at + f.value.len()))
-            .map_err(|_| "invalid header value")?;
-        // `Connection` and `Transfer-Encoding` are read here and never forwarded.
-        // Left out of the map when they say nothing more than framing (every
-        // answer from a keep-alive backend has `Connection: keep-alive`), the
-        // caller's hop-by-hop strip has nothing to do for most answers.
-        if name == header::CONNECTION {
-            let t = super::headers::connection_tokens(value.as_bytes());
-            connection.close |= t.close;
-            connection.keep_alive |= t.keep_alive;
-            if t.other {
-                // Names another header to drop (or is not text): the strip does it.
-                hop_by_hop = true;
-                headers.append(name, value);
-            }
-            continue;
-        }
-        if name == header::TRANSFER_ENCODING {
-            // Only the last coding decides; a later field overrides an earlier one.
-            let last = value
-                .to_str()
-                .unwrap_or("")
-                .rsplit(',')
-                .next()
-                .unwrap_or("");
-            chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
-            if value.as_bytes().eq_ignore_ascii_case(b"chunked") {
-                continue;
-            }
-            hop_by_hop = true;
-        } else if name == header::CONTENT_LENGTH {
-            length = Some(super::headers::content_length(value.as_bytes(), length)?);
-        } else if super::headers::is_hop_by_hop(&name) {
-            hop_by_hop = true;
-        }
-        headers.append(name, value);
-    }
     buf.advance(len);
     keep_alive =
         (keep_alive || (connection.keep_alive && version == Version::HTTP_10)) && !connection.close;
@@ -657,7 +698,134 @@ fn parse_head(buf: &mut BytesMut, head_only: bool) -> Result<Option<Answer>, &'s
         framing,
         keep_alive,
         hop_by_hop,
+        raw,
     }))
+}
+
+/// What an answer's fields say about its framing, whichever way they are kept.
+#[derive(Default)]
+struct Facts {
+    /// What every `Connection` field said together: `close` in any of them wins.
+    connection: super::headers::ConnectionTokens,
+    hop_by_hop: bool,
+    /// `Transfer-Encoding`: whether its last coding is chunked.
+    chunked: Option<bool>,
+    length: Option<u64>,
+    dated: bool,
+}
+
+/// How an answer's forwarded fields are kept.
+enum Kept {
+    Map(HeaderMap),
+    /// As `name: value\r\n` lines, names lowercased (as `HeaderName` writes them).
+    Lines(Vec<u8>),
+}
+
+/// The fields of a head edge reads itself.
+#[derive(PartialEq)]
+enum FieldKind {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    HopByHop,
+    Other,
+}
+
+fn field_kind(name: &[u8]) -> FieldKind {
+    let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+    match name.len() {
+        4 if is(b"date") => FieldKind::Date,
+        10 if is(b"connection") => FieldKind::Connection,
+        14 if is(b"content-length") => FieldKind::ContentLength,
+        17 if is(b"transfer-encoding") => FieldKind::TransferEncoding,
+        _ if super::headers::is_hop_by_hop_name(name) => FieldKind::HopByHop,
+        _ => FieldKind::Other,
+    }
+}
+
+/// Reads the fields of a head (`head`: its bytes, which the fields point
+/// into) and keeps the ones to forward, in a header map or as lines.
+///
+/// `Connection` and `Transfer-Encoding` are read here and not kept when they
+/// say nothing more than framing (every answer from a keep-alive backend has
+/// `Connection: keep-alive`), so the caller's hop-by-hop strip has nothing to
+/// do for most answers.
+fn read_fields(
+    fields: &[httparse::Header<'_>],
+    head: &[u8],
+    lines: bool,
+) -> Result<(Facts, Kept), &'static str> {
+    let mut facts = Facts::default();
+    let mut kept = if lines {
+        Kept::Lines(Vec::with_capacity(head.len()))
+    } else {
+        Kept::Map(HeaderMap::with_capacity(fields.len()))
+    };
+    // For the map, one copy of the head and every value a slice of it: a value
+    // that pointed into the read buffer would pin all of it for as long as the
+    // headers live.
+    let block = (!lines).then(|| Bytes::copy_from_slice(head));
+    let base = head.as_ptr() as usize;
+    for f in fields {
+        let kind = field_kind(f.name.as_bytes());
+        match kind {
+            FieldKind::Connection => {
+                let t = super::headers::connection_tokens(f.value);
+                facts.connection.close |= t.close;
+                facts.connection.keep_alive |= t.keep_alive;
+                if !t.other {
+                    continue;
+                }
+                // Names another header to drop (or is not text): the strip does it.
+                facts.hop_by_hop = true;
+            }
+            FieldKind::TransferEncoding => {
+                // Only the last coding decides; a later field overrides an earlier one.
+                let last = std::str::from_utf8(f.value)
+                    .unwrap_or("")
+                    .rsplit(',')
+                    .next()
+                    .unwrap_or("");
+                facts.chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
+                if f.value.eq_ignore_ascii_case(b"chunked") {
+                    continue;
+                }
+                facts.hop_by_hop = true;
+            }
+            FieldKind::ContentLength => {
+                facts.length = Some(super::headers::content_length(f.value, facts.length)?);
+            }
+            FieldKind::Date => facts.dated = true,
+            FieldKind::HopByHop => facts.hop_by_hop = true,
+            FieldKind::Other => {}
+        }
+        match &mut kept {
+            Kept::Map(headers) => {
+                let name =
+                    HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid header name")?;
+                let at = f.value.as_ptr() as usize - base;
+                let shared = block
+                    .as_ref()
+                    .map_or_else(Bytes::new, |b| b.slice(at..at + f.value.len()));
+                let value =
+                    HeaderValue::from_maybe_shared(shared).map_err(|_| "invalid header value")?;
+                headers.append(name, value);
+            }
+            Kept::Lines(out) => {
+                // httparse has checked both as `HeaderName` and `HeaderValue`
+                // would: a token for the name, and no control character but
+                // tab in the value (nor a lone CR or LF, which end a line).
+                let at = out.len();
+                out.extend_from_slice(f.name.as_bytes());
+                out[at..].make_ascii_lowercase();
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(f.value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    Ok((facts, kept))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -698,6 +866,8 @@ pub struct UpBody {
     /// nginx's proxy_read_timeout runs between two reads. Without it a backend
     /// that stops mid-body would hold the client and an upstream slot forever.
     stall: Stall,
+    /// The answer's fields as lines, for `h1_server` to take (see `RawHead`).
+    pub raw_head: Option<RawHead>,
 }
 
 impl UpBody {
@@ -727,6 +897,7 @@ impl UpBody {
             keep_alive: answer.keep_alive,
             home: home.clone(),
             stall: Stall::new(read_timeout),
+            raw_head: None,
         };
         if upgrade {
             let tunnel = body.conn.take();
@@ -1096,37 +1267,73 @@ mod tests {
     /// for the caller's strip, and says so.
     #[test]
     fn framing_headers_are_left_out_and_other_hop_by_hop_ones_flagged() {
-        let parse = |raw: &str| {
-            let mut buf = BytesMut::from(raw.as_bytes());
-            parse_head(&mut buf, false).unwrap().unwrap()
-        };
-        let a = parse("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n");
-        assert!(!a.hop_by_hop && a.keep_alive);
-        assert_eq!(a.framing, Framing::Chunked);
-        assert_eq!(a.head.headers.len(), 1, "{:?}", a.head.headers);
-        let a = parse("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n");
-        assert!(!a.hop_by_hop && a.keep_alive, "HTTP/1.0 keep-alive");
-        // `close` ends the connection whichever field or place it comes in.
-        for raw in [
-            "HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
-        ] {
-            assert!(!parse(raw).keep_alive, "reused after close: {raw:?}");
+        for lines in [false, true] {
+            let parse = |raw: &str| {
+                let mut buf = BytesMut::from(raw.as_bytes());
+                parse_head(&mut buf, false, lines).unwrap().unwrap()
+            };
+            let kept = |a: &Answer| match &a.raw {
+                Some(r) => r.lines.split(|&b| b == b'\n').count() - 1,
+                None => a.head.headers.len(),
+            };
+            let a = parse("HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\nx-a: 1\r\n\r\n");
+            assert!(!a.hop_by_hop && a.keep_alive);
+            assert_eq!(a.framing, Framing::Chunked);
+            assert_eq!(kept(&a), 1, "{:?} {:?}", a.head.headers, a.raw);
+            assert_eq!(a.raw.is_some(), lines);
+            let a = parse("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n");
+            assert!(!a.hop_by_hop && a.keep_alive, "HTTP/1.0 keep-alive");
+            // `close` ends the connection whichever field or place it comes in.
+            for raw in [
+                "HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            ] {
+                assert!(!parse(raw).keep_alive, "reused after close: {raw:?}");
+            }
+            // Anything to strip takes the header map, lines asked for or not.
+            for raw in [
+                "HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            ] {
+                let a = parse(raw);
+                assert!(a.hop_by_hop, "not flagged: {raw:?}");
+                assert!(a.raw.is_none(), "kept as lines: {raw:?}");
+            }
+            let a = parse("HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n");
+            assert!(!a.keep_alive);
+            let mut h = a.head.headers;
+            crate::proxy::headers::strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
+            // Both lengths: the map, which drops Content-Length.
+            let a =
+                parse("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n");
+            assert!(a.raw.is_none() && !a.head.headers.contains_key(header::CONTENT_LENGTH));
+            // A control character in a value is refused either way.
+            let mut buf =
+                BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\nContent-Length: 0\r\n\r\n"[..]);
+            assert!(parse_head(&mut buf, false, lines).is_err());
         }
-        for raw in [
-            "HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
-            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
-        ] {
-            let a = parse(raw);
-            assert!(a.hop_by_hop, "not flagged: {raw:?}");
-        }
-        let a = parse("HTTP/1.1 200 OK\r\nConnection: close, x-secret\r\nx-secret: 1\r\nContent-Length: 0\r\n\r\n");
-        assert!(!a.keep_alive);
-        let mut h = a.head.headers;
-        crate::proxy::headers::strip_hop_by_hop(&mut h);
-        assert!(!h.contains_key("x-secret") && !h.contains_key(header::CONNECTION));
+    }
+
+    /// The usual answer as lines: every field but the framing ones, names
+    /// lowercased as the header map writes them, with what `h1_server` needs.
+    #[test]
+    fn plain_answer_fields_are_kept_as_lines() {
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sat, 05 Dec 2026 18:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: keep-alive\r\n\r\nhello"[..],
+        );
+        let a = parse_head(&mut buf, false, true).unwrap().unwrap();
+        assert_eq!(&buf[..], b"hello");
+        let raw = a.raw.expect("lines");
+        assert_eq!(
+            String::from_utf8(raw.lines).unwrap(),
+            "server: nginx\r\ndate: Sat, 05 Dec 2026 18:00:00 GMT\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n"
+        );
+        assert_eq!((raw.length, raw.dated), (Some(5), true));
+        assert!(a.head.headers.is_empty() && a.keep_alive);
+        assert_eq!(a.framing, Framing::Length(5));
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body::Body as _;
+use http_body_util::Either;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -197,7 +198,11 @@ where
         };
         drop(head);
         let is_head = req.method() == Method::HEAD;
-        let Ok(resp) = proxy.clone().handle(req, info.clone()).await;
+        // The clock was read when the head's last bytes came in.
+        let start = io
+            .last_activity()
+            .map_or_else(std::time::Instant::now, tokio::time::Instant::into_std);
+        let Ok(resp) = proxy.clone().handle(req, info.clone(), start).await;
         let closing = close || stop.is_set();
         match respond(&mut io, &mut out, resp, is_head, closing).await {
             Ok(true) if !closing => {}
@@ -245,7 +250,11 @@ async fn respond<T: AsyncWrite + Unpin>(
     is_head: bool,
     closing: bool,
 ) -> io::Result<bool> {
-    let (parts, body) = resp.into_parts();
+    let (parts, mut body) = resp.into_parts();
+    let raw = match body.inner_mut() {
+        Either::Left(up) => up.raw_head.take(),
+        Either::Right(_) => None,
+    };
     let mut body = std::pin::pin!(body);
     let status = parts.status;
     out.clear();
@@ -253,6 +262,12 @@ async fn respond<T: AsyncWrite + Unpin>(
     let mut length = None;
     let mut keep_alive = true;
     let mut dated = false;
+    if let Some(raw) = raw {
+        // The upstream's fields, framing ones already left out (`RawHead`).
+        out.extend_from_slice(&raw.lines);
+        length = raw.length;
+        dated = raw.dated;
+    }
     for (name, value) in parts.headers.iter() {
         if name == header::CONTENT_LENGTH {
             length = headers::content_length(value.as_bytes(), length).ok();
@@ -267,7 +282,7 @@ async fn respond<T: AsyncWrite + Unpin>(
         out.extend_from_slice(b"\r\n");
     }
     if !dated {
-        headers::write_date(out);
+        headers::write_date(out, std::time::Instant::now());
     }
     if closing && keep_alive {
         out.extend_from_slice(b"connection: close\r\n");

@@ -5,6 +5,7 @@
 //! `Connection: X-Forwarded-For` cannot be used to strip what edge adds.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
@@ -67,25 +68,36 @@ pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-thread_local! {
-    /// The `Date` value, made once a second (hyper caches it the same way).
-    static DATE: std::cell::RefCell<(u64, String)> =
-        const { std::cell::RefCell::new((u64::MAX, String::new())) };
+/// The `Date` text and the (monotonic) instant it goes stale: the wall
+/// clock's next second.
+struct CachedDate {
+    until: Option<Instant>,
+    text: String,
 }
 
-/// The `date` field of such an answer.
-pub fn write_date(out: &mut Vec<u8>) {
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(at, text)| {
-        if *at != secs {
-            *at = secs;
-            *text = httpdate::fmt_http_date(now);
+thread_local! {
+    /// Made once a second, as hyper caches it; checked against an instant the
+    /// caller has already read, so most answers read no clock for it at all.
+    static DATE: std::cell::RefCell<CachedDate> =
+        const { std::cell::RefCell::new(CachedDate { until: None, text: String::new() }) };
+}
+
+/// The `date` field of such an answer; `now` is a recent reading of the
+/// monotonic clock (the caller's own, to save another).
+pub fn write_date(out: &mut Vec<u8>, now: Instant) {
+    DATE.with_borrow_mut(|c| {
+        if c.until.is_none_or(|u| now >= u) {
+            let wall = std::time::SystemTime::now();
+            let into_second = wall
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+            c.text = httpdate::fmt_http_date(wall);
+            // The wall clock is read after `now`, so this is at or before its
+            // next second: the text is never stale, at worst made again early.
+            c.until = Some(now + Duration::from_nanos(u64::from(1_000_000_000 - into_second)));
         }
         out.extend_from_slice(b"date: ");
-        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(c.text.as_bytes());
         out.extend_from_slice(b"\r\n");
     });
 }
@@ -110,9 +122,12 @@ pub fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static s
     length.ok_or("invalid Content-Length")
 }
 
-/// Whether `name` is one of the hop-by-hop headers [`strip_hop_by_hop`] removes.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
+/// Whether `name`, as it came on the wire (any case), is one of the
+/// hop-by-hop headers [`strip_hop_by_hop`] removes.
+pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers and the ones `Connection` names.

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::client_sock::ClientSock;
 use super::conn_limit::ConnLimiter;
 use super::framing::{Deadlines, Guard};
 use super::h1_server;
@@ -110,7 +111,9 @@ fn service(
 > + Send
        + 'static {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        proxy.clone().handle(req.map(Some), info.clone())
+        proxy
+            .clone()
+            .handle(req.map(Some), info.clone(), std::time::Instant::now())
     })
 }
 
@@ -157,22 +160,25 @@ pub async fn serve_https(
             let _permit = permit;
             let _conn = ConnGuard::new();
             let hs = &METRICS.handshakes;
-            let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => {
-                    hs.get_or_create(&ResultLabel { result: "ok" }).inc();
-                    s
-                }
-                Ok(Err(e)) => {
-                    hs.get_or_create(&ResultLabel { result: "failed" }).inc();
-                    tracing::debug!(client = %peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
-                    tracing::debug!(client = %peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(ClientSock(stream)))
+                    .await
+                {
+                    Ok(Ok(s)) => {
+                        hs.get_or_create(&ResultLabel { result: "ok" }).inc();
+                        s
+                    }
+                    Ok(Err(e)) => {
+                        hs.get_or_create(&ResultLabel { result: "failed" }).inc();
+                        tracing::debug!(client = %peer, "TLS handshake failed: {e}");
+                        return;
+                    }
+                    Err(_) => {
+                        hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
+                        tracing::debug!(client = %peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             let (_, session) = tls.get_ref();
             let served = certs.current().for_sni(session.server_name()).cloned();
             let is_h2 = session.alpn_protocol() == Some(b"h2");

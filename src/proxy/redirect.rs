@@ -194,9 +194,15 @@ fn write_location(out: &mut Vec<u8>, host: &str, https_port: u16, path_and_query
 
 /// The status line and the headers every answer has; the caller adds its own
 /// and the blank line.
-fn write_head(out: &mut Vec<u8>, status: StatusCode, end: End, http10_keep_alive: bool) {
+fn write_head(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    end: End,
+    http10_keep_alive: bool,
+    now: Instant,
+) {
     headers::write_status_line(out, status);
-    headers::write_date(out);
+    headers::write_date(out, now);
     if end != End::KeepAlive {
         out.extend_from_slice(b"connection: close\r\n");
     } else if http10_keep_alive {
@@ -205,9 +211,16 @@ fn write_head(out: &mut Vec<u8>, status: StatusCode, end: End, http10_keep_alive
 }
 
 /// An error page; `with_body` false for HEAD. Returns the body's length sent.
-fn write_page(out: &mut Vec<u8>, status: StatusCode, end: End, ka10: bool, with_body: bool) -> u64 {
+fn write_page(
+    out: &mut Vec<u8>,
+    status: StatusCode,
+    end: End,
+    ka10: bool,
+    with_body: bool,
+    now: Instant,
+) -> u64 {
     let body = error::builtin(status);
-    write_head(out, status, end, ka10);
+    write_head(out, status, end, ka10, now);
     let _ = write!(
         out,
         "content-type: text/html; charset=utf-8\r\ncontent-length: {}\r\n\r\n",
@@ -259,7 +272,7 @@ impl Redirect {
             [const { MaybeUninit::uninit() }; headers::MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let refuse = |out: &mut Vec<u8>, status| {
-            write_page(out, status, End::Linger, false, true);
+            write_page(out, status, End::Linger, false, true, Instant::now());
             Step::Answered {
                 len: buf.len(),
                 body: 0,
@@ -295,14 +308,15 @@ impl Redirect {
         let host = target.and_then(|(authority, _)| usable_host(authority, &head));
         let (status, sent, end) = match (target, host) {
             (Some((_, pq)), Some(host)) if !pq.starts_with(ACME_HTTP01_PREFIX) => {
-                write_head(out, self.status, end, ka10);
+                write_head(out, self.status, end, ka10, start);
                 out.extend_from_slice(b"location: ");
                 write_location(out, host, self.https_port, pq);
                 out.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
                 (self.status, 0, end)
             }
             (Some(_), Some(_)) => {
-                let sent = write_page(out, StatusCode::NOT_FOUND, end, ka10, head.method != "HEAD");
+                let with_body = head.method != "HEAD";
+                let sent = write_page(out, StatusCode::NOT_FOUND, end, ka10, with_body, start);
                 (StatusCode::NOT_FOUND, sent, end)
             }
             _ => {
@@ -314,7 +328,7 @@ impl Redirect {
                     End::Close
                 };
                 let with_body = head.method != "HEAD";
-                let sent = write_page(out, StatusCode::BAD_REQUEST, end, false, with_body);
+                let sent = write_page(out, StatusCode::BAD_REQUEST, end, false, with_body, start);
                 (StatusCode::BAD_REQUEST, sent, end)
             }
         };
