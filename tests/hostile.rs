@@ -930,6 +930,16 @@ fn upstream_script(path: &str) -> (Vec<u8>, bool) {
             (h, true)
         }
         "/silent" => (Vec::new(), true),
+        // Hop-by-hop fields, and one that `Connection` names, among ordinary ones
+        // in mixed case.
+        "/hop" => (
+            b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\nProxy-Authenticate: Basic\r\nTrailer: X-T\r\nServer: Misbehaving\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
+        "/plain-fields" => (
+            b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\nCONTENT-TYPE: text/plain\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
         // Ten bytes of a hundred, then nothing, with the connection left open.
         "/stall" => (
             b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789".to_vec(),
@@ -1003,6 +1013,57 @@ fn misbehaving_upstream() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String
         }
     });
     (addr, seen)
+}
+
+/// An upstream answer's hop-by-hop fields, and any field its `Connection`
+/// names, never reach the client, whichever way edge serves the request: its
+/// own HTTP/1.1 loop (which writes a plain answer's fields as they came),
+/// hyper's HTTP/1.1 server (a request with a body) or HTTP/2. Everything else
+/// arrives, and a plain answer's fields come through unchanged but for the
+/// names' case.
+#[test]
+fn upstream_hop_by_hop_fields_never_reach_the_client() {
+    let (up, _) = misbehaving_upstream();
+    let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["bad.test"], &[up])));
+    let edge = Edge::serve(&cfg);
+    let port = edge.https.port();
+    let heads = |path: &str, extra: &[&str]| {
+        let out = curl_cmd(
+            "bad.test",
+            port,
+            path,
+            &["--max-time", "10", "-D", "-", "-o", "/dev/null"],
+            extra,
+        )
+        .output()
+        .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    for (how, extra) in [
+        ("edge's HTTP/1.1 loop", &["--http1.1"][..]),
+        ("hyper's HTTP/1.1", &["--http1.1", "-d", "x"][..]),
+        ("HTTP/2", &["--http2"][..]),
+    ] {
+        let h = heads("/hop", extra);
+        assert!(h.contains(" 200"), "{how}: {h}");
+        assert!(h.contains("\r\nx-kept: yes\r\n"), "{how}: {h}");
+        assert!(h.contains("\r\nserver: misbehaving\r\n"), "{how}: {h}");
+        for gone in [
+            "keep-alive:",
+            "x-internal",
+            "proxy-authenticate",
+            "trailer:",
+        ] {
+            assert!(!h.contains(gone), "{how}: {gone} reached the client: {h}");
+        }
+        let h = heads("/plain-fields", extra);
+        assert!(
+            h.contains("\r\nx-kept: yes\r\ncontent-type: text/plain\r\n")
+                || !extra.contains(&"--http1.1"),
+            "{how}: {h}"
+        );
+        assert!(h.contains("content-length: 2\r\n"), "{how}: {h}");
+    }
 }
 
 /// curl's exit code and stderr for one request through edge.
