@@ -781,12 +781,19 @@ fn read_fields(
                 facts.hop_by_hop = true;
             }
             FieldKind::TransferEncoding => {
-                // Only the last coding decides; a later field overrides an earlier one.
-                let last = std::str::from_utf8(f.value)
-                    .unwrap_or("")
-                    .rsplit(',')
-                    .next()
-                    .unwrap_or("");
+                // Only the last coding decides; a later field overrides an earlier
+                // one. A value that is not visible ASCII names no coding (as
+                // `HeaderValue::to_str` reads it).
+                let visible = f
+                    .value
+                    .iter()
+                    .all(|&b| b == b'\t' || (32..127).contains(&b));
+                let text = if visible {
+                    std::str::from_utf8(f.value).ok()
+                } else {
+                    None
+                };
+                let last = text.unwrap_or("").rsplit(',').next().unwrap_or("");
                 facts.chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
                 if f.value.eq_ignore_ascii_case(b"chunked") {
                     continue;
@@ -1314,6 +1321,13 @@ mod tests {
             let mut buf =
                 BytesMut::from(&b"HTTP/1.1 200 OK\r\nx-a: a\x7fb\r\nContent-Length: 0\r\n\r\n"[..]);
             assert!(parse_head(&mut buf, false, lines).is_err());
+            // A coding that is not visible ASCII names nothing: not chunked.
+            let mut buf = BytesMut::from(
+                &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: \xc3\xa9, chunked\r\n\r\n"[..],
+            );
+            let a = parse_head(&mut buf, false, lines).unwrap().unwrap();
+            assert_eq!(a.framing, Framing::Close);
+            assert!(!a.keep_alive);
         }
     }
 
