@@ -74,6 +74,8 @@ impl<B> Logged<B> {
         }
     }
 
+    /// The wrapped body, before it is pinned: edge's HTTP/1.1 loop takes an
+    /// answer's fields from it (`h1_client::RawHead`).
     pub fn inner_mut(&mut self) -> &mut B {
         &mut self.inner
     }

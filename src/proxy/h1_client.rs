@@ -57,8 +57,9 @@ pub struct Conn {
     /// The wait for an answer's head, one timer for the connection's life,
     /// made at its first request. A timer per request took the timer wheel's
     /// lock to register and again to remove. It is not moved for each request
-    /// either (`Due`): each request's deadline is later than the last, so the
-    /// timer only ever fires early, once per timeout at most, and is moved then.
+    /// either (`Due`): with the same timeout, each request's deadline is later
+    /// than the last, so the timer fires early, once per timeout at most, and
+    /// is moved then.
     answer_due: Option<Due>,
 }
 
@@ -351,9 +352,11 @@ pub async fn exchange<B: RequestBody>(
         let due = match answer_due {
             Some(due) => {
                 due.at = at;
-                // A timer that fired while the connection was pooled is moved
-                // now; one still pending fires early and is moved then.
-                if due.timer.is_elapsed() {
+                // A timer that fired while the connection was pooled, or one
+                // set for later than this deadline (a shorter timeout than the
+                // last request's), is moved now; one still pending before it
+                // fires early and is moved then.
+                if due.timer.is_elapsed() || due.timer.deadline() > at {
                     due.timer.as_mut().reset(at);
                 }
                 due
@@ -1177,6 +1180,56 @@ mod tests {
         assert!(matches!(f.error, SendError::NoAnswer(_)), "{:?}", f.error);
         assert!(f.head_sent && !f.answered && !f.body_used);
         assert!(start.elapsed() >= timeout, "{:?}", start.elapsed());
+        drop(server.await.unwrap());
+    }
+
+    /// A shorter timeout than the last request's (a reloaded site) holds on a
+    /// connection whose timer was set for the longer one.
+    #[tokio::test]
+    async fn a_shorter_timeout_after_a_longer_one_holds() {
+        use std::time::Duration;
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            let _ = s.read(&mut b).await.unwrap();
+            s.write_all(ok).await.unwrap();
+            // The second request is read and never answered.
+            let _ = s.read(&mut b).await.unwrap();
+            s
+        });
+        let cfg = crate::config::Upstream {
+            addr,
+            weight: 1,
+            max_conns: 0,
+        };
+        let up = Arc::new(Upstream::new(&cfg, "h1-client-test"));
+        let out = Outgoing::encode(&get(Method::GET, &[("host", "a")]), false, &[]);
+        let mut c = conn(&up).await;
+        let a = exchange(
+            &mut c,
+            &out,
+            &mut Empty::<Bytes>::new(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.framing, Framing::Length(2));
+        c.buf.advance(2);
+        let short = Duration::from_millis(200);
+        let start = std::time::Instant::now();
+        let f = exchange(&mut c, &out, &mut Empty::<Bytes>::new(), short)
+            .await
+            .expect_err("an answer that never came was taken");
+        assert!(matches!(f.error, SendError::NoAnswer(_)), "{:?}", f.error);
+        let took = start.elapsed();
+        assert!(took >= short, "{took:?}");
+        assert!(
+            took < Duration::from_secs(20),
+            "held to the old deadline: {took:?}"
+        );
         drop(server.await.unwrap());
     }
 
