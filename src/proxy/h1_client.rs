@@ -1089,12 +1089,43 @@ mod tests {
             }
             seen
         });
+        (upstream_at(addr), task)
+    }
+
+    /// A server for one connection: answers a request after each of
+    /// `delays_ms` (`200`, two bytes), then reads one more and never answers,
+    /// holding the connection open until its socket is dropped.
+    async fn answers_then_silence(
+        delays_ms: &'static [u64],
+    ) -> (
+        Arc<Upstream>,
+        tokio::task::JoinHandle<tokio::net::TcpStream>,
+    ) {
+        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut b = [0u8; 4096];
+            for &delay in delays_ms {
+                let _ = s.read(&mut b).await.unwrap();
+                tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+                s.write_all(ok).await.unwrap();
+            }
+            let _ = s.read(&mut b).await.unwrap();
+            s
+        });
+        (upstream_at(addr), server)
+    }
+
+    /// An upstream of one address, for a test's own server.
+    fn upstream_at(addr: String) -> Arc<Upstream> {
         let cfg = crate::config::Upstream {
             addr,
             weight: 1,
             max_conns: 0,
         };
-        (Arc::new(Upstream::new(&cfg, "h1-client-test")), task)
+        Arc::new(Upstream::new(&cfg, "h1-client-test"))
     }
 
     fn get(method: Method, headers: &[(&'static str, &'static str)]) -> http::request::Parts {
@@ -1132,27 +1163,8 @@ mod tests {
     async fn each_request_on_a_connection_gets_its_own_answer_deadline() {
         use std::time::Duration;
         let timeout = Duration::from_millis(400);
-        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut b = [0u8; 4096];
-            // First at once, the second 250 ms late, the third never.
-            for delay in [0, 250] {
-                let _ = s.read(&mut b).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(delay)).await;
-                s.write_all(ok).await.unwrap();
-            }
-            let _ = s.read(&mut b).await.unwrap();
-            s
-        });
-        let cfg = crate::config::Upstream {
-            addr,
-            weight: 1,
-            max_conns: 0,
-        };
-        let up = Arc::new(Upstream::new(&cfg, "h1-client-test"));
+        // First at once, the second 250 ms late, the third never.
+        let (up, server) = answers_then_silence(&[0, 250]).await;
         let out = Outgoing::encode(&get(Method::GET, &[("host", "a")]), false, &[]);
         let mut c = conn(&up).await;
         let take = |c: &mut Conn, answer: &Answer| {
@@ -1188,24 +1200,8 @@ mod tests {
     #[tokio::test]
     async fn a_shorter_timeout_after_a_longer_one_holds() {
         use std::time::Duration;
-        let ok: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap().to_string();
-        let server = tokio::spawn(async move {
-            let (mut s, _) = l.accept().await.unwrap();
-            let mut b = [0u8; 4096];
-            let _ = s.read(&mut b).await.unwrap();
-            s.write_all(ok).await.unwrap();
-            // The second request is read and never answered.
-            let _ = s.read(&mut b).await.unwrap();
-            s
-        });
-        let cfg = crate::config::Upstream {
-            addr,
-            weight: 1,
-            max_conns: 0,
-        };
-        let up = Arc::new(Upstream::new(&cfg, "h1-client-test"));
+        // The second request is read and never answered.
+        let (up, server) = answers_then_silence(&[0]).await;
         let out = Outgoing::encode(&get(Method::GET, &[("host", "a")]), false, &[]);
         let mut c = conn(&up).await;
         let a = exchange(
