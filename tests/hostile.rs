@@ -936,6 +936,10 @@ fn upstream_script(path: &str) -> (Vec<u8>, bool) {
             b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive, X-Internal\r\nX-Internal: secret\r\nProxy-Authenticate: Basic\r\nTrailer: X-T\r\nServer: Misbehaving\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             false,
         ),
+        "/dated" => (
+            b"HTTP/1.1 200 OK\r\nDate: Sat, 05 Dec 2026 18:00:00 GMT\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+            false,
+        ),
         "/plain-fields" => (
             b"HTTP/1.1 200 OK\r\nX-Kept: yes\r\nCONTENT-TYPE: text/plain\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\nok".to_vec(),
             false,
@@ -1063,6 +1067,15 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
             "{how}: {h}"
         );
         assert!(h.contains("content-length: 2\r\n"), "{how}: {h}");
+        // The upstream sent no Date: edge adds one, once.
+        assert_eq!(h.matches("\r\ndate: ").count(), 1, "{how}: {h}");
+        // It sent one: that one goes through, alone.
+        let h = heads("/dated", extra);
+        assert_eq!(h.matches("\r\ndate: ").count(), 1, "{how}: {h}");
+        assert!(
+            h.contains("\r\ndate: sat, 05 dec 2026 18:00:00 gmt\r\n"),
+            "{how}: {h}"
+        );
     }
 }
 
