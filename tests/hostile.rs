@@ -1031,6 +1031,8 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
     let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["bad.test"], &[up])));
     let edge = Edge::serve(&cfg);
     let port = edge.https.port();
+    // The heads as the client got them: names lowercased on every path,
+    // values as the upstream sent them.
     let heads = |path: &str, extra: &[&str]| {
         let out = curl_cmd(
             "bad.test",
@@ -1041,7 +1043,7 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
         )
         .output()
         .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     for (how, extra) in [
         ("edge's HTTP/1.1 loop", &["--http1.1"][..]),
@@ -1051,29 +1053,32 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
         let h = heads("/hop", extra);
         assert!(h.contains(" 200"), "{how}: {h}");
         assert!(h.contains("\r\nx-kept: yes\r\n"), "{how}: {h}");
-        assert!(h.contains("\r\nserver: misbehaving\r\n"), "{how}: {h}");
+        assert!(h.contains("\r\nserver: Misbehaving\r\n"), "{how}: {h}");
+        let lower = h.to_ascii_lowercase();
         for gone in [
             "keep-alive:",
             "x-internal",
             "proxy-authenticate",
             "trailer:",
         ] {
-            assert!(!h.contains(gone), "{how}: {gone} reached the client: {h}");
+            assert!(
+                !lower.contains(gone),
+                "{how}: {gone} reached the client: {h}"
+            );
         }
         let h = heads("/plain-fields", extra);
         assert!(
-            h.contains("\r\nx-kept: yes\r\ncontent-type: text/plain\r\n")
-                || !extra.contains(&"--http1.1"),
+            h.contains("\r\nx-kept: yes\r\ncontent-type: text/plain\r\n"),
             "{how}: {h}"
         );
-        assert!(h.contains("content-length: 2\r\n"), "{how}: {h}");
+        assert!(h.contains("\r\ncontent-length: 2\r\n"), "{how}: {h}");
         // The upstream sent no Date: edge adds one, once.
         assert_eq!(h.matches("\r\ndate: ").count(), 1, "{how}: {h}");
         // It sent one: that one goes through, alone.
         let h = heads("/dated", extra);
         assert_eq!(h.matches("\r\ndate: ").count(), 1, "{how}: {h}");
         assert!(
-            h.contains("\r\ndate: sat, 05 dec 2026 18:00:00 gmt\r\n"),
+            h.contains("\r\ndate: Sat, 05 Dec 2026 18:00:00 GMT\r\n"),
             "{how}: {h}"
         );
     }

@@ -289,8 +289,8 @@ pub struct Answer {
     /// for the caller to strip; see `parse_head`.
     pub hop_by_hop: bool,
     /// The fields as lines, for a request that asked for them; `head`'s map
-    /// is empty then.
-    pub raw: Option<RawHead>,
+    /// is empty then. `UpBody::new` takes them along.
+    raw: Option<RawHead>,
 }
 
 /// An answer's forwarded fields as the lines edge's own HTTP/1.1 loop writes
@@ -599,7 +599,7 @@ async fn read_answer<R: AsyncRead + Unpin>(
 fn parse_head(
     buf: &mut BytesMut,
     head_only: bool,
-    raw: bool,
+    want_lines: bool,
 ) -> Result<Option<Answer>, &'static str> {
     // Uninitialised slots: filling 100 empty ones first was half of this
     // function's own time.
@@ -627,8 +627,10 @@ fn parse_head(
     };
     let head_bytes = &buf[..len];
     // The answer's own fields go to the client as lines when nothing in them
-    // needs the header map (the usual answer); see `RawHead`.
-    let lines = raw && status != StatusCode::SWITCHING_PROTOCOLS;
+    // needs the header map (the usual answer; see `RawHead`). One that does,
+    // with a field to strip or both framings, is read again into the map: rare
+    // enough that deciding first would cost the usual answer a second pass.
+    let lines = want_lines && status != StatusCode::SWITCHING_PROTOCOLS;
     let (facts, kept) = match read_fields(resp.headers, head_bytes, lines)? {
         (f, Kept::Lines(_)) if f.hop_by_hop || (f.chunked.is_some() && f.length.is_some()) => {
             read_fields(resp.headers, head_bytes, false)?
@@ -653,10 +655,10 @@ fn parse_head(
             }),
         ),
     };
-    let mut keep_alive = version == Version::HTTP_11;
     buf.advance(len);
-    keep_alive =
-        (keep_alive || (connection.keep_alive && version == Version::HTTP_10)) && !connection.close;
+    let mut keep_alive = (version == Version::HTTP_11
+        || (connection.keep_alive && version == Version::HTTP_10))
+        && !connection.close;
     let framing = if status == StatusCode::SWITCHING_PROTOCOLS {
         Framing::Upgrade
     } else if head_only
@@ -725,7 +727,6 @@ enum Kept {
 }
 
 /// The fields of a head edge reads itself.
-#[derive(PartialEq)]
 enum FieldKind {
     Connection,
     TransferEncoding,
@@ -768,11 +769,14 @@ fn read_fields(
     // For the map, one copy of the head and every value a slice of it: a value
     // that pointed into the read buffer would pin all of it for as long as the
     // headers live.
-    let block = (!lines).then(|| Bytes::copy_from_slice(head));
+    let block = if lines {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(head)
+    };
     let base = head.as_ptr() as usize;
     for f in fields {
-        let kind = field_kind(f.name.as_bytes());
-        match kind {
+        match field_kind(f.name.as_bytes()) {
             FieldKind::Connection => {
                 let t = super::headers::connection_tokens(f.value);
                 facts.connection.close |= t.close;
@@ -791,13 +795,8 @@ fn read_fields(
                     .value
                     .iter()
                     .all(|&b| b == b'\t' || (32..127).contains(&b));
-                let text = if visible {
-                    std::str::from_utf8(f.value).ok()
-                } else {
-                    None
-                };
-                let last = text.unwrap_or("").rsplit(',').next().unwrap_or("");
-                facts.chunked = Some(last.trim().eq_ignore_ascii_case("chunked"));
+                let last = f.value.rsplit(|&b| b == b',').next().unwrap_or(b"");
+                facts.chunked = Some(visible && last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
                 if f.value.eq_ignore_ascii_case(b"chunked") {
                     continue;
                 }
@@ -815,11 +814,8 @@ fn read_fields(
                 let name =
                     HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid header name")?;
                 let at = f.value.as_ptr() as usize - base;
-                let shared = block
-                    .as_ref()
-                    .map_or_else(Bytes::new, |b| b.slice(at..at + f.value.len()));
-                let value =
-                    HeaderValue::from_maybe_shared(shared).map_err(|_| "invalid header value")?;
+                let value = HeaderValue::from_maybe_shared(block.slice(at..at + f.value.len()))
+                    .map_err(|_| "invalid header value")?;
                 headers.append(name, value);
             }
             Kept::Lines(out) => {
@@ -877,15 +873,16 @@ pub struct UpBody {
     /// that stops mid-body would hold the client and an upstream slot forever.
     stall: Stall,
     /// The answer's fields as lines, for `h1_server` to take (see `RawHead`).
-    pub raw_head: Option<RawHead>,
+    raw_head: Option<RawHead>,
 }
 
 impl UpBody {
-    /// The body of `answer`, read from `conn`. Returns the connection too
-    /// when the answer was a `101`: it belongs to the tunnel now.
+    /// The body of `answer`, read from `conn`, with the answer's fields as
+    /// lines when it has them. Returns the connection too when the answer was
+    /// a `101`: it belongs to the tunnel now.
     pub fn new(
         mut conn: Conn,
-        answer: &Answer,
+        answer: &mut Answer,
         home: &Arc<Upstream>,
         read_timeout: std::time::Duration,
     ) -> (UpBody, Option<Conn>) {
@@ -907,7 +904,7 @@ impl UpBody {
             keep_alive: answer.keep_alive,
             home: home.clone(),
             stall: Stall::new(read_timeout),
-            raw_head: None,
+            raw_head: answer.raw.take(),
         };
         if upgrade {
             let tunnel = body.conn.take();
@@ -917,6 +914,11 @@ impl UpBody {
             body.release();
         }
         (body, None)
+    }
+
+    /// The answer's fields as lines, when they were kept so (`RawHead`).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.raw_head.take()
     }
 
     /// Done with the connection: back to the pool when it can carry another
@@ -1148,8 +1150,8 @@ mod tests {
     ) -> Result<(StatusCode, Vec<u8>, Option<HeaderMap>), Failed> {
         let out = Outgoing::encode(&get(method, &[("host", "a")]), false, &[]);
         let mut conn = c.take().unwrap();
-        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60).await?;
-        let (body, _) = UpBody::new(conn, &answer, up, SECS_60);
+        let mut answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60).await?;
+        let (body, _) = UpBody::new(conn, &mut answer, up, SECS_60);
         let all = body.collect().await.expect("body");
         let trailers = all.trailers().cloned();
         Ok((answer.head.status, all.to_bytes().to_vec(), trailers))
@@ -1406,11 +1408,11 @@ mod tests {
         let mut c = Some(conn(&up).await);
         let out = Outgoing::encode(&get(Method::GET, &[]), false, &[]);
         let mut conn = c.take().unwrap();
-        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
+        let mut answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
             .await
             .unwrap();
         assert!(!answer.head.headers.contains_key(header::CONTENT_LENGTH));
-        let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
+        let (body, _) = UpBody::new(conn, &mut answer, &up, SECS_60);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
         assert!(up.take_idle().is_none());
     }
@@ -1434,10 +1436,10 @@ mod tests {
             let (up, _server) = scripted(vec![(b"\r\n\r\n", answer)]).await;
             let mut conn = conn(&up).await;
             let out = Outgoing::encode(&get(Method::GET, &[]), false, &[]);
-            let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
+            let mut answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), SECS_60)
                 .await
                 .unwrap();
-            let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
+            let (body, _) = UpBody::new(conn, &mut answer, &up, SECS_60);
             let e = body.collect().await.unwrap_err();
             assert!(e.to_string().contains(want), "{want}: got {e}");
         }
@@ -1506,11 +1508,11 @@ mod tests {
         let mut conn = conn(&up).await;
         let parts = get(Method::POST, &[("content-length", "1000000")]);
         let out = Outgoing::encode(&parts, true, &[]);
-        let answer = exchange(&mut conn, &out, &mut Endless(false), SECS_60)
+        let mut answer = exchange(&mut conn, &out, &mut Endless(false), SECS_60)
             .await
             .unwrap();
         assert_eq!(answer.head.status, StatusCode::PAYLOAD_TOO_LARGE);
-        let (body, _) = UpBody::new(conn, &answer, &up, SECS_60);
+        let (body, _) = UpBody::new(conn, &mut answer, &up, SECS_60);
         drop(body);
         assert!(up.take_idle().is_none(), "reused with half a body unsent");
     }

@@ -252,7 +252,7 @@ async fn respond<T: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, mut body) = resp.into_parts();
     let raw = match body.inner_mut() {
-        Either::Left(up) => up.raw_head.take(),
+        Either::Left(up) => up.take_raw_head(),
         Either::Right(_) => None,
     };
     let mut body = std::pin::pin!(body);

@@ -456,10 +456,8 @@ fn send(
                 let f = match sent {
                     Ok(mut answer) => {
                         up.record_success();
-                        let raw = answer.raw.take();
-                        let (mut body, tunnel_conn) =
-                            UpBody::new(c, &answer, up, cfg.response_timeout);
-                        body.raw_head = raw;
+                        let (body, tunnel_conn) =
+                            UpBody::new(c, &mut answer, up, cfg.response_timeout);
                         if let Some(tc) = tunnel_conn {
                             // The upstream agreed: from here on the two connections are one tunnel.
                             let Some(client) = p.client_upgrade.take() else {
