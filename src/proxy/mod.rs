@@ -689,19 +689,8 @@ fn rewrite_request<'a>(
             parts.headers.insert(header::COOKIE, v);
         }
     }
-    // Origin form: keep the path and query, drop scheme and authority (no re-parse).
-    let mut uri_parts = http::uri::Parts::default();
-    uri_parts.path_and_query = Some(
-        parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-    );
-    if let Ok(uri) = http::Uri::from_parts(uri_parts) {
-        parts.uri = uri;
-    }
-    parts.version = Version::HTTP_11;
+    // The target and version need no rewrite: `Outgoing::encode` writes the
+    // origin form (path and query) and HTTP/1.1 whatever the client sent.
     added
 }
 
