@@ -1084,6 +1084,22 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
     }
 }
 
+/// A target in absolute form (RFC 9112 §3.2.2) reaches the upstream in origin
+/// form, path and query kept exactly, as nginx sends it: many backends take
+/// anything but a path for a bad request.
+#[test]
+fn an_absolute_form_target_reaches_the_upstream_as_its_path_and_query() {
+    let (up, seen) = misbehaving_upstream();
+    let (_dir, cfg) = config(&format!("{}{}", listen_any(), site(&["bad.test"], &[up])));
+    let edge = Edge::serve(&cfg);
+    let out = raw_tls(
+        edge.https.port(),
+        b"GET https://bad.test/abs/a%20b?q=1&r=%2F HTTP/1.1\r\nHost: bad.test\r\nConnection: close\r\n\r\n",
+    );
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(*seen.lock().unwrap(), vec!["/abs/a%20b?q=1&r=%2F"]);
+}
+
 /// curl's exit code and stderr for one request through edge.
 fn curl_exit(port: u16, path: &str, extra: &[&str]) -> (i32, String) {
     let out = curl_cmd(
