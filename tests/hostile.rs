@@ -1085,8 +1085,8 @@ fn upstream_hop_by_hop_fields_never_reach_the_client() {
 }
 
 /// A target in absolute form (RFC 9112 §3.2.2) reaches the upstream in origin
-/// form, path and query kept exactly, as nginx sends it: many backends take
-/// anything but a path for a bad request.
+/// form, path and query kept exactly, as nginx sends it: many backends answer
+/// anything but a path with 400.
 #[test]
 fn an_absolute_form_target_reaches_the_upstream_as_its_path_and_query() {
     let (up, seen) = misbehaving_upstream();
