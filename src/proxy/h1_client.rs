@@ -180,10 +180,7 @@ impl Outgoing {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_bytes()));
         for (k, v) in headers.chain(added.iter().copied()) {
-            wire.extend_from_slice(k.as_bytes());
-            wire.extend_from_slice(b": ");
-            wire.extend_from_slice(v);
-            wire.extend_from_slice(b"\r\n");
+            super::headers::write_field(&mut wire, k.as_bytes(), v);
         }
         let has_length = parts.headers.contains_key(header::CONTENT_LENGTH);
         let chunked = has_body && !has_length;
@@ -823,11 +820,8 @@ fn read_fields(
                 // would: a token for the name, and no control character but
                 // tab in the value (nor a lone CR or LF, which end a line).
                 let at = out.len();
-                out.extend_from_slice(f.name.as_bytes());
-                out[at..].make_ascii_lowercase();
-                out.extend_from_slice(b": ");
-                out.extend_from_slice(f.value);
-                out.extend_from_slice(b"\r\n");
+                super::headers::write_field(out, f.name.as_bytes(), f.value);
+                out[at..at + f.name.len()].make_ascii_lowercase();
             }
         }
     }

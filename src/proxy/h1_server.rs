@@ -276,10 +276,7 @@ async fn respond<T: AsyncWrite + Unpin>(
         } else if name == header::DATE {
             dated = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        headers::write_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if !dated {
         headers::write_date(out, std::time::Instant::now());

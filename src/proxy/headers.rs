@@ -68,6 +68,17 @@ pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// One `name: value` field line of an HTTP/1.1 head. The caller vouches for
+/// both: checked names and values, as `HeaderName`/`HeaderValue` or httparse
+/// hold them.
+#[inline]
+pub fn write_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// The `Date` text and the (monotonic) instant it goes stale: the wall
 /// clock's next second.
 struct CachedDate {
