@@ -84,18 +84,18 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeE
         }
     };
     ui.step(&format!("Registering an ACME account at {}", cfg.directory));
-    let (account, creds) = builder(cfg)?
-        .create(
-            &NewAccount {
-                contact: &contact,
-                terms_of_service_agreed: true,
-                only_return_existing: false,
-            },
-            cfg.directory.clone(),
-            eab.as_ref(),
-        )
-        .await
-        .map_err(|e| directory_error(cfg, e))?;
+    let http = client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT)?;
+    let new = NewAccount {
+        contact: &contact,
+        terms_of_service_agreed: true,
+        only_return_existing: false,
+    };
+    let (account, creds) = super::again_on_bad_nonce!(
+        Account::builder_with_http(Box::new(AcmeHttp(http.clone())))
+            .create(&new, cfg.directory.clone(), eab.as_ref())
+            .await
+    )
+    .map_err(|e| directory_error(cfg, e))?;
     let json = serde_json::to_vec_pretty(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
     store.write_atomic(&path, &json, 0o600)?;
     Ok(account)

@@ -36,6 +36,48 @@ pub enum AcmeError {
     Other(String),
 }
 
+/// How many times an ACME call is made while the CA refuses its nonce. Each
+/// call is itself up to three tries (instant-acme's own), so a CA refusing
+/// nonces at random 5% of the time (Pebble's default) fails a request about
+/// once in 8,000 with one round, and practically never with eight.
+pub const NONCE_ROUNDS: u32 = 8;
+
+/// Whether the CA refused a request only for its anti-replay nonce.
+pub fn is_bad_nonce(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref().is_some_and(|t| t.ends_with(":badNonce")))
+}
+
+/// Evaluates an ACME call (an expression that awaits one) again while the CA
+/// refuses it for its nonce, up to [`NONCE_ROUNDS`] times.
+///
+/// RFC 8555 §6.5: a `badNonce` refusal means the CA did nothing with the
+/// request, so sending it again is always safe, and clients should. A CA may
+/// refuse a valid nonce at any time (an expired one, a request that reached
+/// another of its nodes); one such refusal must not fail a renewal.
+///
+/// A macro rather than a function taking an async closure: the calls borrow
+/// the order mutably, and a future built from an `AsyncFnMut` is not `Send`
+/// for every lifetime, which the daemon's spawned renewals need.
+macro_rules! again_on_bad_nonce {
+    ($call:expr) => {{
+        let mut round = 1;
+        loop {
+            match $call {
+                Err(e) if $crate::acme::is_bad_nonce(&e) && round < $crate::acme::NONCE_ROUNDS => {
+                    tracing::debug!(
+                        round,
+                        "the CA refused the request's nonce; sending it again"
+                    );
+                    round += 1;
+                }
+                result => break result,
+            }
+        }
+    }};
+}
+pub(crate) use again_on_bad_nonce;
+
 /// A readable error from instant-acme's, with the CA's problem document in words.
 pub fn from_acme(e: instant_acme::Error) -> AcmeError {
     match e {

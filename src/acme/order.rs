@@ -10,7 +10,7 @@ use instant_acme::{
 };
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
-use super::{account, from_acme, AcmeError};
+use super::{account, again_on_bad_nonce, from_acme, AcmeError};
 use crate::certinfo::CertInfo;
 use crate::config::{Config, KeyType, Provider};
 use crate::dns::{self, propagation, TxtRecord};
@@ -79,19 +79,19 @@ pub async fn obtain(
         if let Some(r) = replaces_id.clone() {
             new = new.replaces(r);
         }
-        match acct.new_order(&new).await {
+        match again_on_bad_nonce!(acct.new_order(&new).await) {
             Ok(o) => o,
             Err(e) if account::account_gone(&e) => {
                 tracing::warn!(
                     "the CA does not know the stored account any more; registering a new one"
                 );
                 acct = account::create(&cfg.acme, store, ui).await?;
-                acct.new_order(&new).await.map_err(from_acme)?
+                again_on_bad_nonce!(acct.new_order(&new).await).map_err(from_acme)?
             }
-            Err(instant_acme::Error::Unsupported(_)) => acct
-                .new_order(&NewOrder::new(&ids))
-                .await
-                .map_err(from_acme)?,
+            Err(instant_acme::Error::Unsupported(_)) => {
+                again_on_bad_nonce!(acct.new_order(&NewOrder::new(&ids)).await)
+                    .map_err(from_acme)?
+            }
             Err(e) => return Err(from_acme(e)),
         }
     };
@@ -108,6 +108,7 @@ async fn run_order(
     start: Instant,
 ) -> Result<Obtained, AcmeError> {
     // Collect every pending dns-01 challenge first.
+    fetch_authorizations(&mut order).await.map_err(from_acme)?;
     let mut records = Vec::new();
     {
         let mut auths = order.authorizations();
@@ -189,8 +190,27 @@ async fn wait_visible(cfg: &Config, records: &[TxtRecord], ui: &Ui) -> Result<()
     }
 }
 
+/// Fetches the state of every authorization the order does not hold yet, so
+/// that the loops over them after this send nothing. instant-acme's stream
+/// moves past an authorization whose fetch failed, so a refused nonce starts
+/// it over; the states already fetched are kept.
+async fn fetch_authorizations(order: &mut instant_acme::Order) -> Result<(), instant_acme::Error> {
+    again_on_bad_nonce!({
+        let mut auths = order.authorizations();
+        let mut fetched = Ok(());
+        while let Some(a) = auths.next().await {
+            if let Err(e) = a {
+                fetched = Err(e);
+                break;
+            }
+        }
+        fetched
+    })
+}
+
 async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(), AcmeError> {
     ui.step("Asking the CA to validate");
+    fetch_authorizations(order).await.map_err(from_acme)?;
     {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
@@ -199,11 +219,11 @@ async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(
                 continue;
             }
             if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
-                ch.set_ready().await.map_err(from_acme)?;
+                again_on_bad_nonce!(ch.set_ready().await).map_err(from_acme)?;
             }
         }
     }
-    let status = order.poll_ready(&poll_policy()).await;
+    let status = again_on_bad_nonce!(order.poll_ready(&poll_policy()).await);
     match status {
         Ok(OrderStatus::Ready) => Ok(()),
         Ok(_) | Err(instant_acme::Error::Api(_)) => Err(validation_failure(order).await),
@@ -214,20 +234,24 @@ async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(
 /// Gathers what each failed authorization's challenge says.
 async fn validation_failure(order: &mut instant_acme::Order) -> AcmeError {
     let mut details = Vec::new();
+    // What is said here is best effort: a failure to fetch leaves a name out.
+    let _ = fetch_authorizations(order).await;
     let mut auths = order.authorizations();
     while let Some(Ok(mut a)) = auths.next().await {
         let name = a.identifier().to_string();
-        if let Ok(state) = a.refresh().await {
-            for c in &state.challenges {
-                if let Some(err) = &c.error {
-                    details.push(format!(
-                        "{name}: {}",
-                        err.detail
-                            .clone()
-                            .unwrap_or_else(|| format!("{:?}", err.r#type))
-                    ));
-                }
-            }
+        let said = again_on_bad_nonce!(a.refresh().await.map(|state| {
+            state
+                .challenges
+                .iter()
+                .filter_map(|c| c.error.as_ref())
+                .map(|err| match &err.detail {
+                    Some(detail) => format!("{name}: {detail}"),
+                    None => format!("{name}: {:?}", err.r#type),
+                })
+                .collect::<Vec<_>>()
+        }));
+        if let Ok(said) = said {
+            details.extend(said);
         }
     }
     if details.is_empty() {
@@ -267,11 +291,9 @@ async fn finalize_and_store(
     let csr = params
         .serialize_request(&key)
         .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
-    order.finalize_csr(csr.der()).await.map_err(from_acme)?;
-    let chain = order
-        .poll_certificate(&poll_policy())
-        .await
-        .map_err(from_acme)?;
+    again_on_bad_nonce!(order.finalize_csr(csr.der()).await).map_err(from_acme)?;
+    let chain =
+        again_on_bad_nonce!(order.poll_certificate(&poll_policy()).await).map_err(from_acme)?;
     let info = store.save_certificate(lineage, &chain, &key.serialize_pem())?;
     let mut state = store.renewal_state(lineage);
     let now = store::unix(SystemTime::now());
