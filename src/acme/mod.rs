@@ -136,3 +136,45 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: &str) -> instant_acme::Error {
+        let problem = serde_json::json!({ "type": kind, "detail": "refused", "status": 400 });
+        instant_acme::Error::Api(serde_json::from_value(problem).unwrap())
+    }
+
+    #[test]
+    fn only_a_refused_nonce_is_sent_again_and_not_forever() {
+        const BAD_NONCE: &str = "urn:ietf:params:acme:error:badNonce";
+        // Refused twice, then answered: three calls, and the answer.
+        let mut calls = 0;
+        let r = again_on_bad_nonce!({
+            calls += 1;
+            if calls < 3 {
+                Err(refused(BAD_NONCE))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!((r.unwrap(), calls), (3, 3));
+        // Refused every time: the refusal, after NONCE_ROUNDS calls.
+        let mut calls = 0;
+        let r: Result<(), _> = again_on_bad_nonce!({
+            calls += 1;
+            Err(refused(BAD_NONCE))
+        });
+        assert!(is_bad_nonce(&r.unwrap_err()));
+        assert_eq!(calls, NONCE_ROUNDS);
+        // Any other refusal is the answer at once.
+        let mut calls = 0;
+        let r: Result<(), _> = again_on_bad_nonce!({
+            calls += 1;
+            Err(refused("urn:ietf:params:acme:error:malformed"))
+        });
+        assert!(!is_bad_nonce(&r.unwrap_err()));
+        assert_eq!(calls, 1);
+    }
+}
