@@ -112,6 +112,36 @@ fn obtain_completes_while_the_ca_refuses_most_nonces() {
     verify_chain(&p, &state(&dir).join("live/flask.test"));
 }
 
+/// A record edge sees but the CA does not (split DNS: edge's resolver is not
+/// the CA's): the CA's validation fails, and the error names each name and
+/// what the CA said about it, with no certificate stored.
+#[test]
+fn a_validation_the_ca_fails_names_each_name_and_the_cas_reason() {
+    let p = Pebble::start();
+    // Records go to a second challtestsrv, which edge also asks; Pebble asks its own.
+    let (_other, other_dns, other_mgmt) = challtestsrv();
+    let provider =
+        format!("provider = \"pebble-challtestsrv\"\nurl = \"http://127.0.0.1:{other_mgmt}\"");
+    let (dir, cfg) = acme_config(&p, &provider, "");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("resolvers = [\"{}\"]", p.dns),
+        &format!("resolvers = [\"127.0.0.1:{other_dns}\"]"),
+    );
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let o = edge(
+        &["obtain", "-d", "split.test", "-d", "www.split.test"],
+        &cfg,
+    );
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("validation failed"), "{t}");
+    for name in ["split.test:", "www.split.test:"] {
+        assert!(t.contains(name), "{name} missing: {t}");
+    }
+    assert!(t.to_ascii_lowercase().contains("txt"), "{t}");
+    assert!(!state(&dir).join("live/split.test").exists());
+}
+
 #[test]
 fn apex_wildcard_and_another_name_in_one_order() {
     let p = Pebble::start();

@@ -208,9 +208,10 @@ async fn fetch_authorizations(order: &mut instant_acme::Order) -> Result<(), ins
     })
 }
 
+/// The authorizations' states are the ones `run_order` fetched: the loop
+/// below asks the CA only to validate.
 async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(), AcmeError> {
     ui.step("Asking the CA to validate");
-    fetch_authorizations(order).await.map_err(from_acme)?;
     {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
@@ -231,27 +232,23 @@ async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(
     }
 }
 
-/// Gathers what each failed authorization's challenge says.
+/// Gathers what each failed authorization's challenge says, best effort: a
+/// failure to fetch leaves a name out.
+///
+/// The order is read again first: that drops the authorizations' states held
+/// from before validation, so one fetch each gives what the CA says now.
 async fn validation_failure(order: &mut instant_acme::Order) -> AcmeError {
-    let mut details = Vec::new();
-    // What is said here is best effort: a failure to fetch leaves a name out.
+    let _ = again_on_bad_nonce!(order.refresh().await.map(|_| ()));
     let _ = fetch_authorizations(order).await;
+    let mut details = Vec::new();
     let mut auths = order.authorizations();
-    while let Some(Ok(mut a)) = auths.next().await {
+    while let Some(Ok(a)) = auths.next().await {
         let name = a.identifier().to_string();
-        let said = again_on_bad_nonce!(a.refresh().await.map(|state| {
-            state
-                .challenges
-                .iter()
-                .filter_map(|c| c.error.as_ref())
-                .map(|err| match &err.detail {
-                    Some(detail) => format!("{name}: {detail}"),
-                    None => format!("{name}: {:?}", err.r#type),
-                })
-                .collect::<Vec<_>>()
-        }));
-        if let Ok(said) = said {
-            details.extend(said);
+        for err in a.challenges.iter().filter_map(|c| c.error.as_ref()) {
+            details.push(match &err.detail {
+                Some(detail) => format!("{name}: {detail}"),
+                None => format!("{name}: {:?}", err.r#type),
+            });
         }
     }
     if details.is_empty() {
