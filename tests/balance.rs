@@ -182,7 +182,7 @@ fn ip_hash_sticks_per_client_and_moves_only_the_lost_backends_clients() {
 #[test]
 fn least_conn_and_p2c_avoid_a_slow_backend() {
     for policy in ["least_conn", "p2c"] {
-        let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "0.4")]);
+        let slow = Flask::start_env(1, &[("FLASK_DELAY", "0.4")]);
         let fast2 = Flask::start(2);
         let fast3 = Flask::start(3);
         let (_d, edge) = edge_for(
@@ -213,8 +213,8 @@ fn least_conn_and_p2c_avoid_a_slow_backend() {
 #[test]
 fn active_health_check_takes_out_and_puts_back() {
     let one = Flask::start(1);
-    let port2 = free_port();
-    let sick = Flask::start_env(2, port2, &[("FLASK_HEALTH_STATUS", "500")]);
+    let sick = Flask::start_env(2, &[("FLASK_HEALTH_STATUS", "500")]);
+    let port2 = sick.port;
     let three = Flask::start(3);
     let (_d, edge) = edge_for(
         &[&one, &sick, &three],
@@ -298,7 +298,7 @@ fn concurrent_statuses(port: u16, n: usize) -> Vec<u16> {
 
 #[test]
 fn max_conns_queues_requests_in_edge_not_at_the_backend() {
-    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "0.5")]);
+    let slow = Flask::start_env(1, &[("FLASK_DELAY", "0.5")]);
     let (_d, edge) = edge_for(&[&slow], "max_conns = 2", None);
     let codes = concurrent_statuses(edge.https.port(), 6);
     assert_eq!(codes, vec![200; 6], "queued requests must all be answered");
@@ -315,7 +315,7 @@ fn max_conns_queues_requests_in_edge_not_at_the_backend() {
 
 #[test]
 fn max_conns_queue_gives_503_after_connect_timeout_and_a_full_upstream_is_passed_over() {
-    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "4")]);
+    let slow = Flask::start_env(1, &[("FLASK_DELAY", "4")]);
     let (_d, edge) = edge_for(
         &[&slow],
         "max_conns = 1\nconnect_timeout = \"1s\"\nresponse_timeout = \"10s\"",
@@ -348,7 +348,7 @@ fn max_conns_queue_gives_503_after_connect_timeout_and_a_full_upstream_is_passed
     );
 
     // Two upstreams, one full: the next request goes to the free one at once.
-    let slow2 = Flask::start_env(1, free_port(), &[("FLASK_DELAY", "4")]);
+    let slow2 = Flask::start_env(1, &[("FLASK_DELAY", "4")]);
     let fast = Flask::start(2);
     let (_d2, edge2) = edge_for(&[&slow2, &fast], "max_conns = 1", None);
     let port2 = edge2.https.port();

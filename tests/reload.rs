@@ -86,7 +86,7 @@ fn sigterm_lets_a_slow_http2_request_finish() {
 /// edge in front of one Flask backend that answers `/` after `delay`
 /// seconds, with `limits` in its `[limits]` table.
 fn slow_edge(delay: &str, limits: &str) -> (Flask, tempfile::TempDir, Edge) {
-    let slow = Flask::start_env(1, free_port(), &[("FLASK_DELAY", delay)]);
+    let slow = Flask::start_env(1, &[("FLASK_DELAY", delay)]);
     let (dir, edge) = edge_for(&slow.addr(), limits, "");
     (slow, dir, edge)
 }

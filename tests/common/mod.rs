@@ -219,18 +219,20 @@ pub struct Flask {
 impl Flask {
     /// A backend on a free port; on a fresh one if another test took the first.
     pub fn start(version: u32) -> Flask {
-        on_fresh_ports(&format!("flask{version}"), || {
-            Self::try_start(version, free_port(), &[])
-        })
+        Self::start_env(version, &[])
     }
 
+    /// A backend on a port a test chose (to start one again where it was).
     pub fn start_on(version: u32, port: u16) -> Flask {
-        Self::start_env(version, port, &[])
+        Self::try_start(version, port, &[]).unwrap_or_else(|why| panic!("{why}"))
     }
 
-    /// A backend with extra environment (FLASK_DELAY, FLASK_HEALTH_STATUS).
-    pub fn start_env(version: u32, port: u16, env: &[(&str, &str)]) -> Flask {
-        Self::try_start(version, port, env).unwrap_or_else(|why| panic!("{why}"))
+    /// A backend with extra environment (FLASK_DELAY, FLASK_HEALTH_STATUS), on
+    /// a free port as `start`.
+    pub fn start_env(version: u32, env: &[(&str, &str)]) -> Flask {
+        on_fresh_ports(&format!("flask{version}"), || {
+            Self::try_start(version, free_port(), env)
+        })
     }
 
     /// Werkzeug prints "Running on" once it has bound its port.
