@@ -75,6 +75,21 @@ fn docker_files_refer_only_to_paths_that_exist() {
             assert!(root.join(src).exists(), "Dockerfile copies missing {src}");
         }
     }
+    // compose builds with the repository as context: without these, target/
+    // (gigabytes) and acme-state/ (keys) would be sent to the engine.
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    for dir in ["target/", "acme-state/", ".git/"] {
+        assert!(
+            ignore.lines().any(|l| l.trim() == dir),
+            ".dockerignore lacks {dir}"
+        );
+    }
+    // The binary the image ships is the one scripts/build-release writes.
+    let script = std::fs::read_to_string(root.join("scripts/build-release")).unwrap();
+    assert!(script.contains("built $ROOT/target/pgo/release/edge"));
+    assert!(
+        dockerfile.contains("COPY --from=build /src/target/pgo/release/edge /usr/local/bin/edge")
+    );
     let flask = root.join("backends/flask");
     let fd = std::fs::read_to_string(flask.join("Dockerfile")).unwrap();
     for line in fd.lines().filter(|l| l.starts_with("COPY ")) {
