@@ -17,8 +17,15 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `EDGE_TEST_BIN` runs the end-to-end tests against another build of the same
+/// source, e.g. the profile-guided one users install
+/// (`EDGE_TEST_BIN=target/pgo/release/edge cargo test --tests`).
 pub fn edge_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_edge"))
+    match std::env::var_os("EDGE_TEST_BIN") {
+        Some(bin) => std::fs::canonicalize(&bin)
+            .unwrap_or_else(|e| panic!("EDGE_TEST_BIN={}: {e}", bin.to_string_lossy())),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_edge")),
+    }
 }
 
 /// A port nothing listens on right now.
