@@ -133,3 +133,29 @@ fn docker_files_refer_only_to_paths_that_exist() {
     );
     assert_eq!(cfg.state_dir, std::path::PathBuf::from("/var/lib/edge"));
 }
+
+/// The Dockerfile's build stage runs scripts/build-release, which runs
+/// `bench/run --train`; no engine runs here to build the image, so at least
+/// both must parse and the trainer must refuse to run without its output.
+#[test]
+fn the_release_build_scripts_parse() {
+    let root = repo();
+    let bash = Command::new("bash")
+        .arg("-n")
+        .arg(root.join("scripts/build-release"))
+        .output()
+        .unwrap();
+    assert!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let train = Command::new("python3")
+        .arg(root.join("bench/run"))
+        .args(["--train", "/nonexistent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&train.stderr);
+    assert_eq!(train.status.code(), Some(2), "{err}");
+    assert!(err.contains("--train needs --profile-out DIR"), "{err}");
+}
