@@ -145,17 +145,13 @@ fn the_release_build_scripts_parse() {
         .arg(root.join("scripts/build-release"))
         .output()
         .unwrap();
-    assert!(
-        bash.status.success(),
-        "{}",
-        String::from_utf8_lossy(&bash.stderr)
-    );
+    assert!(bash.status.success(), "{}", text(&bash));
     let train = Command::new("python3")
         .arg(root.join("bench/run"))
         .args(["--train", "/nonexistent"])
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&train.stderr);
+    let err = text(&train);
     assert_eq!(train.status.code(), Some(2), "{err}");
     assert!(err.contains("--train needs --profile-out DIR"), "{err}");
 }

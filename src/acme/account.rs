@@ -84,14 +84,15 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeE
         }
     };
     ui.step(&format!("Registering an ACME account at {}", cfg.directory));
-    let http = client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT)?;
     let new = NewAccount {
         contact: &contact,
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
+    // `create` consumes its builder, so a round after a refused nonce builds
+    // another: rare, and cheaper than a failed registration.
     let (account, creds) = super::again_on_bad_nonce!(
-        Account::builder_with_http(Box::new(AcmeHttp(http.clone())))
+        builder(cfg)?
             .create(&new, cfg.directory.clone(), eab.as_ref())
             .await
     )
