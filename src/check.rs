@@ -6,7 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Config, Provider};
+use crate::config::Config;
 use crate::names;
 use crate::store::Store;
 
@@ -18,8 +18,8 @@ pub struct Report {
 
 pub async fn run(cfg: &Config) -> Report {
     let mut r = Report::default();
-    match Store::open(&cfg.state_dir) {
-        Ok(store) => certs(cfg, &store, &mut r),
+    match Store::open(&cfg.state_dir).await {
+        Ok(store) => certs(cfg, &store, &mut r).await,
         Err(e) => r.problems.push(format!("state_dir: {e}")),
     }
     if let Some(ca) = &cfg.acme.ca_bundle {
@@ -34,28 +34,10 @@ pub async fn run(cfg: &Config) -> Report {
                 .push(format!("acme.ca_bundle: {}: {e}", ca.display())),
         }
     }
-    if let Provider::Exec { command } = &cfg.dns.provider {
-        executable(command, "dns.command", &mut r);
-    }
     if let Some(hook) = &cfg.acme.deploy_hook {
         executable(hook, "acme.deploy_hook", &mut r);
     }
-    if let Provider::Builtin { zone, .. } = &cfg.dns.provider {
-        let mut seen = std::collections::BTreeSet::new();
-        for site in &cfg.sites {
-            for d in &site.domains {
-                let line = crate::dns::builtin::cname_instruction(d, zone);
-                if seen.insert(line.clone()) {
-                    r.notes.push(format!(
-                        "dns.provider = \"builtin\": this CNAME must exist (once): {line}"
-                    ));
-                }
-            }
-        }
-    }
-    if matches!(cfg.dns.provider, Provider::Manual) {
-        r.notes.push("dns.provider = \"manual\": renewals need a person to set the TXT record; choose exec, rfc2136, builtin or an API provider for unattended renewal".into());
-    }
+    cfg.dns.provider.check(&cfg.sites, &mut r);
     for (i, site) in cfg.sites.iter().enumerate() {
         for (status, path) in &site.error_pages {
             if let Err(e) = std::fs::metadata(path) {
@@ -88,7 +70,8 @@ pub async fn run(cfg: &Config) -> Report {
     r
 }
 
-fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
+/// A problem unless `path` is a file someone may execute.
+pub(crate) fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
     use std::os::unix::fs::PermissionsExt;
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => {}
@@ -100,15 +83,14 @@ fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
     }
 }
 
-fn certs(cfg: &Config, store: &Store, r: &mut Report) {
+async fn certs(cfg: &Config, store: &Store, r: &mut Report) {
     let now = SystemTime::now();
     for site in &cfg.sites {
         let name = site.cert_name();
-        if !store.live_dir(&name).exists() {
-            r.notes.push(format!("certificate {name}: none stored yet; `edge obtain --domain {}` or `edge serve` will get one (a placeholder is served until then)", site.domains.join(" --domain ")));
-            continue;
-        }
-        match store.load_live(&name) {
+        match store.load_live(&name).await {
+            Err(e) if e.is_not_found() => {
+                r.notes.push(format!("certificate {name}: none stored yet; `edge obtain --domain {}` or `edge serve` will get one (a placeholder is served until then)", site.domains.join(" --domain ")));
+            }
             Err(e) => r.problems.push(e.to_string()),
             Ok(c) if c.info.expired(now) => r.problems.push(format!(
                 "certificate {name}: expired at {}",

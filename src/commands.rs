@@ -5,14 +5,16 @@ use std::time::SystemTime;
 
 use edge::acme::order::{self, Obtained};
 use edge::acme::renew;
+use edge::acme::solver::Solvers;
 use edge::certinfo::rfc3339;
+use edge::certs::{delegate, socket_path, Request};
 use edge::config::Config;
 use edge::names;
 use edge::store::Store;
 use edge::ui::Ui;
 
-fn open_store(cfg: &Config) -> Result<Store, ExitCode> {
-    Store::open(&cfg.state_dir).map_err(|e| {
+async fn open_store(cfg: &Config) -> Result<Store, ExitCode> {
+    Store::open(&cfg.state_dir).await.map_err(|e| {
         eprintln!("edge: error: state_dir: {e}");
         ExitCode::FAILURE
     })
@@ -26,19 +28,40 @@ pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let req = edge::control::Request::Obtain {
+    let req = Request::Obtain {
         domains: names.clone(),
     };
-    if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
+    if let Some(code) = delegate(&cfg.state_dir, &req).await {
         return exit(code);
     }
-    let store = match open_store(cfg) {
+    let store = match open_store(cfg).await {
         Ok(s) => s,
         Err(c) => return c,
     };
     let ui = Ui::detect();
     let lineage = names::lineage_name(&names);
-    match order::obtain(cfg, &store, &lineage, &names, None, &ui).await {
+    // This command's solvers: a responder it starts answers until it exits.
+    let solvers = Solvers::new(cfg);
+    let solver = solvers.for_names(&names);
+    let lock = match store.lock(&lineage).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("edge: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match order::obtain(
+        cfg,
+        &store,
+        solver.as_ref(),
+        &lock,
+        &lineage,
+        &names,
+        None,
+        &ui,
+    )
+    .await
+    {
         Ok(o) => {
             print_saved(&o);
             ExitCode::SUCCESS
@@ -67,18 +90,18 @@ fn print_saved(o: &Obtained) {
 }
 
 pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode {
-    let req = edge::control::Request::Renew {
+    let req = Request::Renew {
         force,
         domain: domain.map(str::to_string),
     };
-    if let Some(code) = edge::control::delegate(&cfg.state_dir, &req).await {
+    if let Some(code) = delegate(&cfg.state_dir, &req).await {
         return exit(code);
     }
-    let store = match open_store(cfg) {
+    let store = match open_store(cfg).await {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let lineages = match renew::select(&store, domain) {
+    let lineages = match renew::select(&store, domain).await {
         Ok(l) => l,
         Err(e) => {
             eprintln!("edge: error: {e}");
@@ -88,11 +111,13 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
     if lineages.is_empty() {
         println!(
             "No certificates stored in {}; nothing to renew.",
-            store.root().join("live").display()
+            store.live_root().display()
         );
         return ExitCode::SUCCESS;
     }
-    let (lines, failed, _) = renew::renew_many(cfg, &store, &lineages, force, &Ui::detect()).await;
+    let solvers = Solvers::new(cfg);
+    let (lines, failed, _) =
+        renew::renew_many(cfg, &store, &solvers, &lineages, force, &Ui::detect()).await;
     println!();
     for l in &lines {
         println!("{l}");
@@ -109,21 +134,24 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
 }
 
 pub async fn certs(cfg: &Config) -> ExitCode {
-    let store = match open_store(cfg) {
+    let store = match open_store(cfg).await {
         Ok(s) => s,
         Err(c) => return c,
     };
-    let lineages = store.lineages();
+    let lineages = match store.lineages().await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("edge: error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if lineages.is_empty() {
-        println!(
-            "No certificates stored in {}.",
-            store.root().join("live").display()
-        );
+        println!("No certificates stored in {}.", store.live_root().display());
         return ExitCode::SUCCESS;
     }
     let now = SystemTime::now();
     let mut bad = false;
-    if tokio::net::UnixStream::connect(edge::control::socket_path(&cfg.state_dir))
+    if tokio::net::UnixStream::connect(socket_path(&cfg.state_dir))
         .await
         .is_ok()
     {
@@ -131,9 +159,9 @@ pub async fn certs(cfg: &Config) -> ExitCode {
     }
     for l in lineages {
         println!("Certificate Name: {l}");
-        match store.load_live(&l) {
+        match store.load_live(&l).await {
             Ok(c) => {
-                let state = store.renewal_state(&l);
+                let state = store.renewal_state(&l).await;
                 let left = c
                     .info
                     .not_after
@@ -161,11 +189,11 @@ pub async fn certs(cfg: &Config) -> ExitCode {
                 }
                 println!(
                     "  Certificate Path: {}",
-                    store.live_dir(&l).join("fullchain.pem").display()
+                    store.live_path(&l, "fullchain.pem").display()
                 );
                 println!(
                     "  Private Key Path: {}",
-                    store.live_dir(&l).join("privkey.pem").display()
+                    store.live_path(&l, "privkey.pem").display()
                 );
             }
             Err(e) => {

@@ -1,28 +1,29 @@
-//! `edge serve`: binds the listeners, loads certificates, and handles signals.
+//! `edge serve`: binds the listeners, starts the certificate manager, and
+//! handles signals.
 //!
-//! SIGHUP re-reads the config file and the certificates; a config that does not
-//! validate is logged and the running one kept. SIGTERM/SIGINT stop accepting and
-//! give in-flight requests a grace period.
+//! [`start`] brings everything up and returns the addresses it bound and a
+//! [`Running`] handle; [`serve`] is that plus the signals. SIGHUP re-reads the
+//! config file; a config that does not validate is logged and the running one
+//! kept. SIGTERM/SIGINT stop accepting and give in-flight requests a grace
+//! period.
 
 use std::net::SocketAddr;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use http::StatusCode;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 
 use crate::certinfo::rfc3339;
+use crate::certs::{self, Manager};
 use crate::config::{self, Config};
-use crate::control;
 use crate::proxy::conn_limit::ConnLimiter;
 use crate::proxy::listener::{self, ListenLimits};
 use crate::proxy::redirect::Redirect;
 use crate::proxy::{Proxy, Routes};
-use crate::renewer::Renewer;
 use crate::sdnotify;
 use crate::store::{Store, StoreError};
 use crate::tls::{self, Certs};
@@ -49,45 +50,84 @@ pub enum DaemonError {
 pub struct Bound {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    pub metrics: Option<SocketAddr>,
 }
 
-pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
-    // Handlers first: a SIGHUP or SIGTERM sent the moment READY=1 goes out must
-    // find them installed, not the default action (which kills the process).
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
-    let store = Store::open(&cfg.state_dir)?;
-    let baseline = crate::watch::snapshot(&store);
-    let certs = Certs::default();
-    let report = certs.reload(&store, &cfg.sites);
-    for name in &report.loaded {
-        tracing::info!(lineage = %name, "certificate loaded");
+/// What the running daemon is asked to do.
+enum Command {
+    /// Take this config (SIGHUP reads it from the file); answered when applied.
+    Reload(Box<Config>, tokio::sync::oneshot::Sender<()>),
+}
+
+/// A running daemon: its addresses, and the handle to reload or stop it.
+pub struct Running {
+    pub bound: Bound,
+    pub certs: Manager,
+    commands: mpsc::Sender<Command>,
+    stop: watch::Sender<bool>,
+    done: JoinHandle<Config>,
+}
+
+impl Running {
+    /// Applies a new config, as SIGHUP does with the re-read file: new sites
+    /// and upstreams for new requests, open connections kept. Returns once
+    /// it is applied.
+    pub async fn reload(&self, cfg: Config) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self
+            .commands
+            .send(Command::Reload(Box::new(cfg), tx))
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
     }
+
+    /// Stops accepting, lets in-flight requests finish for `shutdown_grace`,
+    /// and returns once everything has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.done.await;
+    }
+
+    /// Asks it to stop without waiting.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Waits until it has stopped; returns the config it last ran.
+    pub async fn wait(self) -> Option<Config> {
+        self.done.await.ok()
+    }
+}
+
+async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Bind { key, addr, source })
+}
+
+/// Starts the daemon: state, certificates, listeners, the certificate
+/// manager. Returns once it is serving.
+pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
+    let store = Store::open(&cfg.state_dir).await?;
+    let certs = Certs::default();
+    let manager = Manager::start(cfg.clone(), store, certs.clone()).await;
     let routes = Routes::build(&cfg.sites).map_err(DaemonError::Config)?;
     let proxy = Arc::new(Proxy::new(routes, cfg.log.access, cfg.limits.clone()));
     let tls_cfg = tls::server_config(&certs)?;
 
-    let https = TcpListener::bind(cfg.listen.https)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            key: "listen.https",
-            addr: cfg.listen.https,
-            source,
-        })?;
-    let http = TcpListener::bind(cfg.listen.http)
-        .await
-        .map_err(|source| DaemonError::Bind {
-            key: "listen.http",
-            addr: cfg.listen.http,
-            source,
-        })?;
+    let https = bind("listen.https", cfg.listen.https).await?;
+    let http = bind("listen.http", cfg.listen.http).await?;
+    let metrics = match cfg.metrics {
+        Some(addr) => Some(bind("metrics.listen", addr).await?),
+        None => None,
+    };
     let bound = Bound {
         https: https.local_addr().unwrap_or(cfg.listen.https),
         http: http.local_addr().unwrap_or(cfg.listen.http),
+        metrics: metrics.as_ref().and_then(|l| l.local_addr().ok()),
     };
     let limits = ListenLimits {
         handshake_timeout: cfg.listen.handshake_timeout,
@@ -103,26 +143,14 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         status: StatusCode::from_u16(cfg.listen.redirect).unwrap_or(StatusCode::PERMANENT_REDIRECT),
         access: cfg.log.access,
     });
-    let metrics = match cfg.metrics {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| DaemonError::Bind {
-                    key: "metrics.listen",
-                    addr,
-                    source,
-                })?,
-        ),
-        None => None,
-    };
-    let control = control::bind(&cfg.state_dir)
+    let control = certs::bind_control(&cfg.state_dir)
         .await
         .map_err(DaemonError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let https_task = tokio::spawn(listener::serve_https(
         https,
         tls_cfg,
-        certs.clone(),
+        certs,
         proxy.clone(),
         limits.clone(),
         conns.clone(),
@@ -135,38 +163,7 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
         conns,
         stop_rx.clone(),
     ));
-
-    let shared_cfg = Arc::new(ArcSwap::from_pointee(cfg.clone()));
-    let wake = Arc::new(Notify::new());
-    let next = Arc::new(ArcSwap::from_pointee(None));
-    let renewer = Renewer {
-        cfg: shared_cfg.clone(),
-        store: store.clone(),
-        certs: certs.clone(),
-        wake: wake.clone(),
-        next: next.clone(),
-    };
-    let renew_task = tokio::spawn(renewer.run(stop_rx.clone()));
-    let ctx = control::Ctx {
-        cfg: shared_cfg.clone(),
-        store: store.clone(),
-        certs: certs.clone(),
-        wake: wake.clone(),
-    };
-    let control_task = tokio::spawn(control::serve(control, ctx, stop_rx.clone()));
-    let watch_task = {
-        let (st, certs, cfg) = (store.clone(), certs.clone(), shared_cfg.clone());
-        let on_change = move || {
-            tracing::info!("certificates in live/ changed; reloading");
-            certs.reload(&st, &cfg.load().sites);
-        };
-        tokio::spawn(crate::watch::run(
-            store.clone(),
-            baseline,
-            stop_rx.clone(),
-            on_change,
-        ))
-    };
+    let certs_task = tokio::spawn(manager.clone().run(control, stop_rx.clone()));
     if let Some(every) = sdnotify::watchdog_interval() {
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -179,71 +176,65 @@ pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
             }
         });
     }
-    let metrics_addr = metrics.as_ref().and_then(|l| l.local_addr().ok());
     if let Some(l) = metrics {
         tokio::spawn(crate::metrics::serve(l, stop_rx.clone()));
     }
-    tracing::info!(https = %bound.https, http = %bound.http, metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
+    tracing::info!(https = %bound.https, http = %bound.http, metrics = %bound.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
     sdnotify::notify("READY=1");
-    let status = {
-        let next = next.clone();
-        let sites = cfg.sites.len();
-        move || {
-            let n = match next.load().as_ref() {
-                Some((l, t)) => format!("next renewal {l} at {}", rfc3339(*t)),
+
+    let (commands, mut inbox) = mpsc::channel::<Command>(4);
+    let m = manager.clone();
+    let mut stop = stop_rx;
+    let done = tokio::spawn(async move {
+        let status = || {
+            let n = match m.next_renewal() {
+                Some((l, t)) => format!("next renewal {l} at {}", rfc3339(t)),
                 None => "no renewal planned".into(),
             };
+            let sites = m.config().sites.len();
             sdnotify::notify(&format!("STATUS=serving {sites} site(s); {n}"));
-        }
-    };
-    let mut status_tick = tokio::time::interval(Duration::from_secs(30));
-
-    let mut current = cfg;
-    loop {
-        tokio::select! {
-            _ = status_tick.tick() => status(),
-            _ = hup.recv() => {
-                sdnotify::notify("RELOADING=1");
-                if let Some(next) = reload(&current.path, &current, &store, &certs, &proxy) {
-                    shared_cfg.store(Arc::new(next.clone()));
-                    current = next;
+        };
+        let mut status_tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tokio::select! {
+                _ = status_tick.tick() => status(),
+                Some(Command::Reload(next, done)) = inbox.recv() => {
+                    apply(&m, &proxy, *next).await;
+                    let _ = done.send(());
                 }
-                wake.notify_one();
-                sdnotify::notify("READY=1");
+                _ = stop.changed() => break,
             }
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
         }
-    }
-    sdnotify::notify("STOPPING=1");
-    let _ = stop_tx.send(true);
-    let _ = std::fs::remove_file(control::socket_path(&current.state_dir));
-    let _ = tokio::join!(https_task, http_task, renew_task, control_task, watch_task);
-    tracing::info!("edge stopped");
-    Ok(())
+        sdnotify::notify("STOPPING=1");
+        let cfg = m.config();
+        let _ = tokio::fs::remove_file(certs::socket_path(&cfg.state_dir)).await;
+        let _ = tokio::join!(https_task, http_task, certs_task);
+        tracing::info!("edge stopped");
+        (*cfg).clone()
+    });
+    Ok(Running {
+        bound,
+        certs: manager,
+        commands,
+        stop: stop_tx,
+        done,
+    })
 }
 
-/// Applies a re-read config; returns it when it was taken.
-fn reload(
-    path: &std::path::Path,
-    current: &Config,
-    store: &Store,
-    certs: &Certs,
-    proxy: &Proxy,
-) -> Option<Config> {
-    tracing::info!(config = %path.display(), "SIGHUP: reloading config and certificates");
-    let next = match config::load(path) {
-        Ok(c) => c,
-        Err(e) => {
+/// Applies a validated config: routes for new requests, then the manager.
+async fn apply(m: &Manager, proxy: &Proxy, next: Config) {
+    let current = m.config();
+    // Error pages are files: read off the serving threads.
+    let sites = next.sites.clone();
+    let routes = match tokio::task::spawn_blocking(move || Routes::build(&sites)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
             tracing::error!("reload refused, keeping the running config: {e}");
-            return None;
+            return;
         }
-    };
-    let routes = match Routes::build(&next.sites) {
-        Ok(r) => r,
         Err(e) => {
-            tracing::error!("reload refused, keeping the running config: {e}");
-            return None;
+            tracing::error!("reload failed: {e}");
+            return;
         }
     };
     if next.listen.https != current.listen.https || next.listen.http != current.listen.http {
@@ -253,7 +244,41 @@ fn reload(
         tracing::warn!("state_dir changed; it takes effect at the next restart");
     }
     proxy.replace_routes(routes);
-    certs.reload(store, &next.sites);
-    tracing::info!(sites = next.sites.len(), "reload done");
-    Some(next)
+    let sites = next.sites.len();
+    m.reload(next).await;
+    tracing::info!(sites, "reload done");
+}
+
+/// `edge serve`: [`start`], then SIGHUP reloads the config file and
+/// SIGTERM/SIGINT stop.
+pub async fn serve(cfg: Config) -> Result<(), DaemonError> {
+    // Handlers first: a SIGHUP or SIGTERM sent the moment READY=1 goes out must
+    // find them installed, not the default action (which kills the process).
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGHUP handler: {e}")))?;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGTERM handler: {e}")))?;
+    let mut int = signal(SignalKind::interrupt())
+        .map_err(|e| DaemonError::Config(format!("cannot install SIGINT handler: {e}")))?;
+    let path = cfg.path.clone();
+    let running = start(cfg).await?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                sdnotify::notify("RELOADING=1");
+                tracing::info!(config = %path.display(), "SIGHUP: reloading config and certificates");
+                let read = path.clone();
+                match tokio::task::spawn_blocking(move || config::load(&read)).await {
+                    Ok(Ok(next)) => running.reload(next).await,
+                    Ok(Err(e)) => tracing::error!("reload refused, keeping the running config: {e}"),
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                }
+                sdnotify::notify("READY=1");
+            }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+        }
+    }
+    running.shutdown().await;
+    Ok(())
 }

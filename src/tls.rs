@@ -16,7 +16,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::config::Site;
 use crate::names;
-use crate::store::Store;
+use crate::store::{LoadedCert, StoreError};
 
 /// One certificate as served: the rustls key plus the names it covers.
 #[derive(Debug)]
@@ -115,19 +115,21 @@ pub struct BuildReport {
     pub refused: Vec<String>,
 }
 
-/// Loads every lineage in `live/` and adds a self-signed placeholder for each
-/// site name no stored certificate covers, so the listener always starts. A
-/// lineage that fails to load (a half-copied or mismatched pair) keeps what
-/// `previous` served for it.
+/// Builds the map from every stored lineage as loaded, adding a self-signed
+/// placeholder for each site name no stored certificate covers, so the
+/// listener always starts. A lineage that failed to load (a half-copied or
+/// mismatched pair) keeps what `previous` served for it. CPU work only (a
+/// placeholder is a key generation): the certificate manager runs it on the
+/// blocking pool.
 pub fn build_map(
-    store: &Store,
+    stored: Vec<(String, Result<LoadedCert, StoreError>)>,
     sites: &[Site],
     previous: Option<&CertMap>,
 ) -> (CertMap, BuildReport) {
     let mut map = CertMap::default();
     let mut report = BuildReport::default();
-    for name in store.lineages() {
-        match store.load_live(&name) {
+    for (name, loaded) in stored {
+        match loaded {
             Ok(loaded) => {
                 report.loaded.push(name.clone());
                 map.insert(Arc::new(Entry {
@@ -213,31 +215,15 @@ impl Certs {
         self.map.load()
     }
 
-    /// Replaces the whole map in one atomic store.
+    /// Replaces the whole map in one atomic store. The certificate manager's
+    /// publish step is its one caller (`certs::Manager::publish`).
     pub fn replace(&self, map: CertMap) {
         self.map.store(Arc::new(map));
     }
 
-    /// Rebuilds the map from disk and logs what changed.
-    pub fn reload(&self, store: &Store, sites: &[Site]) -> BuildReport {
-        let previous = self.map.load_full();
-        let (map, report) = build_map(store, sites, Some(&previous));
-        log_report(&report);
-        for e in map.entries() {
-            if let Some(l) = &e.lineage {
-                let secs = e
-                    .not_after
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                crate::metrics::METRICS
-                    .cert_expiry
-                    .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
-                    .set(secs);
-            }
-        }
-        self.replace(map);
-        report
+    /// The map as it is now, shared (the previous one when building the next).
+    pub fn current_full(&self) -> Arc<CertMap> {
+        self.map.load_full()
     }
 }
 

@@ -1,12 +1,14 @@
 //! The ACME account: created on first use, kept under
-//! `state_dir/accounts/<directory host>/account.json` (0600), reused after.
+//! `accounts/<directory host>/account.json` (0600), reused after. Loaded only
+//! when an order needs it: serving stored certificates and checking their
+//! renewal windows (ARI, `ari`) never contacts the CA as an account.
 
 use std::time::Duration;
 
 use base64::Engine;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 
-use super::http::{client, AcmeHttp};
+use super::http::{client, AcmeHttp, RetryAfter};
 use super::{error_chain, AcmeError};
 use crate::config::Acme;
 use crate::store::Store;
@@ -15,9 +17,29 @@ use crate::ui::Ui;
 /// How long one request to the CA may take before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn builder(cfg: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
+/// An account at one CA, and what its transport noticed.
+pub struct Ca {
+    pub account: Account,
+    pub directory: String,
+    retry_after: RetryAfter,
+}
+
+impl Ca {
+    /// instant-acme's error in edge's terms, with the CA's `Retry-After`.
+    pub fn err(&self, e: instant_acme::Error) -> AcmeError {
+        super::from_acme(e, &self.directory).with_retry_after(self.retry_after.take())
+    }
+}
+
+fn builder(
+    cfg: &Acme,
+    retry_after: &RetryAfter,
+) -> Result<instant_acme::AccountBuilder, AcmeError> {
     let http = client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT)?;
-    Ok(Account::builder_with_http(Box::new(AcmeHttp(http))))
+    Ok(Account::builder_with_http(Box::new(AcmeHttp {
+        client: http,
+        retry_after: retry_after.clone(),
+    })))
 }
 
 /// Turns a failure to reach the directory into advice.
@@ -38,8 +60,8 @@ fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
         ""
     };
     match e {
-        instant_acme::Error::Api(p) => super::from_problem(&p),
-        _ => AcmeError::Directory {
+        instant_acme::Error::Api(p) => super::from_problem(&p, &cfg.directory),
+        _ => AcmeError::Unreachable {
             url: cfg.directory.clone(),
             detail: format!("{detail}{hint}"),
         },
@@ -47,18 +69,23 @@ fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
 }
 
 /// Loads the stored account for this directory, or registers a new one.
-pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeError> {
-    let path = store.account_path(&cfg.directory);
-    if let Ok(bytes) = std::fs::read(&path) {
+pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError> {
+    if let Some(bytes) = store.account(&cfg.directory).await? {
         match serde_json::from_slice::<AccountCredentials>(&bytes) {
             Ok(creds) => {
-                return builder(cfg)?
+                let retry_after = RetryAfter::default();
+                let account = builder(cfg, &retry_after)?
                     .from_credentials(creds)
                     .await
-                    .map_err(|e| directory_error(cfg, e));
+                    .map_err(|e| directory_error(cfg, e))?;
+                return Ok(Ca {
+                    account,
+                    directory: cfg.directory.clone(),
+                    retry_after,
+                });
             }
             Err(e) => {
-                tracing::warn!(path = %path.display(), "stored ACME account is unreadable ({e}); registering a new one");
+                tracing::warn!(path = %store.account_location(&cfg.directory), "stored ACME account is unreadable ({e}); registering a new one");
             }
         }
     }
@@ -66,8 +93,7 @@ pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Accoun
 }
 
 /// Registers a new account (terms accepted, contacts, EAB) and stores it.
-pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeError> {
-    let path = store.account_path(&cfg.directory);
+pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError> {
     let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
     let eab = match &cfg.eab {
         None => None,
@@ -89,17 +115,22 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Account, AcmeE
         terms_of_service_agreed: true,
         only_return_existing: false,
     };
+    let retry_after = RetryAfter::default();
     // `create` consumes its builder, so a round after a refused nonce builds
     // another: rare, and cheaper than a failed registration.
     let (account, creds) = super::again_on_bad_nonce!(
-        builder(cfg)?
+        builder(cfg, &retry_after)?
             .create(&new, cfg.directory.clone(), eab.as_ref())
             .await
     )
-    .map_err(|e| directory_error(cfg, e))?;
+    .map_err(|e| directory_error(cfg, e).with_retry_after(retry_after.take()))?;
     let json = serde_json::to_vec_pretty(&creds).map_err(|e| AcmeError::Other(e.to_string()))?;
-    store.write_atomic(&path, &json, 0o600)?;
-    Ok(account)
+    store.save_account(&cfg.directory, json).await?;
+    Ok(Ca {
+        account,
+        directory: cfg.directory.clone(),
+        retry_after,
+    })
 }
 
 /// Whether an error means the CA no longer knows the stored account (a test CA

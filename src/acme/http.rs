@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -58,15 +58,47 @@ pub fn client(extra: Option<&Path>, timeout: Duration) -> Result<reqwest::Client
         .map_err(|e| AcmeError::Other(format!("HTTP client setup: {}", super::error_chain(&e))))
 }
 
+/// The `Retry-After` of the CA's last refusal: instant-acme reads the problem
+/// document but not this header, which is when a rate limit ends.
+#[derive(Debug, Clone, Default)]
+pub struct RetryAfter(Arc<Mutex<Option<SystemTime>>>);
+
+impl RetryAfter {
+    /// The time last named, taken (so it is not applied to a later error).
+    pub fn take(&self) -> Option<SystemTime> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    fn note(&self, headers: &http::HeaderMap) {
+        let at = headers
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v.trim()));
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(v: &str) -> Option<SystemTime> {
+    match v.parse::<u64>() {
+        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Err(_) => httpdate::parse_http_date(v).ok(),
+    }
+}
+
 /// instant-acme's transport, over reqwest.
-pub struct AcmeHttp(pub reqwest::Client);
+pub struct AcmeHttp {
+    pub client: reqwest::Client,
+    pub retry_after: RetryAfter,
+}
 
 impl HttpClient for AcmeHttp {
     fn request(
         &self,
         req: http::Request<BodyWrapper<Bytes>>,
     ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
-        let client = self.0.clone();
+        let client = self.client.clone();
+        let retry_after = self.retry_after.clone();
         Box::pin(async move {
             let (parts, body) = req.into_parts();
             let body = match body.collect().await {
@@ -82,6 +114,9 @@ impl HttpClient for AcmeHttp {
                 .map_err(|e| instant_acme::Error::Other(super::error_chain(&e).into()))?;
             let status = resp.status();
             let headers = resp.headers().clone();
+            if status.is_client_error() || status.is_server_error() {
+                retry_after.note(&headers);
+            }
             let bytes = resp
                 .bytes()
                 .await

@@ -1,21 +1,20 @@
-//! One DNS-01 order: publish every TXT record, wait until all are visible, answer
-//! all challenges, finalize, store. All authorizations are handled together, so
-//! an order for five names waits for DNS once, not five times.
+//! One order: every pending challenge handed to the solver at once (so an
+//! order for five names waits for DNS once, not five times), answered,
+//! finalized with a new key, stored.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-use instant_acme::{
-    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
-};
+use instant_acme::{AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
-use super::{account, again_on_bad_nonce, from_acme, AcmeError};
+use super::account::{self, Ca};
+use super::solver::{Pending, Solver};
+use super::{again_on_bad_nonce, AcmeError};
 use crate::certinfo::CertInfo;
-use crate::config::{Config, KeyType, Provider};
-use crate::dns::{self, propagation, TxtRecord};
+use crate::config::{Config, KeyType};
 use crate::names;
-use crate::store::{self, Store};
+use crate::store::{self, Lock, Store};
 use crate::ui::Ui;
 
 /// A stored certificate, as reported to the person or the log.
@@ -52,24 +51,27 @@ fn poll_policy() -> RetryPolicy {
         .timeout(Duration::from_secs(120))
 }
 
-/// Obtains one certificate for `names` and stores it under `lineage`, holding
-/// the lineage lock throughout. `replaces` is the ARI id of the certificate this
-/// one renews, when the CA supports ARI.
+/// Obtains one certificate for `names` and stores it under `lineage`, which
+/// the caller has locked (`Store::lock`) and checked still needs it: the
+/// certificate is written only while that lock is held. `replaces` is the ARI
+/// id of the certificate this one renews, when the CA supports ARI.
+#[allow(clippy::too_many_arguments)]
 pub async fn obtain(
     cfg: &Config,
     store: &Store,
+    solver: &dyn Solver,
+    lock: &Lock,
     lineage: &str,
     names: &[String],
     replaces: Option<String>,
     ui: &Ui,
 ) -> Result<Obtained, AcmeError> {
     let start = Instant::now();
-    let _lock = store.lock(lineage).await?;
     ui.step(&format!(
         "Requesting a certificate for {}",
         names.join(", ")
     ));
-    let mut acct = account::load_or_create(&cfg.acme, store, ui).await?;
+    let mut ca = account::load_or_create(&cfg.acme, store, ui).await?;
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
     let order = {
         let mut new = NewOrder::new(&ids);
@@ -79,41 +81,41 @@ pub async fn obtain(
         if let Some(r) = replaces_id.clone() {
             new = new.replaces(r);
         }
-        match again_on_bad_nonce!(acct.new_order(&new).await) {
+        match again_on_bad_nonce!(ca.account.new_order(&new).await) {
             Ok(o) => o,
             Err(e) if account::account_gone(&e) => {
                 tracing::warn!(
                     "the CA does not know the stored account any more; registering a new one"
                 );
-                acct = account::create(&cfg.acme, store, ui).await?;
-                again_on_bad_nonce!(acct.new_order(&new).await).map_err(from_acme)?
+                ca = account::create(&cfg.acme, store, ui).await?;
+                again_on_bad_nonce!(ca.account.new_order(&new).await).map_err(|e| ca.err(e))?
             }
             Err(instant_acme::Error::Unsupported(_)) => {
-                again_on_bad_nonce!(acct.new_order(&NewOrder::new(&ids)).await)
-                    .map_err(from_acme)?
+                again_on_bad_nonce!(ca.account.new_order(&NewOrder::new(&ids)).await)
+                    .map_err(|e| ca.err(e))?
             }
-            Err(e) => return Err(from_acme(e)),
+            Err(e) => return Err(ca.err(e)),
         }
     };
-    run_order(cfg, store, lineage, names, order, ui, start).await
+    let mut order = order;
+    solve(&ca, &mut order, solver, ui).await?;
+    finalize_and_store(cfg, &ca, store, lock, lineage, names, &mut order, ui, start).await
 }
 
-async fn run_order(
-    cfg: &Config,
-    store: &Store,
-    lineage: &str,
-    names: &[String],
-    mut order: instant_acme::Order,
+/// Answers every pending authorization of the order through `solver`.
+async fn solve(
+    ca: &Ca,
+    order: &mut instant_acme::Order,
+    solver: &dyn Solver,
     ui: &Ui,
-    start: Instant,
-) -> Result<Obtained, AcmeError> {
-    // Collect every pending dns-01 challenge first.
-    fetch_authorizations(&mut order).await.map_err(from_acme)?;
-    let mut records = Vec::new();
+) -> Result<(), AcmeError> {
+    let kind = solver.challenge_type();
+    fetch_authorizations(order).await.map_err(|e| ca.err(e))?;
+    let mut pending = Vec::new();
     {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
-            let mut a = a.map_err(from_acme)?;
+            let mut a = a.map_err(|e| ca.err(e))?;
             match a.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
@@ -125,69 +127,33 @@ async fn run_order(
                 }
             }
             let domain = a.identifier().to_string();
-            let ch = a.challenge(ChallengeType::Dns01).ok_or_else(|| {
-                AcmeError::Problem(format!("the CA offers no dns-01 challenge for {domain}"))
+            let ch = a.challenge(kind.clone()).ok_or_else(|| {
+                AcmeError::Problem(format!("the CA offers no {kind:?} challenge for {domain}"))
             })?;
-            records.push(TxtRecord {
-                fqdn: names::challenge_name(&domain),
-                value: ch.key_authorization().dns_value(),
+            let key_authorization = ch.key_authorization();
+            pending.push(Pending {
+                token: ch.token.clone(),
+                key_authorization: key_authorization.as_str().to_string(),
+                dns_value: key_authorization.dns_value(),
                 domain,
             });
         }
     }
-    for r in records.iter_mut() {
-        r.fqdn = propagation::follow_cname(&r.fqdn, &cfg.dns.resolvers).await;
-    }
-    if !records.is_empty() {
-        let publisher = dns::publisher(&cfg.dns, ui.clone())?;
-        ui.step(&format!(
-            "Publishing {} TXT record(s) with provider {}",
-            records.len(),
-            cfg.dns.provider.name()
-        ));
-        if matches!(cfg.dns.provider, Provider::Manual) {
-            ui.say("Note: with dns.provider = \"manual\" renewals need you again; choose exec, rfc2136, builtin or an API provider for unattended renewal.");
-        }
-        let result = async {
-            publisher.present(&records).await?;
-            wait_visible(cfg, &records, ui).await?;
-            answer_challenges(&mut order, ui).await
-        }
-        .await;
-        // Cleanup always runs, also after a failure; its own error never hides the first.
-        if let Err(e) = publisher.cleanup(&records).await {
-            tracing::warn!("removing the TXT record(s) failed: {e}");
-        }
-        result?;
-    }
-    finalize_and_store(cfg, store, lineage, names, &mut order, ui, start).await
-}
-
-/// Waits for DNS; with `manual`, Enter on stdin also proceeds (the person
-/// vouches for the record), while end-of-file (no terminal) is ignored.
-async fn wait_visible(cfg: &Config, records: &[TxtRecord], ui: &Ui) -> Result<(), AcmeError> {
-    if matches!(cfg.dns.provider, Provider::Builtin { .. }) {
-        // edge serves these itself, from memory: visible the moment they are set.
+    if pending.is_empty() {
         return Ok(());
     }
-    if !matches!(cfg.dns.provider, Provider::Manual) || !ui.is_interactive() {
-        return Ok(propagation::wait(records, &cfg.dns, ui).await?);
+    let placed = solver.prepare(pending).await;
+    let result = async {
+        solver.present(&placed, ui).await?;
+        solver.ready(&placed, ui).await?;
+        answer_challenges(ca, order, &kind, ui).await
     }
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    // A plain thread: a blocking read must not keep the runtime from shutting down.
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        if matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0) {
-            let _ = tx.send(());
-        }
-    });
-    tokio::select! {
-        r = propagation::wait(records, &cfg.dns, ui) => Ok(r?),
-        Ok(()) = rx => {
-            ui.step("Enter pressed: asking the CA to validate now");
-            Ok(())
-        }
+    .await;
+    // Cleanup always runs, also after a failure; its own error never hides the first.
+    if let Err(e) = solver.cleanup(&placed, ui).await {
+        tracing::warn!("cleaning up the challenge answers failed: {e}");
     }
+    result
 }
 
 /// Fetches the state of every authorization the order does not hold yet, so
@@ -208,19 +174,24 @@ async fn fetch_authorizations(order: &mut instant_acme::Order) -> Result<(), ins
     })
 }
 
-/// The authorizations' states are the ones `run_order` fetched: the loop
+/// The authorizations' states are the ones `solve` fetched: the loop
 /// below asks the CA only to validate.
-async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(), AcmeError> {
+async fn answer_challenges(
+    ca: &Ca,
+    order: &mut instant_acme::Order,
+    kind: &instant_acme::ChallengeType,
+    ui: &Ui,
+) -> Result<(), AcmeError> {
     ui.step("Asking the CA to validate");
     {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
-            let mut a = a.map_err(from_acme)?;
+            let mut a = a.map_err(|e| ca.err(e))?;
             if a.status != AuthorizationStatus::Pending {
                 continue;
             }
-            if let Some(mut ch) = a.challenge(ChallengeType::Dns01) {
-                again_on_bad_nonce!(ch.set_ready().await).map_err(from_acme)?;
+            if let Some(mut ch) = a.challenge(kind.clone()) {
+                again_on_bad_nonce!(ch.set_ready().await).map_err(|e| ca.err(e))?;
             }
         }
     }
@@ -228,7 +199,7 @@ async fn answer_challenges(order: &mut instant_acme::Order, ui: &Ui) -> Result<(
     match status {
         Ok(OrderStatus::Ready) => Ok(()),
         Ok(_) | Err(instant_acme::Error::Api(_)) => Err(validation_failure(order).await),
-        Err(e) => Err(from_acme(e)),
+        Err(e) => Err(ca.err(e)),
     }
 }
 
@@ -271,9 +242,12 @@ fn key_pair(kt: KeyType) -> Result<KeyPair, AcmeError> {
     r.map_err(|e| AcmeError::Other(format!("generating a {kt} key failed: {e}")))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn finalize_and_store(
     cfg: &Config,
+    ca: &Ca,
     store: &Store,
+    lock: &Lock,
     lineage: &str,
     names: &[String],
     order: &mut instant_acme::Order,
@@ -281,18 +255,27 @@ async fn finalize_and_store(
     start: Instant,
 ) -> Result<Obtained, AcmeError> {
     ui.step(&format!("Finalizing with a new {} key", cfg.acme.key_type));
-    let key = key_pair(cfg.acme.key_type)?;
-    let mut params = CertificateParams::new(names.to_vec())
-        .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
-    params.distinguished_name = DistinguishedName::new();
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
-    again_on_bad_nonce!(order.finalize_csr(csr.der()).await).map_err(from_acme)?;
+    // Key generation is CPU work (RSA 4096 takes a second): off the runtime's threads.
+    let (key_type, csr_names) = (cfg.acme.key_type, names.to_vec());
+    let (key_pem, csr) = tokio::task::spawn_blocking(move || {
+        let key = key_pair(key_type)?;
+        let mut params =
+            CertificateParams::new(csr_names).map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| AcmeError::Other(format!("CSR: {e}")))?;
+        Ok::<_, AcmeError>((key.serialize_pem(), csr.der().to_vec()))
+    })
+    .await
+    .map_err(|e| AcmeError::Other(format!("key generation: {e}")))??;
+    again_on_bad_nonce!(order.finalize_csr(&csr).await).map_err(|e| ca.err(e))?;
     let chain =
-        again_on_bad_nonce!(order.poll_certificate(&poll_policy()).await).map_err(from_acme)?;
-    let info = store.save_certificate(lineage, &chain, &key.serialize_pem())?;
-    let mut state = store.renewal_state(lineage);
+        again_on_bad_nonce!(order.poll_certificate(&poll_policy()).await).map_err(|e| ca.err(e))?;
+    let info = store
+        .save_certificate(lineage, &chain, &key_pem, lock)
+        .await?;
+    let mut state = store.renewal_state(lineage).await;
     let now = store::unix(SystemTime::now());
     state.names = names.to_vec();
     state.last_attempt = Some(now);
@@ -304,13 +287,12 @@ async fn finalize_and_store(
     state.ari_chosen = None;
     state.ari_serial = None;
     state.ari_retry_after = None;
-    store.save_renewal_state(lineage, &state)?;
-    let live = store.live_dir(lineage);
+    store.save_renewal_state(lineage, &state).await?;
     Ok(Obtained {
         lineage: lineage.to_string(),
         info,
-        fullchain: live.join("fullchain.pem"),
-        privkey: live.join("privkey.pem"),
+        fullchain: store.live_path(lineage, "fullchain.pem"),
+        privkey: store.live_path(lineage, "privkey.pem"),
         elapsed: start.elapsed(),
     })
 }

@@ -12,13 +12,13 @@ use std::time::{Duration, SystemTime};
 use rand::Rng;
 
 use super::order::{self, Obtained};
-use super::AcmeError;
+use super::solver::Solvers;
+use super::{AcmeError, Retry};
 use crate::certinfo::{self, CertInfo};
 use crate::config::Config;
 use crate::store::{self, RenewalState, Store};
 use crate::ui::Ui;
 
-const BACKOFF_BASE: Duration = Duration::from_secs(300);
 const BACKOFF_MAX: Duration = Duration::from_secs(12 * 3600);
 const BACKOFF_FLOOR: Duration = Duration::from_secs(10);
 
@@ -73,16 +73,18 @@ pub fn decide(info: &CertInfo, state: &RenewalState, now: SystemTime, force: boo
     }
 }
 
-/// How long to wait after `failures` consecutive failures.
-pub fn backoff(failures: u32, now: SystemTime, not_after: SystemTime) -> Duration {
-    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+/// How long to wait after `failures` consecutive failures, doubling from
+/// `base` (which the kind of failure picks, see `AcmeError::retry`).
+pub fn backoff(failures: u32, now: SystemTime, not_after: SystemTime, base: Duration) -> Duration {
+    let exp = base.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
     let remaining = not_after.duration_since(now).unwrap_or_default();
     exp.min(BACKOFF_MAX)
         .min((remaining / 10).max(BACKOFF_FLOOR))
 }
 
 /// Asks the CA for its ARI window when the directory offers one, and stores a
-/// random point inside it. Returns quietly when ARI is not offered.
+/// random point inside it. Returns quietly when ARI is not offered. No ACME
+/// account is involved: these are plain GETs (`ari`).
 pub async fn refresh_ari(
     cfg: &Config,
     store: &Store,
@@ -91,7 +93,7 @@ pub async fn refresh_ari(
     state: &mut RenewalState,
     now: SystemTime,
 ) {
-    let Some(id) = info.ari_id.clone() else {
+    let Some(id) = info.ari_id.as_deref() else {
         return;
     };
     if state.ari_serial.as_deref() == Some(info.serial.as_str())
@@ -101,27 +103,20 @@ pub async fn refresh_ari(
     {
         return;
     }
-    let ui = Ui::log_only();
-    let Ok(acct) = super::account::load_or_create(&cfg.acme, store, &ui).await else {
-        return;
-    };
-    let Some(cid) = certinfo::ari_identifier(&id) else {
-        return;
-    };
-    match acct.renewal_info(&cid).await {
-        Ok((ri, retry)) => {
-            let start = store::unix(
-                SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(ri.suggested_window.start.unix_timestamp().max(0) as u64),
+    match super::ari::window(&cfg.acme, id).await {
+        Ok(Some(w)) => {
+            apply_window(
+                state,
+                &info.serial,
+                store::unix(w.start),
+                store::unix(w.end),
+                store::unix(w.ask_again),
             );
-            let end = store::unix(
-                SystemTime::UNIX_EPOCH
-                    + Duration::from_secs(ri.suggested_window.end.unix_timestamp().max(0) as u64),
-            );
-            apply_window(state, &info.serial, start, end, store::unix(now + retry));
-            let _ = store.save_renewal_state(lineage, state);
+            if let Err(e) = store.save_renewal_state(lineage, state).await {
+                tracing::warn!(lineage, "cannot store the ARI window: {e}");
+            }
         }
-        Err(instant_acme::Error::Unsupported(_)) => {}
+        Ok(None) => {}
         Err(e) => tracing::debug!(lineage, "ARI lookup failed, using the lifetime rule: {e}"),
     }
 }
@@ -160,16 +155,23 @@ pub enum Outcome {
 pub async fn renew_lineage(
     cfg: &Config,
     store: &Store,
+    solvers: &Solvers,
     lineage: &str,
     force: bool,
     ui: &Ui,
 ) -> Outcome {
-    let now = SystemTime::now();
-    let loaded = match store.load_live(lineage) {
+    // Decided under the lock: a renewal that another process (or task) made
+    // while this one waited is seen, and not made twice.
+    let lock = match store.lock(lineage).await {
         Ok(l) => l,
         Err(e) => return Outcome::Failed(AcmeError::Store(e)),
     };
-    let mut state = store.renewal_state(lineage);
+    let now = SystemTime::now();
+    let loaded = match store.load_live(lineage).await {
+        Ok(l) => l,
+        Err(e) => return Outcome::Failed(AcmeError::Store(e)),
+    };
+    let mut state = store.renewal_state(lineage).await;
     refresh_ari(cfg, store, lineage, &loaded.info, &mut state, now).await;
     let decision = decide(&loaded.info, &state, now, force);
     if !matches!(decision, Decision::Due(_)) {
@@ -181,27 +183,45 @@ pub async fn renew_lineage(
         state.names.clone()
     };
     let replaces = loaded.info.ari_id.clone();
-    match order::obtain(cfg, store, lineage, &names, replaces, ui).await {
+    let solver = solvers.for_names(&names);
+    let result = order::obtain(
+        cfg,
+        store,
+        solver.as_ref(),
+        &lock,
+        lineage,
+        &names,
+        replaces,
+        ui,
+    )
+    .await;
+    match result {
         Ok(o) => {
             run_deploy_hook(cfg, store, &o).await;
             Outcome::Renewed(o)
         }
         Err(e) => {
-            record_failure(store, lineage, &e, loaded.info.not_after);
+            record_failure(store, lineage, &e, loaded.info.not_after).await;
             Outcome::Failed(e)
         }
     }
 }
 
-pub fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_after: SystemTime) {
+/// Counts a failure against the lineage and sets when the next attempt may
+/// be: when the CA said (a rate limit's `Retry-After`), or after a backoff
+/// whose first step the kind of failure picks.
+pub async fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_after: SystemTime) {
     let now = SystemTime::now();
-    let mut state = store.renewal_state(lineage);
+    let mut state = store.renewal_state(lineage).await;
     state.failures = state.failures.saturating_add(1);
     state.last_attempt = Some(store::unix(now));
     state.last_error = Some(e.to_string());
-    let wait = backoff(state.failures, now, not_after);
+    let wait = match e.retry() {
+        Retry::At(t) => t.duration_since(now).unwrap_or_default().max(BACKOFF_FLOOR),
+        Retry::Backoff(base) => backoff(state.failures, now, not_after, base),
+    };
     state.not_before = Some(store::unix(now + wait));
-    if let Err(se) = store.save_renewal_state(lineage, &state) {
+    if let Err(se) = store.save_renewal_state(lineage, &state).await {
         tracing::error!(lineage, "cannot record the renewal failure: {se}");
     }
     tracing::error!(lineage, failures = state.failures, retry_in = %humantime::format_duration(wait), "renewal failed: {e}");
@@ -229,35 +249,39 @@ pub async fn run_deploy_hook(cfg: &Config, store: &Store, o: &Obtained) {
 
 /// The lineages `edge renew [--domain D]` works on: all, or the one named D or
 /// covering D.
-pub fn select(store: &Store, domain: Option<&str>) -> Result<Vec<String>, String> {
-    let mut lineages = store.lineages();
-    if let Some(d) = domain {
-        let d = d.to_ascii_lowercase();
-        lineages.retain(|l| {
-            *l == d
-                || store
-                    .load_live(l)
-                    .map(|c| {
-                        c.info
-                            .names
-                            .iter()
-                            .any(|n| crate::names::covers(n, &d) || *n == d)
-                    })
-                    .unwrap_or(false)
-        });
-        if lineages.is_empty() {
-            return Err(format!(
-                "no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one"
-            ));
+pub async fn select(store: &Store, domain: Option<&str>) -> Result<Vec<String>, String> {
+    let all = store.lineages().await.map_err(|e| e.to_string())?;
+    let Some(d) = domain else {
+        return Ok(all);
+    };
+    let d = d.to_ascii_lowercase();
+    let mut lineages = Vec::new();
+    for l in all {
+        let covers = l == d
+            || store.load_live(&l).await.is_ok_and(|c| {
+                c.info
+                    .names
+                    .iter()
+                    .any(|n| crate::names::covers(n, &d) || *n == d)
+            });
+        if covers {
+            lineages.push(l);
         }
+    }
+    if lineages.is_empty() {
+        return Err(format!(
+            "no stored certificate for {d:?}; `edge certs` lists them, `edge obtain --domain {d}` makes one"
+        ));
     }
     Ok(lineages)
 }
 
-/// Renews the given lineages; returns the summary lines and how many failed.
+/// Renews the given lineages; returns the summary lines, how many failed,
+/// and what was renewed.
 pub async fn renew_many(
     cfg: &Config,
     store: &Store,
+    solvers: &Solvers,
     lineages: &[String],
     force: bool,
     ui: &Ui,
@@ -266,7 +290,7 @@ pub async fn renew_many(
     let mut lines = Vec::new();
     let mut renewed = Vec::new();
     for l in lineages {
-        let outcome = renew_lineage(cfg, store, l, force, ui).await;
+        let outcome = renew_lineage(cfg, store, solvers, l, force, ui).await;
         lines.push(summary_line(l, &outcome));
         count(&outcome);
         match outcome {
@@ -365,11 +389,16 @@ mod tests {
     fn backoff_grows_and_is_capped_near_expiry() {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
         let far = now + Duration::from_secs(60 * 86400);
-        assert_eq!(backoff(1, now, far), Duration::from_secs(300));
-        assert_eq!(backoff(2, now, far), Duration::from_secs(600));
-        assert_eq!(backoff(30, now, far), BACKOFF_MAX);
+        let base = Duration::from_secs(300);
+        assert_eq!(backoff(1, now, far, base), Duration::from_secs(300));
+        assert_eq!(backoff(2, now, far, base), Duration::from_secs(600));
+        assert_eq!(backoff(30, now, far, base), BACKOFF_MAX);
         let near = now + Duration::from_secs(3600);
-        assert_eq!(backoff(5, now, near), Duration::from_secs(360));
+        assert_eq!(backoff(5, now, near, base), Duration::from_secs(360));
+        assert_eq!(
+            backoff(1, now, far, Duration::from_secs(60)),
+            Duration::from_secs(60)
+        );
     }
 
     #[test]

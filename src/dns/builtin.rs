@@ -7,23 +7,95 @@
 //! The responder answers SOA and NS for its zone, TXT for the labels being
 //! validated (and for challenge names that already lie inside the zone),
 //! NXDOMAIN for other names in the zone and REFUSED outside it. It never
-//! recurses. One responder per listen address lives for the whole process, so
-//! the daemon holds the port and concurrent orders share it.
+//! recurses. Its sockets belong to the publisher: the certificate manager
+//! binds them when `edge serve` starts and keeps them until it stops, so the
+//! daemon holds the port and concurrent orders share it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{NS, SOA, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::check::Report;
+use crate::config::{ConfigError, ProviderKeys, Site};
+use crate::names;
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "builtin",
+    keys: &["listen", "zone"],
+    parse,
+};
+
+/// `listen` when not set.
+const DEFAULT_LISTEN: &str = "0.0.0.0:53";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    listen: Option<String>,
+    zone: Option<String>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    listen: SocketAddr,
+    zone: String,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let listen = k.addr("listen", keys.listen.as_deref().unwrap_or(DEFAULT_LISTEN))?;
+    let zone = k.required(
+        "zone",
+        keys.zone,
+        "expected the zone delegated to this host, e.g. \"acme.example.org\"",
+    )?;
+    let zone = names::validate_domain(&zone).map_err(|m| k.err("zone", m))?;
+    if zone.starts_with("*.") {
+        return Err(k.err("zone", "a zone cannot be a wildcard"));
+    }
+    Ok(Arc::new(Settings { listen, zone }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        Ok(Box::new(Builtin::new(self.listen, self.zone.clone())?))
+    }
+
+    fn serves_records(&self) -> bool {
+        true
+    }
+
+    fn check(&self, sites: &[Site], report: &mut Report) {
+        let mut seen = std::collections::BTreeSet::new();
+        for site in sites {
+            for d in &site.domains {
+                let line = cname_instruction(d, &self.zone);
+                if seen.insert(line.clone()) {
+                    report.notes.push(format!(
+                        "dns.provider = \"builtin\": this CNAME must exist (once): {line}"
+                    ));
+                }
+            }
+        }
+    }
+}
 
 /// The label `_acme-challenge.<name>` is delegated to, stable across runs and
 /// hosts: apex and wildcard share it, as they share the challenge name.
@@ -46,15 +118,11 @@ pub fn cname_instruction(domain: &str, zone: &str) -> String {
     )
 }
 
+/// What the responder answers from: its zone and the TXT values being validated.
 struct Responder {
     zone: Name,
     /// Lower-case fqdn without trailing dot -> TXT values.
     txt: Mutex<HashMap<String, Vec<String>>>,
-}
-
-fn registry() -> &'static Mutex<HashMap<SocketAddr, Arc<Responder>>> {
-    static R: OnceLock<Mutex<HashMap<SocketAddr, Arc<Responder>>>> = OnceLock::new();
-    R.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
 fn api(message: String) -> DnsError {
@@ -64,29 +132,27 @@ fn api(message: String) -> DnsError {
     }
 }
 
-/// Starts (once per address) the responder for `zone`.
-async fn responder(listen: SocketAddr, zone: &str) -> Result<Arc<Responder>, DnsError> {
-    if let Some(r) = registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&listen)
-    {
-        return Ok(r.clone());
+/// The responder's sockets, served until this is dropped.
+struct Serving(Vec<JoinHandle<()>>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
     }
-    let zone_name =
-        Name::from_ascii(format!("{zone}.")).map_err(|e| api(format!("zone {zone:?}: {e}")))?;
+}
+
+/// Binds UDP and TCP on `listen` and answers from `r` until the tasks are aborted.
+async fn serve(listen: SocketAddr, r: Arc<Responder>) -> Result<Serving, DnsError> {
     let udp = UdpSocket::bind(listen)
         .await
         .map_err(|e| api(format!("cannot listen on {listen} (dns.listen): {e}; port 53 needs root or CAP_NET_BIND_SERVICE")))?;
     let tcp = TcpListener::bind(listen)
         .await
         .map_err(|e| api(format!("cannot listen on {listen}/tcp (dns.listen): {e}")))?;
-    let r = Arc::new(Responder {
-        zone: zone_name,
-        txt: Mutex::new(HashMap::new()),
-    });
-    let (ru, rt) = (r.clone(), r.clone());
-    tokio::spawn(async move {
+    let ru = r.clone();
+    let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 4096];
         loop {
             let Ok((n, peer)) = udp.recv_from(&mut buf).await else {
@@ -97,12 +163,12 @@ async fn responder(listen: SocketAddr, zone: &str) -> Result<Arc<Responder>, Dns
             }
         }
     });
-    tokio::spawn(async move {
+    let tcp_task = tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = tcp.accept().await else {
                 continue;
             };
-            let r = rt.clone();
+            let r = r.clone();
             tokio::spawn(async move {
                 let serve = async {
                     loop {
@@ -121,12 +187,7 @@ async fn responder(listen: SocketAddr, zone: &str) -> Result<Arc<Responder>, Dns
             });
         }
     });
-    tracing::info!(%listen, zone, "built-in DNS responder listening");
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(listen, r.clone());
-    Ok(r)
+    Ok(Serving(vec![udp_task, tcp_task]))
 }
 
 impl Responder {
@@ -222,14 +283,30 @@ impl Responder {
     }
 }
 
+/// The built-in zone's publisher: its records live in memory and are
+/// answered from its own sockets, bound by `start` and closed when it is
+/// dropped. Its owner (the certificate manager in `edge serve`, the command
+/// otherwise) keeps one for as long as it may order.
 pub struct Builtin {
     listen: SocketAddr,
     zone: String,
+    responder: Arc<Responder>,
+    serving: tokio::sync::Mutex<Option<Serving>>,
 }
 
 impl Builtin {
-    pub fn new(listen: SocketAddr, zone: String) -> Builtin {
-        Builtin { listen, zone }
+    pub fn new(listen: SocketAddr, zone: String) -> Result<Builtin, DnsError> {
+        let zone_name =
+            Name::from_ascii(format!("{zone}.")).map_err(|e| api(format!("zone {zone:?}: {e}")))?;
+        Ok(Builtin {
+            listen,
+            zone,
+            responder: Arc::new(Responder {
+                zone: zone_name,
+                txt: Mutex::new(HashMap::new()),
+            }),
+            serving: tokio::sync::Mutex::new(None),
+        })
     }
 
     fn in_zone(&self, fqdn: &str) -> bool {
@@ -238,7 +315,22 @@ impl Builtin {
 }
 
 impl Publisher for Builtin {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn start(&self) -> BoxFuture<'_, Result<(), DnsError>> {
+        Box::pin(async move {
+            let mut serving = self.serving.lock().await;
+            if serving.is_none() {
+                *serving = Some(serve(self.listen, self.responder.clone()).await?);
+                tracing::info!(listen = %self.listen, zone = %self.zone, "built-in DNS responder listening");
+            }
+            Ok(())
+        })
+    }
+
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             // The challenge name must lead into our zone (its CNAME was followed already).
             let missing: Vec<String> = records
@@ -254,8 +346,8 @@ impl Publisher for Builtin {
                     missing.join("\n  ")
                 )));
             }
-            let r = responder(self.listen, &self.zone).await?;
-            let mut m = r.txt.lock().unwrap_or_else(|p| p.into_inner());
+            self.start().await?;
+            let mut m = self.responder.txt.lock().unwrap_or_else(|p| p.into_inner());
             for rec in records {
                 m.entry(rec.fqdn.to_ascii_lowercase())
                     .or_default()
@@ -265,21 +357,19 @@ impl Publisher for Builtin {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
-            if let Some(r) = registry()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&self.listen)
-            {
-                let mut m = r.txt.lock().unwrap_or_else(|p| p.into_inner());
-                for rec in records {
-                    let key = rec.fqdn.to_ascii_lowercase();
-                    if let Some(v) = m.get_mut(&key) {
-                        v.retain(|x| *x != rec.value);
-                        if v.is_empty() {
-                            m.remove(&key);
-                        }
+            let mut m = self.responder.txt.lock().unwrap_or_else(|p| p.into_inner());
+            for rec in records {
+                let key = rec.fqdn.to_ascii_lowercase();
+                if let Some(v) = m.get_mut(&key) {
+                    v.retain(|x| *x != rec.value);
+                    if v.is_empty() {
+                        m.remove(&key);
                     }
                 }
             }

@@ -1,9 +1,53 @@
 //! `provider = "pebble-challtestsrv"`: Pebble's test DNS server, for tests and
 //! local runs. Its `/set-txt` appends a value, so apex and wildcard coexist.
 
+use std::sync::Arc;
+
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::config::{ConfigError, ProviderKeys};
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "pebble-challtestsrv",
+    keys: &["url"],
+    parse,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    url: Option<String>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    url: String,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let url = k.required(
+        "url",
+        keys.url,
+        "expected the management URL, e.g. \"http://127.0.0.1:8055\"",
+    )?;
+    Ok(Arc::new(Settings {
+        url: k.base_url("url", url)?,
+    }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        Ok(Box::new(Challtestsrv::new(self.url.clone())?))
+    }
+}
 
 pub struct Challtestsrv {
     url: String,
@@ -43,7 +87,11 @@ impl Challtestsrv {
 }
 
 impl Publisher for Challtestsrv {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             for r in records {
                 self.post(
@@ -56,7 +104,11 @@ impl Publisher for Challtestsrv {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let mut names: Vec<&str> = records.iter().map(|r| r.fqdn.as_str()).collect();
             names.sort();

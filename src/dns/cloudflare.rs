@@ -3,12 +3,63 @@
 //! the record; cleanup deletes exactly the records this run created.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
-use crate::config::Secret;
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::config::{ConfigError, ProviderKeys, Secret, SecretSource};
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "cloudflare",
+    keys: &["api_token", "api_token_file", "api_url"],
+    parse,
+};
+
+/// `api_url` when not set.
+pub const API: &str = "https://api.cloudflare.com/client/v4";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    api_token: Option<String>,
+    api_token_file: Option<String>,
+    api_url: Option<String>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    token: SecretSource,
+    api_url: String,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let token = k.secret(
+        "api_token",
+        keys.api_token,
+        keys.api_token_file,
+        "EDGE_DNS_API_TOKEN",
+    )?;
+    let api_url = keys.api_url.unwrap_or_else(|| API.to_string());
+    Ok(Arc::new(Settings {
+        token,
+        api_url: k.base_url("api_url", api_url)?,
+    }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        let token = super::secret(&self.token, "cloudflare", "API token")?;
+        Ok(Box::new(Cloudflare::new(self.api_url.clone(), token)?))
+    }
+}
 
 pub struct Cloudflare {
     api: String,
@@ -130,7 +181,11 @@ impl Cloudflare {
 }
 
 impl Publisher for Cloudflare {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             for r in records {
                 let zone = self.zone_id(&r.fqdn).await?;
@@ -156,7 +211,11 @@ impl Publisher for Cloudflare {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let mut first = None;
             for r in records {

@@ -11,12 +11,59 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde::Deserialize;
 use tokio::process::Command;
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::check::Report;
+use crate::config::{ConfigError, ProviderKeys, Site};
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "exec",
+    keys: &["command"],
+    parse,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    command: Option<String>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    command: PathBuf,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let command = k.required(
+        "command",
+        keys.command,
+        "provider \"exec\" needs the path of the hook script",
+    )?;
+    Ok(Arc::new(Settings {
+        command: PathBuf::from(command),
+    }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        Ok(Box::new(Exec::new(self.command.clone())))
+    }
+
+    fn check(&self, _sites: &[Site], report: &mut Report) {
+        crate::check::executable(&self.command, "dns.command", report);
+    }
+}
 
 /// A hook that hangs must not hang the renewal forever.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
@@ -115,7 +162,11 @@ impl Exec {
 }
 
 impl Publisher for Exec {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let all = all_domains(records);
             for (i, r) in records.iter().enumerate() {
@@ -129,7 +180,11 @@ impl Publisher for Exec {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let all = all_domains(records);
             let mut first_err = None;

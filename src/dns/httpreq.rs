@@ -2,10 +2,69 @@
 //! DNS tooling. `POST <url>/present` and `POST <url>/cleanup` with
 //! `{"fqdn": "_acme-challenge.example.org.", "value": "..."}`, optional basic auth.
 
+use std::sync::Arc;
+
+use serde::Deserialize;
 use serde_json::json;
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
-use crate::config::Secret;
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::config::{ConfigError, ProviderKeys, Secret, SecretSource};
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "httpreq",
+    keys: &["url", "username", "password"],
+    parse,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+}
+
+#[derive(Debug)]
+struct Settings {
+    url: String,
+    username: Option<String>,
+    password: Option<SecretSource>,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let url = k.required(
+        "url",
+        keys.url,
+        "expected the base URL that takes /present and /cleanup",
+    )?;
+    let url = k.base_url("url", url)?;
+    // A password without a user name means nothing to basic auth.
+    let password = match (keys.password, &keys.username) {
+        (p @ Some(_), _) | (p @ None, Some(_)) => Some(k.inline_or_env(p, "EDGE_DNS_PASSWORD")),
+        (None, None) => None,
+    };
+    Ok(Arc::new(Settings {
+        url,
+        username: keys.username,
+        password,
+    }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        let auth = match (&self.username, &self.password) {
+            (Some(u), Some(p)) => Some((u.clone(), super::secret(p, "httpreq", "password")?)),
+            _ => None,
+        };
+        Ok(Box::new(Httpreq::new(self.url.clone(), auth)?))
+    }
+}
 
 pub struct Httpreq {
     url: String,
@@ -59,7 +118,11 @@ impl Httpreq {
 }
 
 impl Publisher for Httpreq {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             for r in records {
                 self.post("present", r).await?;
@@ -68,7 +131,11 @@ impl Publisher for Httpreq {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let mut first = None;
             for r in records {

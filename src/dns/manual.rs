@@ -3,18 +3,51 @@
 //! Presenting only prints; the order flow then waits for the record to show up in
 //! DNS or for Enter on standard input, whichever comes first.
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
+use std::sync::Arc;
+
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::check::Report;
+use crate::config::Site;
 use crate::ui::Ui;
 
-pub struct Manual {
-    pub ui: Ui,
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "manual",
+    keys: &[],
+    parse: |_| Ok(Arc::new(Settings)),
+};
+
+#[derive(Debug)]
+struct Settings;
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        Ok(Box::new(Manual))
+    }
+
+    fn needs_person(&self) -> bool {
+        true
+    }
+
+    fn check(&self, _sites: &[Site], report: &mut Report) {
+        report.notes.push("dns.provider = \"manual\": renewals need a person to set the TXT record; choose exec, rfc2136, builtin or an API provider for unattended renewal".into());
+    }
 }
+
+pub struct Manual;
 
 /// The TTL we suggest: short, so a wrong value can be corrected quickly.
 pub const SUGGESTED_TTL: u32 = 60;
 
 impl Publisher for Manual {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let mut text = String::new();
             text.push_str(
@@ -39,15 +72,19 @@ impl Publisher for Manual {
             text.push_str(
                 "- - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - - -",
             );
-            self.ui.say(&text);
+            ui.say(&text);
             Ok(())
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let names: Vec<_> = records.iter().map(|r| format!("{}.", r.fqdn)).collect();
-            self.ui.say(&format!(
+            ui.say(&format!(
                 "You may now remove the TXT record(s) at {}",
                 names.join(", ")
             ));

@@ -1,19 +1,71 @@
-//! Publishing `_acme-challenge` TXT records, one file per way of doing it, behind
-//! the [`Publisher`] trait; and checking that the records are visible.
+//! Publishing `_acme-challenge` TXT records, one file per DNS provider, and
+//! checking that the records are visible.
+//!
+//! A provider's file holds all of it: its `[dns]` keys and their validation
+//! (`PROVIDER`, a [`ProviderSpec`]), what it tells `edge check`, what it can
+//! do ([`DnsProvider`]) and its [`Publisher`]. Adding a provider is that one
+//! file and one line in the `providers!` list below.
 
-pub mod builtin;
-pub mod challtestsrv;
-pub mod cloudflare;
-pub mod exec;
-pub mod httpreq;
-pub mod manual;
 pub mod propagation;
-pub mod rfc2136;
 
+use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::config::{Dns, Provider};
+use crate::check::Report;
+use crate::config::{ConfigError, ProviderKeys, Site};
+use crate::ui::Ui;
+
+/// Declares the provider modules and the table the config looks names up in.
+macro_rules! providers {
+    ($($module:ident),* $(,)?) => {
+        $(pub mod $module;)*
+        /// Every DNS provider this build knows.
+        pub(crate) static PROVIDERS: &[&ProviderSpec] = &[$(&$module::PROVIDER),*];
+    };
+}
+
+providers! {
+    manual,
+    exec,
+    challtestsrv,
+    httpreq,
+    cloudflare,
+    rfc2136,
+    builtin,
+}
+
+/// One DNS provider as the config file knows it.
+pub struct ProviderSpec {
+    /// Its `[dns] provider` name.
+    pub name: &'static str,
+    /// The keys of `[dns]` it takes besides `provider`, `propagation_timeout`,
+    /// `propagation_delay` and `resolvers`. Any other key is an error that
+    /// names the provider it belongs to.
+    pub keys: &'static [&'static str],
+    /// Reads and checks those keys.
+    pub parse: fn(&mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError>,
+}
+
+/// A configured DNS provider: what the order flow may ask of it.
+pub trait DnsProvider: fmt::Debug + Send + Sync {
+    fn name(&self) -> &'static str;
+    /// The publisher, with its credentials read now (from a file or the
+    /// environment), so a missing one fails the order that needs it.
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError>;
+    /// A person sets the records; every renewal needs them again.
+    fn needs_person(&self) -> bool {
+        false
+    }
+    /// edge serves the records itself: visible the moment they are set, so
+    /// there is no propagation to wait for.
+    fn serves_records(&self) -> bool {
+        false
+    }
+    /// What `edge check` says about this provider's set-up.
+    fn check(&self, _sites: &[Site], _report: &mut Report) {}
+}
 
 /// One TXT value to publish for one certificate name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,8 +106,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// are handed over together so a publisher can batch them (one UPDATE, one API
 /// session) and so apex and wildcard values on one name are added side by side.
 pub trait Publisher: Send + Sync {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>>;
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>>;
+    /// Starts what the publisher serves records from (the built-in
+    /// responder's sockets), if anything; called again, it does nothing. Its
+    /// owner calls it early to hold a port for its whole life; `present`
+    /// starts it too. Whatever it started stops when the publisher is dropped.
+    fn start(&self) -> BoxFuture<'_, Result<(), DnsError>> {
+        Box::pin(async { Ok(()) })
+    }
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>>;
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>>;
 }
 
 /// Reads a provider's credential; the error names the source, never the value.
@@ -67,52 +134,5 @@ fn secret(
     src.resolve().map_err(|e| DnsError::Api {
         provider,
         message: format!("{what}: {e}"),
-    })
-}
-
-/// Builds the publisher the config asks for.
-pub fn publisher(cfg: &Dns, ui: crate::ui::Ui) -> Result<Box<dyn Publisher>, DnsError> {
-    Ok(match &cfg.provider {
-        Provider::Manual => Box::new(manual::Manual { ui }),
-        Provider::Exec { command } => Box::new(exec::Exec::new(command.clone())),
-        Provider::PebbleChalltestsrv { url } => {
-            Box::new(challtestsrv::Challtestsrv::new(url.clone())?)
-        }
-        Provider::Httpreq {
-            url,
-            username,
-            password,
-        } => {
-            let auth = match (username, password) {
-                (Some(u), Some(p)) => Some((u.clone(), secret(p, "httpreq", "password")?)),
-                _ => None,
-            };
-            Box::new(httpreq::Httpreq::new(url.clone(), auth)?)
-        }
-        Provider::Builtin { listen, zone } => {
-            Box::new(builtin::Builtin::new(*listen, zone.clone()))
-        }
-        Provider::Rfc2136 {
-            server,
-            zone,
-            tsig_key,
-            tsig_secret,
-            tsig_algorithm,
-            ttl,
-        } => {
-            let secret = secret(tsig_secret, "rfc2136", "TSIG secret")?;
-            Box::new(rfc2136::Rfc2136::new(
-                *server,
-                zone.clone(),
-                tsig_key,
-                &secret,
-                *tsig_algorithm,
-                *ttl,
-            )?)
-        }
-        Provider::Cloudflare { token, api_url } => {
-            let token = secret(token, "cloudflare", "API token")?;
-            Box::new(cloudflare::Cloudflare::new(api_url.clone(), token)?)
-        }
     })
 }

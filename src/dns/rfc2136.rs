@@ -5,6 +5,7 @@
 //! BADTIME) that tells a wrong secret from a wrong key name or a skewed clock.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -15,11 +16,122 @@ use hickory_proto::op::{update_message, Message, MessageType, OpCode, Query, Res
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::{Name, RData, Record, RecordSet, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
+use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::{BoxFuture, DnsError, Publisher, TxtRecord};
-use crate::config::{Secret, TsigAlg};
+use super::{BoxFuture, DnsError, DnsProvider, ProviderSpec, Publisher, TxtRecord};
+use crate::config::{ConfigError, ProviderKeys, Secret, SecretSource};
+use crate::names;
+use crate::ui::Ui;
+
+pub static PROVIDER: ProviderSpec = ProviderSpec {
+    name: "rfc2136",
+    keys: &[
+        "server",
+        "zone",
+        "tsig_key",
+        "tsig_secret",
+        "tsig_secret_file",
+        "tsig_algorithm",
+        "ttl",
+    ],
+    parse,
+};
+
+/// `ttl` when not set: short, so a wrong value is corrected quickly.
+const DEFAULT_TTL: u32 = 60;
+/// `tsig_algorithm` when not set.
+const DEFAULT_ALGORITHM: &str = "hmac-sha256";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Keys {
+    server: Option<String>,
+    zone: Option<String>,
+    tsig_key: Option<String>,
+    tsig_secret: Option<String>,
+    tsig_secret_file: Option<String>,
+    tsig_algorithm: Option<String>,
+    ttl: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlg {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+#[derive(Debug)]
+struct Settings {
+    server: SocketAddr,
+    /// Found by SOA at `server` when not given.
+    zone: Option<String>,
+    tsig_key: String,
+    tsig_secret: SecretSource,
+    tsig_algorithm: TsigAlg,
+    ttl: u32,
+}
+
+fn parse(k: &mut ProviderKeys<'_>) -> Result<Arc<dyn DnsProvider>, ConfigError> {
+    let keys: Keys = k.read()?;
+    let server = k.required(
+        "server",
+        keys.server,
+        "expected the primary server's IP or IP:PORT, e.g. \"192.0.2.53\"",
+    )?;
+    let server = k.dns_server("server", &server, "192.0.2.53")?;
+    let zone = match keys.zone {
+        Some(z) => Some(names::validate_domain(&z).map_err(|m| k.err("zone", m))?),
+        None => None,
+    };
+    let tsig_key = k.required(
+        "tsig_key",
+        keys.tsig_key,
+        "expected the TSIG key name the server knows, e.g. \"edge-key\"",
+    )?;
+    let tsig_secret = k.secret(
+        "tsig_secret",
+        keys.tsig_secret,
+        keys.tsig_secret_file,
+        "EDGE_DNS_TSIG_SECRET",
+    )?;
+    let tsig_algorithm = match keys.tsig_algorithm.as_deref().unwrap_or(DEFAULT_ALGORITHM) {
+        "hmac-sha256" => TsigAlg::HmacSha256,
+        "hmac-sha384" => TsigAlg::HmacSha384,
+        "hmac-sha512" => TsigAlg::HmacSha512,
+        "hmac-sha1" => return Err(k.err("tsig_algorithm", "hmac-sha1 is not supported by this build (its TSIG library signs with SHA-2 only); create an hmac-sha256 key")),
+        other => return Err(k.err("tsig_algorithm", format!("{other:?}: expected \"hmac-sha256\" (default), \"hmac-sha384\" or \"hmac-sha512\""))),
+    };
+    let ttl = k.count("ttl", keys.ttl, DEFAULT_TTL, 1..=86_400)?;
+    Ok(Arc::new(Settings {
+        server,
+        zone,
+        tsig_key,
+        tsig_secret,
+        tsig_algorithm,
+        ttl,
+    }))
+}
+
+impl DnsProvider for Settings {
+    fn name(&self) -> &'static str {
+        PROVIDER.name
+    }
+
+    fn publisher(&self) -> Result<Box<dyn Publisher>, DnsError> {
+        let secret = super::secret(&self.tsig_secret, "rfc2136", "TSIG secret")?;
+        Ok(Box::new(Rfc2136::new(
+            self.server,
+            self.zone.clone(),
+            &self.tsig_key,
+            &secret,
+            self.tsig_algorithm,
+            self.ttl,
+        )?))
+    }
+}
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -234,7 +346,11 @@ fn tsig_error(m: &Message) -> Option<&'static str> {
 }
 
 impl Publisher for Rfc2136 {
-    fn present<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn present<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             for r in records {
                 self.update(r, true).await?;
@@ -243,7 +359,11 @@ impl Publisher for Rfc2136 {
         })
     }
 
-    fn cleanup<'a>(&'a self, records: &'a [TxtRecord]) -> BoxFuture<'a, Result<(), DnsError>> {
+    fn cleanup<'a>(
+        &'a self,
+        records: &'a [TxtRecord],
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), DnsError>> {
         Box::pin(async move {
             let mut first = None;
             for r in records {

@@ -8,20 +8,16 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 
+use super::Manager;
 use crate::acme::{order, renew};
 use crate::certinfo::rfc3339;
-use crate::config::Config;
 use crate::names;
-use crate::store::Store;
-use crate::tls::Certs;
 use crate::ui::Ui;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -42,15 +38,6 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
     state_dir.join("control.sock")
 }
 
-/// What the daemon shares with the control socket.
-#[derive(Clone)]
-pub struct Ctx {
-    pub cfg: Arc<ArcSwap<Config>>,
-    pub store: Store,
-    pub certs: Certs,
-    pub wake: Arc<Notify>,
-}
-
 /// Binds the socket; refuses when another daemon already answers on it.
 pub async fn bind(state_dir: &Path) -> Result<UnixListener, String> {
     let path = socket_path(state_dir);
@@ -69,22 +56,22 @@ pub async fn bind(state_dir: &Path) -> Result<UnixListener, String> {
     Ok(l)
 }
 
-pub async fn serve(listener: UnixListener, ctx: Ctx, mut stop: watch::Receiver<bool>) {
+pub(super) async fn serve(listener: UnixListener, m: Manager, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r { Ok(x) => x, Err(e) => { tracing::warn!("control socket: {e}"); continue; } },
             _ = stop.changed() => break,
         };
-        let ctx = ctx.clone();
+        let m = m.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(stream, ctx).await {
+            if let Err(e) = handle(stream, m).await {
                 tracing::debug!("control connection: {e}");
             }
         });
     }
 }
 
-async fn handle(stream: UnixStream, ctx: Ctx) -> std::io::Result<()> {
+async fn handle(stream: UnixStream, m: Manager) -> std::io::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     BufReader::new(r).read_line(&mut line).await?;
@@ -104,7 +91,7 @@ async fn handle(stream: UnixStream, ctx: Ctx) -> std::io::Result<()> {
     tracing::info!(request = ?req, "request over the control socket");
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let ui = Ui::remote(tx.clone());
-    let work = tokio::spawn(run(req, ctx, ui, tx));
+    let work = tokio::spawn(run(req, m, ui, tx));
     while let Some(out) = rx.recv().await {
         send(&mut w, &Reply::Out { out }).await?;
     }
@@ -118,22 +105,24 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &Reply) -> std::io::R
     w.write_all(s.as_bytes()).await
 }
 
-async fn run(req: Request, ctx: Ctx, ui: Ui, tx: mpsc::UnboundedSender<String>) -> i32 {
-    let cfg = ctx.cfg.load_full();
+async fn run(req: Request, m: Manager, ui: Ui, tx: mpsc::UnboundedSender<String>) -> i32 {
+    let cfg = m.config();
+    let store = m.store();
+    let solvers = m.solvers();
     let say = |s: String| {
         let _ = tx.send(s);
     };
     let code = match req {
-        Request::Renew { force, domain } => match renew::select(&ctx.store, domain.as_deref()) {
+        Request::Renew { force, domain } => match renew::select(store, domain.as_deref()).await {
             Err(e) => {
                 say(format!("edge: error: {e}"));
                 1
             }
             Ok(lineages) => {
                 let (lines, failed, renewed) =
-                    renew::renew_many(&cfg, &ctx.store, &lineages, force, &ui).await;
+                    renew::renew_many(&cfg, store, &solvers, &lineages, force, &ui).await;
                 if !renewed.is_empty() {
-                    ctx.certs.reload(&ctx.store, &cfg.sites);
+                    m.publish().await;
                     for o in &renewed {
                         tracing::info!(lineage = %o.lineage, new_serial = %o.info.serial, new_expiry = %rfc3339(o.info.not_after), "renewal succeeded; new certificate is being served");
                     }
@@ -152,9 +141,26 @@ async fn run(req: Request, ctx: Ctx, ui: Ui, tx: mpsc::UnboundedSender<String>) 
             }
             Ok(names_) => {
                 let lineage = names::lineage_name(&names_);
-                match order::obtain(&cfg, &ctx.store, &lineage, &names_, None, &ui).await {
+                let solver = solvers.for_names(&names_);
+                let result = match store.lock(&lineage).await {
+                    Ok(lock) => {
+                        order::obtain(
+                            &cfg,
+                            store,
+                            solver.as_ref(),
+                            &lock,
+                            &lineage,
+                            &names_,
+                            None,
+                            &ui,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match result {
                     Ok(o) => {
-                        ctx.certs.reload(&ctx.store, &cfg.sites);
+                        m.publish().await;
                         say(format!("\nSuccessfully received certificate; edge serve is serving it now.\nCertificate is saved at: {}\nKey is saved at:         {}\nThis certificate expires on {}.", o.fullchain.display(), o.privkey.display(), rfc3339(o.info.not_after)));
                         0
                     }
@@ -166,7 +172,7 @@ async fn run(req: Request, ctx: Ctx, ui: Ui, tx: mpsc::UnboundedSender<String>) 
             }
         },
     };
-    ctx.wake.notify_one();
+    m.inner.wake.notify_one();
     code
 }
 

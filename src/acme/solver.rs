@@ -1,0 +1,223 @@
+//! Challenge solvers behind one interface, after certmagic's `solvers.go`.
+//!
+//! An order asks its solver what it needs to know (does a person take part?)
+//! and hands it every pending challenge of the order at once: `prepare` says
+//! where each answer goes, `present` puts them there, `ready` waits until the
+//! CA can see them (a propagation check, a person, or nothing for a solver
+//! that serves its answers itself), `cleanup` takes them away, and always
+//! runs. DNS-01 through any DNS provider is the solver today; TLS-ALPN-01 and
+//! HTTP-01 fit the same shape (answers served by edge's own listeners).
+//!
+//! A solver belongs to its owner, not to one order: the certificate manager in
+//! `edge serve` keeps one for its life (and `start`s it at once, so the
+//! built-in DNS responder holds its port from the start), a command keeps one
+//! while it runs.
+
+use std::sync::Arc;
+
+use instant_acme::ChallengeType;
+use tokio::sync::OnceCell;
+
+use super::AcmeError;
+use crate::config::{Config, Dns};
+use crate::dns::{propagation, BoxFuture, Publisher, TxtRecord};
+use crate::names;
+use crate::ui::Ui;
+
+/// One pending challenge of an order.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// The name on the certificate, e.g. `*.example.org`.
+    pub domain: String,
+    pub token: String,
+    pub key_authorization: String,
+    /// The DNS-01 TXT value: base64url SHA-256 of the key authorization.
+    pub dns_value: String,
+}
+
+/// Where a solver put an order's answers.
+#[derive(Debug, Clone, Default)]
+pub struct Placed {
+    pub pending: Vec<Pending>,
+    /// DNS-01: the records, at the end of each challenge name's CNAME chain.
+    pub records: Vec<TxtRecord>,
+}
+
+pub trait Solver: Send + Sync {
+    /// The challenge type it answers.
+    fn challenge_type(&self) -> ChallengeType;
+
+    /// A person takes part in every order (and so in every renewal).
+    fn needs_person(&self) -> bool;
+
+    /// Starts what it serves answers from, if anything; called again, it does
+    /// nothing. Whatever it started stops when the solver is dropped.
+    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>>;
+
+    /// Where each answer goes.
+    fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed>;
+
+    fn present<'a>(
+        &'a self,
+        placed: &'a Placed,
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>>;
+
+    /// Returns once the CA can see every answer.
+    fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>>;
+
+    fn cleanup<'a>(
+        &'a self,
+        placed: &'a Placed,
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>>;
+}
+
+/// DNS-01 through the configured DNS provider.
+pub struct Dns01 {
+    dns: Dns,
+    /// Made at first use and kept: credentials are read then (so a missing
+    /// one fails that order, and the next order tries again), and a
+    /// publisher that serves (the built-in zone) keeps its sockets.
+    publisher: OnceCell<Box<dyn Publisher>>,
+}
+
+impl Dns01 {
+    pub fn new(dns: &Dns) -> Dns01 {
+        Dns01 {
+            dns: dns.clone(),
+            publisher: OnceCell::new(),
+        }
+    }
+
+    async fn publisher(&self) -> Result<&dyn Publisher, AcmeError> {
+        let p = self
+            .publisher
+            .get_or_try_init(|| async { self.dns.provider.publisher() })
+            .await?;
+        Ok(p.as_ref())
+    }
+
+    /// Waits for DNS; with a person, Enter on stdin also proceeds (they vouch
+    /// for the record), while end-of-file (no terminal) is ignored.
+    async fn wait_visible(&self, records: &[TxtRecord], ui: &Ui) -> Result<(), AcmeError> {
+        if !self.dns.provider.needs_person() || !ui.is_interactive() {
+            return Ok(propagation::wait(records, &self.dns, ui).await?);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // A plain thread: a blocking read must not keep the runtime from shutting down.
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            if matches!(std::io::stdin().read_line(&mut line), Ok(n) if n > 0) {
+                let _ = tx.send(());
+            }
+        });
+        tokio::select! {
+            r = propagation::wait(records, &self.dns, ui) => Ok(r?),
+            Ok(()) = rx => {
+                ui.step("Enter pressed: asking the CA to validate now");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Solver for Dns01 {
+    fn challenge_type(&self) -> ChallengeType {
+        ChallengeType::Dns01
+    }
+
+    fn needs_person(&self) -> bool {
+        self.dns.provider.needs_person()
+    }
+
+    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>> {
+        Box::pin(async move { Ok(self.publisher().await?.start().await?) })
+    }
+
+    fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed> {
+        Box::pin(async move {
+            let mut records = Vec::with_capacity(pending.len());
+            for p in &pending {
+                let name = names::challenge_name(&p.domain);
+                records.push(TxtRecord {
+                    fqdn: propagation::follow_cname(&name, &self.dns.resolvers).await,
+                    value: p.dns_value.clone(),
+                    domain: p.domain.clone(),
+                });
+            }
+            Placed { pending, records }
+        })
+    }
+
+    fn present<'a>(
+        &'a self,
+        placed: &'a Placed,
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async move {
+            ui.step(&format!(
+                "Publishing {} TXT record(s) with provider {}",
+                placed.records.len(),
+                self.dns.provider.name()
+            ));
+            if self.needs_person() {
+                ui.say("Note: with dns.provider = \"manual\" renewals need you again; choose exec, rfc2136, builtin or an API provider for unattended renewal.");
+            }
+            Ok(self.publisher().await?.present(&placed.records, ui).await?)
+        })
+    }
+
+    fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async move {
+            if self.dns.provider.serves_records() {
+                // edge serves these itself, from memory: visible the moment they are set.
+                return Ok(());
+            }
+            self.wait_visible(&placed.records, ui).await
+        })
+    }
+
+    fn cleanup<'a>(
+        &'a self,
+        placed: &'a Placed,
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async move { Ok(self.publisher().await?.cleanup(&placed.records, ui).await?) })
+    }
+}
+
+/// The solvers a config asks for, owned together.
+#[derive(Clone)]
+pub struct Solvers {
+    dns01: Arc<Dns01>,
+}
+
+impl Solvers {
+    pub fn new(cfg: &Config) -> Solvers {
+        Solvers {
+            dns01: Arc::new(Dns01::new(&cfg.dns)),
+        }
+    }
+
+    /// The solver for an order of these names (DNS-01, the only one today).
+    pub fn for_names(&self, _names: &[String]) -> Arc<dyn Solver> {
+        self.dns01.clone()
+    }
+
+    /// Starts every solver that serves answers itself; a failure is logged and
+    /// met again by the first order that needs the solver.
+    pub async fn start(&self) {
+        if !self.dns01.dns.provider.serves_records() {
+            return;
+        }
+        if let Err(e) = self.dns01.start().await {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Whether every order can run with nobody at the keyboard.
+    pub fn unattended(&self) -> bool {
+        !self.dns01.needs_person()
+    }
+}

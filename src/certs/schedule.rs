@@ -1,0 +1,194 @@
+//! The renewal schedule.
+//!
+//! At start every site is checked; a site without a usable certificate is
+//! obtained in the background while its placeholder serves, and each
+//! certificate then waits for its due time (the same policy as `edge renew`,
+//! plus a little jitter so that many edges do not hit the CA at once). After
+//! every success the manager publishes. Control jobs and SIGHUP wake it early.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rand::Rng;
+use tokio::sync::watch;
+
+use super::Manager;
+use crate::acme::order;
+use crate::acme::renew::{self, Decision};
+use crate::certinfo::rfc3339;
+use crate::config::{Config, Site};
+use crate::names;
+use crate::store::{self, Lock};
+use crate::ui::Ui;
+
+/// The longest the schedule sleeps, so ARI windows are re-read and clocks that
+/// jump are noticed.
+const MAX_SLEEP: Duration = Duration::from_secs(3600);
+/// Never spin: at least this long between two passes.
+const MIN_SLEEP: Duration = Duration::from_millis(500);
+
+/// What one site needs now.
+enum Need {
+    Obtain(&'static str),
+    Renew(String),
+    Wait(SystemTime),
+}
+
+pub(super) async fn run(m: Manager, mut stop: watch::Receiver<bool>) {
+    loop {
+        let sleep = tokio::select! {
+            s = pass(&m) => s,
+            _ = stop.changed() => return,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = m.inner.wake.notified() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Does whatever is due; returns how long to sleep until the next thing is.
+async fn pass(m: &Manager) -> Duration {
+    let cfg = m.config();
+    let mut next: Option<(String, SystemTime)> = None;
+    let mut changed = false;
+    for site in &cfg.sites {
+        let lineage = site.cert_name();
+        // Decided under the lineage's lock, so a certificate another process
+        // (or a control job) made while this waited is seen, not made again.
+        let lock = match m.store().lock(&lineage).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(lineage, "cannot lock the certificate: {e}");
+                continue;
+            }
+        };
+        let when = match need(m, &cfg, site, &lineage, SystemTime::now()).await {
+            Need::Wait(t) => t,
+            Need::Obtain(why) => {
+                if m.solvers().for_names(&site.domains).needs_person() {
+                    tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
+                }
+                changed |= attempt(m, &cfg, site, &lock, &lineage, why).await;
+                continue;
+            }
+            Need::Renew(why) => {
+                changed |= attempt(m, &cfg, site, &lock, &lineage, &why).await;
+                continue;
+            }
+        };
+        if next.as_ref().is_none_or(|(_, t)| when < *t) {
+            next = Some((lineage, when));
+        }
+    }
+    if changed {
+        m.publish().await;
+    }
+    m.inner.next.store(std::sync::Arc::new(next.clone()));
+    match next {
+        // Work was done this pass: look again soon, the state has changed.
+        _ if changed => MIN_SLEEP,
+        Some((lineage, t)) => {
+            let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+            tracing::debug!(lineage, at = %rfc3339(t), "next certificate check");
+            wait.clamp(MIN_SLEEP, MAX_SLEEP)
+        }
+        None => MAX_SLEEP,
+    }
+}
+
+async fn need(m: &Manager, cfg: &Config, site: &Site, lineage: &str, now: SystemTime) -> Need {
+    let store = m.store();
+    let mut state = store.renewal_state(lineage).await;
+    let backoff = state
+        .not_before
+        .map(store::from_unix)
+        .filter(|t| *t > now && state.failures > 0);
+    let loaded = match store.load_live(lineage).await {
+        Ok(l) => l,
+        Err(_) => {
+            return match backoff {
+                Some(t) => Need::Wait(t),
+                None => Need::Obtain("no certificate stored"),
+            }
+        }
+    };
+    let uncovered = site
+        .domains
+        .iter()
+        .any(|d| !loaded.info.names.iter().any(|n| names::covers(n, d)));
+    if uncovered {
+        return match backoff {
+            Some(t) => Need::Wait(t),
+            None => Need::Obtain("the stored certificate does not cover every site name"),
+        };
+    }
+    renew::refresh_ari(cfg, store, lineage, &loaded.info, &mut state, now).await;
+    match renew::decide(&loaded.info, &state, now, false) {
+        Decision::Due(why) => Need::Renew(why),
+        Decision::BackingOff(t) => Need::Wait(t),
+        Decision::NotYet(t) => Need::Wait(t + jitter(&loaded.info)),
+    }
+}
+
+/// Obtains or renews one site's certificate; logs one line with the outcome.
+async fn attempt(
+    m: &Manager,
+    cfg: &Config,
+    site: &Site,
+    lock: &Lock,
+    lineage: &str,
+    why: &str,
+) -> bool {
+    let store = m.store();
+    let old = store.load_live(lineage).await.ok();
+    let start = Instant::now();
+    tracing::info!(lineage, reason = why, "obtaining a certificate");
+    let replaces = old.as_ref().and_then(|o| o.info.ari_id.clone());
+    let solver = m.solvers().for_names(&site.domains);
+    let result = order::obtain(
+        cfg,
+        store,
+        solver.as_ref(),
+        lock,
+        lineage,
+        &site.domains,
+        replaces,
+        &Ui::log_only(),
+    )
+    .await;
+    match result {
+        Ok(o) => {
+            renew::run_deploy_hook(cfg, store, &o).await;
+            tracing::info!(
+                lineage,
+                old_serial = old.as_ref().map(|c| c.info.serial.as_str()).unwrap_or("-"),
+                old_expiry = %old.as_ref().map(|c| rfc3339(c.info.not_after)).unwrap_or_else(|| "-".into()),
+                new_serial = %o.info.serial,
+                new_expiry = %rfc3339(o.info.not_after),
+                duration_ms = start.elapsed().as_millis() as u64,
+                "renewal succeeded"
+            );
+            renew::count(&renew::Outcome::Renewed(o));
+            true
+        }
+        Err(e) => {
+            let not_after = old
+                .as_ref()
+                .map(|c| c.info.not_after)
+                .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30 * 86400));
+            renew::record_failure(store, lineage, &e, not_after).await;
+            renew::count(&renew::Outcome::Failed(e));
+            false
+        }
+    }
+}
+
+/// Up to 1% of the lifetime (at most five minutes) so many hosts spread out.
+fn jitter(info: &crate::certinfo::CertInfo) -> Duration {
+    let max = (info.lifetime() / 100).min(Duration::from_secs(300));
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::rng().random_range(0..=max.as_millis() as u64))
+}

@@ -1,0 +1,523 @@
+//! Wire format -> model: defaults applied, strings that name a choice turned
+//! into their enum, ranges and cross-key rules checked. Each error names the
+//! key (`site[0].upstreams`), the bad value and what would be right.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::provider_keys::{dns_server, ProviderKeys};
+use super::values::Dur;
+use super::{defaults, wire, ConfigError};
+use super::{
+    AccessLog, Acme, Balance, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen, Log, Site,
+    Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
+};
+use crate::dns::PROVIDERS;
+use crate::names;
+
+const MAX_CONNS_LIMIT: i64 = 100_000;
+
+struct V<'a> {
+    path: &'a Path,
+    holds_secrets: bool,
+}
+
+fn dur(v: Option<Dur>, default: Duration) -> Duration {
+    v.map_or(default, |d| d.0)
+}
+
+pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError> {
+    let mut v = V {
+        path,
+        holds_secrets: false,
+    };
+    let state_dir = PathBuf::from(raw.state_dir.as_deref().unwrap_or(defaults::STATE_DIR));
+    if state_dir.as_os_str().is_empty() {
+        return Err(v.err(
+            "state_dir",
+            "empty; expected a directory such as \"acme-state\" or \"/var/lib/edge\"",
+        ));
+    }
+    let workers = match raw.workers {
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        Some(n) if (1..=1024).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(v.err(
+                "workers",
+                format!("{n} is out of range; expected 1 to 1024 (default: the number of CPUs)"),
+            ))
+        }
+    };
+    let listen = v.listen(raw.listen)?;
+    let acme = v.acme(raw.acme)?;
+    let dns = v.dns(raw.dns.unwrap_or_default())?;
+    let log = v.log(raw.log)?;
+    let limits = v.limits(raw.limits)?;
+    let metrics = raw.metrics.map(|m| m.listen.0);
+    if raw.site.is_empty() {
+        return Err(v.err(
+            "site",
+            "no [[site]] table; add one with `domains` and `upstreams`",
+        ));
+    }
+    let mut sites = Vec::with_capacity(raw.site.len());
+    for (i, s) in raw.site.into_iter().enumerate() {
+        sites.push(v.site(i, s)?);
+    }
+    // A name served by two sites would make routing depend on file order.
+    let mut seen = BTreeMap::new();
+    for (i, s) in sites.iter().enumerate() {
+        for d in &s.domains {
+            if let Some(j) = seen.insert(d.clone(), i) {
+                return Err(v.err(
+                    format!("site[{i}].domains"),
+                    format!(
+                        "{d:?} is already served by site[{j}]; each name may belong to one site"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Config {
+        path: path.to_path_buf(),
+        warnings: Vec::new(),
+        holds_secrets: v.holds_secrets,
+        state_dir,
+        workers,
+        listen,
+        acme,
+        dns,
+        log,
+        limits,
+        metrics,
+        sites,
+    })
+}
+
+impl V<'_> {
+    fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::invalid(self.path, key, message)
+    }
+
+    fn count(
+        &self,
+        key: &str,
+        value: Option<i64>,
+        default: usize,
+        range: std::ops::RangeInclusive<i64>,
+    ) -> Result<usize, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(n) if range.contains(&n) => Ok(n as usize),
+            Some(n) => Err(self.err(
+                key,
+                format!(
+                    "{n} is out of range; expected {} to {}",
+                    range.start(),
+                    range.end()
+                ),
+            )),
+        }
+    }
+
+    fn listen(&self, raw: wire::Listen) -> Result<Listen, ConfigError> {
+        let http = raw.http.map_or(defaults::HTTP, |a| a.0);
+        let https = raw.https.map_or(defaults::HTTPS, |a| a.0);
+        if http == https && http.port() != 0 {
+            return Err(self.err(
+                "listen.http",
+                format!("{http} is also listen.https; the two listeners need different ports"),
+            ));
+        }
+        let redirect = match raw.redirect {
+            None => defaults::REDIRECT,
+            Some(c @ (301 | 302 | 307 | 308)) => c as u16,
+            Some(c) => return Err(self.err("listen.redirect", format!("{c} is not a redirect status; expected 308 (default, keeps the method) or 301 (nginx's `permanent`)"))),
+        };
+        Ok(Listen {
+            http,
+            https,
+            redirect,
+            handshake_timeout: dur(raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT),
+        })
+    }
+
+    fn acme(&self, raw: wire::Acme) -> Result<Acme, ConfigError> {
+        let directory = match raw.directory.as_deref().unwrap_or(defaults::DIRECTORY) {
+            "letsencrypt" => LETSENCRYPT.to_string(),
+            "letsencrypt-staging" => LETSENCRYPT_STAGING.to_string(),
+            url if url.starts_with("https://") || url.starts_with("http://") => {
+                if url.parse::<http::Uri>().map(|u| u.host().is_none()).unwrap_or(true) {
+                    return Err(self.err("acme.directory", format!("{url:?} is not a valid URL")));
+                }
+                url.to_string()
+            }
+            other => return Err(self.err("acme.directory", format!("{other:?}: expected \"letsencrypt\", \"letsencrypt-staging\" or a directory URL such as \"https://127.0.0.1:14000/dir\""))),
+        };
+        let contact = raw.contact.unwrap_or_default();
+        for c in &contact {
+            if !c.starts_with("mailto:") || !c.contains('@') {
+                return Err(self.err(
+                    "acme.contact",
+                    format!("{c:?}: expected \"mailto:you@example.org\""),
+                ));
+            }
+        }
+        let key_type = match raw.key_type.as_deref() {
+            None => defaults::KEY_TYPE,
+            Some(k) => KeyType::parse(k).ok_or_else(|| {
+                self.err(
+                    "acme.key_type",
+                    format!("{k:?}: expected one of {}", KeyType::NAMES),
+                )
+            })?,
+        };
+        let eab = match raw.eab {
+            None => None,
+            Some(e) if e.kid.is_empty() || e.hmac.is_empty() => {
+                return Err(self.err(
+                    "acme.eab",
+                    "kid and hmac must both be set (your CA's dashboard shows them)",
+                ))
+            }
+            Some(e) => Some(Eab {
+                kid: e.kid,
+                hmac: e.hmac,
+            }),
+        };
+        Ok(Acme {
+            directory,
+            contact,
+            ca_bundle: raw.ca_bundle.map(PathBuf::from),
+            key_type,
+            eab,
+            deploy_hook: raw.deploy_hook.map(PathBuf::from),
+        })
+    }
+
+    /// The shared keys here; the provider's own keys by the provider, after
+    /// checking that each key left is one the provider takes.
+    fn dns(&mut self, mut table: toml::Table) -> Result<Dns, ConfigError> {
+        let mut shared = toml::Table::new();
+        for k in wire::DnsShared::KEYS {
+            if let Some(v) = table.remove(k) {
+                shared.insert(k.to_string(), v);
+            }
+        }
+        let shared: wire::DnsShared = ProviderKeys::new(self.path, shared).read()?;
+        let name = shared.provider.as_deref().unwrap_or(defaults::DNS_PROVIDER);
+        // Exactly the name: an unknown one is an error, never another provider.
+        let Some(spec) = PROVIDERS.iter().find(|p| p.name == name) else {
+            let known: Vec<&str> = PROVIDERS.iter().map(|p| p.name).collect();
+            return Err(self.err(
+                "dns.provider",
+                format!(
+                    "{name:?} is not a provider this build knows; expected one of: {}",
+                    known.join(", ")
+                ),
+            ));
+        };
+        if let Some(key) = table.keys().find(|k| !spec.keys.contains(&k.as_str())) {
+            let owner = PROVIDERS
+                .iter()
+                .filter(|p| p.keys.contains(&key.as_str()))
+                .map(|p| format!("{:?}", p.name))
+                .collect::<Vec<_>>();
+            let hint = if owner.is_empty() {
+                "no provider takes it; check the spelling".to_string()
+            } else {
+                format!("it belongs to {}", owner.join(", "))
+            };
+            return Err(self.err(
+                format!("dns.{key}"),
+                format!("not used by provider {name:?}; remove it or choose the provider it belongs to ({hint})"),
+            ));
+        }
+        let mut keys = ProviderKeys::new(self.path, table);
+        let provider = (spec.parse)(&mut keys)?;
+        self.holds_secrets |= keys.holds_secret();
+        let mut resolvers = Vec::new();
+        for r in shared.resolvers.unwrap_or_default() {
+            let addr = dns_server(&r).ok_or_else(|| {
+                self.err(
+                    "dns.resolvers",
+                    format!("{r:?}: expected IP or IP:PORT such as \"127.0.0.1:8053\""),
+                )
+            })?;
+            resolvers.push(addr);
+        }
+        Ok(Dns {
+            provider,
+            propagation_timeout: dur(shared.propagation_timeout, defaults::PROPAGATION_TIMEOUT),
+            propagation_delay: dur(shared.propagation_delay, defaults::PROPAGATION_DELAY),
+            resolvers,
+        })
+    }
+
+    fn log(&self, raw: wire::Log) -> Result<Log, ConfigError> {
+        let access = match raw.access.as_deref() {
+            None => defaults::ACCESS_LOG,
+            Some("text") => AccessLog::Text,
+            Some("json") => AccessLog::Json,
+            Some("off") => AccessLog::Off,
+            Some(other) => {
+                return Err(self.err(
+                    "log.access",
+                    format!("{other:?}: expected \"text\", \"json\" or \"off\""),
+                ))
+            }
+        };
+        let level = raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.into());
+        if tracing_subscriber::EnvFilter::try_new(&level).is_err() {
+            return Err(self.err(
+                "log.level",
+                format!("{level:?}: expected error, warn, info, debug or trace"),
+            ));
+        }
+        Ok(Log { access, level })
+    }
+
+    fn limits(&self, raw: wire::Limits) -> Result<Limits, ConfigError> {
+        let max_header_bytes = raw
+            .max_header_bytes
+            .map_or(defaults::MAX_HEADER_BYTES, |s| s.0);
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(self.err(
+                "limits.max_header_bytes",
+                format!("{max_header_bytes} is out of range; expected 8k to 1m"),
+            ));
+        }
+        Ok(Limits {
+            header_read_timeout: dur(raw.header_read_timeout, defaults::HEADER_READ_TIMEOUT),
+            keepalive_timeout: dur(raw.keepalive_timeout, defaults::KEEPALIVE_TIMEOUT),
+            send_timeout: dur(raw.send_timeout, defaults::SEND_TIMEOUT),
+            body_idle_timeout: dur(raw.body_idle_timeout, defaults::BODY_IDLE_TIMEOUT),
+            max_header_bytes: max_header_bytes as usize,
+            max_body_bytes: raw.max_body_bytes.map_or(defaults::MAX_BODY_BYTES, |s| s.0),
+            h2_max_concurrent_streams: self.count(
+                "limits.h2_max_concurrent_streams",
+                raw.h2_max_concurrent_streams,
+                defaults::H2_MAX_CONCURRENT_STREAMS as usize,
+                1..=10_000,
+            )? as u32,
+            h2_max_pending_resets: self.count(
+                "limits.h2_max_pending_resets",
+                raw.h2_max_pending_resets,
+                defaults::H2_MAX_PENDING_RESETS,
+                1..=10_000,
+            )?,
+            max_connections: self.count(
+                "limits.max_connections",
+                raw.max_connections,
+                defaults::MAX_CONNECTIONS,
+                1..=1_000_000,
+            )?,
+            max_connections_per_ip: self.count(
+                "limits.max_connections_per_ip",
+                raw.max_connections_per_ip,
+                defaults::MAX_CONNECTIONS_PER_IP,
+                1..=1_000_000,
+            )?,
+            shutdown_grace: dur(raw.shutdown_grace, defaults::SHUTDOWN_GRACE),
+        })
+    }
+
+    fn site(&self, i: usize, raw: wire::Site) -> Result<Site, ConfigError> {
+        let k = |name: &str| format!("site[{i}].{name}");
+        let domains = raw.domains.ok_or_else(|| {
+            self.err(
+                k("domains"),
+                "missing; expected a list such as [\"app.example.org\"]",
+            )
+        })?;
+        if domains.is_empty() {
+            return Err(self.err(k("domains"), "empty list; expected at least one name"));
+        }
+        let mut valid = Vec::with_capacity(domains.len());
+        for d in &domains {
+            let name = names::validate_domain(d).map_err(|m| self.err(k("domains"), m))?;
+            if !valid.contains(&name) {
+                valid.push(name);
+            }
+        }
+        let ups = raw.upstreams.ok_or_else(|| {
+            self.err(
+                k("upstreams"),
+                "missing; expected a list such as [\"127.0.0.1:5001\"]",
+            )
+        })?;
+        if ups.is_empty() {
+            return Err(self.err(
+                k("upstreams"),
+                "empty list; expected at least one \"host:port\"",
+            ));
+        }
+        let max_conns = self.count(
+            &k("max_conns"),
+            raw.max_conns,
+            defaults::MAX_CONNS,
+            0..=MAX_CONNS_LIMIT,
+        )?;
+        let mut upstreams = Vec::with_capacity(ups.len());
+        for u in ups {
+            let (addr, weight, own_max_conns) = match u {
+                wire::Upstream::Addr(a) => (a, i64::from(defaults::WEIGHT), None),
+                wire::Upstream::Table(t) => (
+                    t.addr,
+                    t.weight.unwrap_or(i64::from(defaults::WEIGHT)),
+                    t.max_conns,
+                ),
+            };
+            let max_conns = match own_max_conns {
+                None => max_conns,
+                Some(n) if (0..=MAX_CONNS_LIMIT).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(self.err(
+                        k("upstreams"),
+                        format!("{addr}: max_conns {n} is out of range; expected 0 (no limit) to {MAX_CONNS_LIMIT}"),
+                    ))
+                }
+            };
+            check_upstream_addr(&addr).map_err(|m| self.err(k("upstreams"), m))?;
+            if !(1..=1000).contains(&weight) {
+                return Err(self.err(
+                    k("upstreams"),
+                    format!("{addr}: weight {weight} is out of range; expected 1 to 1000"),
+                ));
+            }
+            upstreams.push(Upstream {
+                addr,
+                weight: weight as u32,
+                max_conns,
+            });
+        }
+        let balance = match raw.balance.as_deref() {
+            None => defaults::BALANCE,
+            Some("round_robin") => Balance::RoundRobin,
+            Some("least_conn") => Balance::LeastConn,
+            Some("ip_hash") => Balance::IpHash,
+            Some("p2c") => Balance::P2c,
+            Some(other) => {
+                return Err(self.err(
+                    k("balance"),
+                    format!(
+                    "{other:?}: expected \"round_robin\", \"least_conn\", \"ip_hash\" or \"p2c\""
+                ),
+                ))
+            }
+        };
+        let max_fails = self.count(
+            &k("max_fails"),
+            raw.max_fails,
+            defaults::MAX_FAILS as usize,
+            0..=1000,
+        )? as u32;
+        let max_tries = self.count(&k("max_tries"), raw.max_tries, defaults::MAX_TRIES, 0..=100)?;
+        let health_check = match raw.health_check {
+            None => None,
+            Some(h) => Some(self.health_check(i, h)?),
+        };
+        let mut trusted_proxies = Vec::new();
+        for p in raw.trusted_proxies.unwrap_or_default() {
+            let net = p
+                .parse::<IpNet>()
+                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    self.err(
+                        k("trusted_proxies"),
+                        format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP"),
+                    )
+                })?;
+            trusted_proxies.push(net);
+        }
+        let mut error_pages = BTreeMap::new();
+        for (status, file) in raw.error_pages.unwrap_or_default() {
+            let code: u16 = status
+                .parse()
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| {
+                    self.err(
+                        k("error_pages"),
+                        format!("{status:?}: expected an HTTP error status such as 502"),
+                    )
+                })?;
+            error_pages.insert(code, PathBuf::from(file));
+        }
+        Ok(Site {
+            domains: valid,
+            upstreams,
+            balance,
+            trusted_proxies,
+            connect_timeout: dur(raw.connect_timeout, defaults::CONNECT_TIMEOUT),
+            response_timeout: dur(raw.response_timeout, defaults::RESPONSE_TIMEOUT),
+            error_pages,
+            max_fails,
+            fail_timeout: dur(raw.fail_timeout, defaults::FAIL_TIMEOUT),
+            max_tries,
+            health_check,
+        })
+    }
+
+    fn health_check(&self, i: usize, h: wire::HealthCheck) -> Result<HealthCheck, ConfigError> {
+        let k = |name: &str| format!("site[{i}].health_check.{name}");
+        let path = h.path.unwrap_or_else(|| defaults::HEALTH_PATH.into());
+        if !path.starts_with('/') {
+            return Err(self.err(
+                k("path"),
+                format!("{path:?}: expected a path starting with '/'"),
+            ));
+        }
+        let status = h.status.unwrap_or(i64::from(defaults::HEALTH_STATUS));
+        if !(100..=599).contains(&status) {
+            return Err(self.err(k("status"), format!("{status}: expected an HTTP status")));
+        }
+        Ok(HealthCheck {
+            path,
+            interval: dur(h.interval, defaults::HEALTH_INTERVAL),
+            timeout: dur(h.timeout, defaults::HEALTH_TIMEOUT),
+            status: status as u16,
+            rise: self.count(&k("rise"), h.rise, defaults::HEALTH_RISE as usize, 1..=100)? as u32,
+            fall: self.count(&k("fall"), h.fall, defaults::HEALTH_FALL as usize, 1..=100)? as u32,
+        })
+    }
+}
+
+/// `host:port` with a usable port; the host may be an IP, `[v6]` or a DNS name.
+pub(super) fn check_upstream_addr(addr: &str) -> Result<(), String> {
+    let bad = || {
+        format!("{addr:?} is not an upstream address; expected \"host:port\" such as \"127.0.0.1:5001\" or \"website1:5000\"")
+    };
+    if addr.contains("://") || addr.contains('/') {
+        return Err(format!(
+            "{addr:?}: give \"host:port\" without a scheme or path"
+        ));
+    }
+    if addr.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if host_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
+}
