@@ -4,7 +4,7 @@
 //! that need I/O: files the config names, stored certificates, and whether each
 //! upstream accepts a TCP connection. Each finding is one line a person can act on.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::config::Config;
 use crate::names;
@@ -84,7 +84,7 @@ pub(crate) fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
 }
 
 async fn certs(cfg: &Config, store: &Store, r: &mut Report) {
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     for site in &cfg.sites {
         let name = site.cert_name();
         match store.load_live(&name).await {

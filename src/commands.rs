@@ -1,7 +1,6 @@
 //! `edge obtain`, `edge renew` and `edge certs`: what they print and their exit codes.
 
 use std::process::ExitCode;
-use std::time::SystemTime;
 
 use edge::acme::order::{self, Obtained};
 use edge::acme::renew;
@@ -149,7 +148,7 @@ pub async fn certs(cfg: &Config) -> ExitCode {
         println!("No certificates stored in {}.", store.live_root().display());
         return ExitCode::SUCCESS;
     }
-    let now = SystemTime::now();
+    let now = edge::clock::now();
     let mut bad = false;
     if tokio::net::UnixStream::connect(socket_path(&cfg.state_dir))
         .await

@@ -5,6 +5,7 @@ pub mod acme; // account, orders, renewal policy, challenge solvers
 pub mod certinfo; // what a PEM certificate says: names, expiry, serial, issuer
 pub mod certs; // the certificate manager: schedule, publication, control socket, watcher
 pub mod check; // `edge check`: the I/O checks beyond config validation
+pub mod clock; // the wall clock for certificate decisions, moved by tokio's paused time
 pub mod config; // wire format -> validated model; defaults in one place
 pub mod daemon; // `edge serve`: listeners, signals, reload, shutdown
 pub mod dns; // TXT publishers behind one trait, propagation check

@@ -60,7 +60,7 @@ pub async fn window(acme: &Acme, id: &str) -> Result<Option<Window>, AcmeError> 
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v.trim()))
-        .unwrap_or_else(|| SystemTime::now() + DEFAULT_RETRY);
+        .unwrap_or_else(|| crate::clock::now() + DEFAULT_RETRY);
     let info: instant_acme::RenewalInfo = resp
         .json()
         .await

@@ -81,10 +81,17 @@ impl RetryAfter {
 /// `Retry-After`: seconds, or an HTTP date (RFC 9110 §10.2.3).
 pub fn parse_retry_after(v: &str) -> Option<SystemTime> {
     match v.parse::<u64>() {
-        Ok(secs) => Some(SystemTime::now() + Duration::from_secs(secs)),
+        Ok(secs) => Some(crate::clock::now() + Duration::from_secs(secs)),
         Err(_) => httpdate::parse_http_date(v).ok(),
     }
 }
+
+/// The transport failed: no answer came from the CA. Boxed into
+/// instant-acme's `Error::Other`, where `from_acme` finds it again, so that
+/// this, and only this, counts as the CA being unreachable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Transport(pub String);
 
 /// instant-acme's transport, over reqwest.
 pub struct AcmeHttp {
@@ -111,16 +118,17 @@ impl HttpClient for AcmeHttp {
                 .body(body)
                 .send()
                 .await
-                .map_err(|e| instant_acme::Error::Other(super::error_chain(&e).into()))?;
+                .map_err(|e| {
+                    instant_acme::Error::Other(Box::new(Transport(super::error_chain(&e))))
+                })?;
             let status = resp.status();
             let headers = resp.headers().clone();
             if status.is_client_error() || status.is_server_error() {
                 retry_after.note(&headers);
             }
-            let bytes = resp
-                .bytes()
-                .await
-                .map_err(|e| instant_acme::Error::Other(super::error_chain(&e).into()))?;
+            let bytes = resp.bytes().await.map_err(|e| {
+                instant_acme::Error::Other(Box::new(Transport(super::error_chain(&e))))
+            })?;
             let mut out = http::Response::new(Full::new(bytes));
             *out.status_mut() = status;
             *out.headers_mut() = headers;

@@ -137,8 +137,8 @@ pub fn from_acme(e: instant_acme::Error, directory: &str) -> AcmeError {
         instant_acme::Error::Timeout(_) => {
             AcmeError::Other("the CA did not finish the order in time; try again later".into())
         }
-        // What the transport (`http::AcmeHttp`) failed with: no answer at all.
-        instant_acme::Error::Other(e) => AcmeError::Unreachable {
+        // The transport (`http::AcmeHttp`) got no answer at all.
+        instant_acme::Error::Other(e) if e.is::<http::Transport>() => AcmeError::Unreachable {
             url: directory.to_string(),
             detail: error_chain(e.as_ref()),
         },

@@ -3,7 +3,7 @@
 //! finalized with a new key, stored.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use instant_acme::{AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
@@ -276,7 +276,7 @@ async fn finalize_and_store(
         .save_certificate(lineage, &chain, &key_pem, lock)
         .await?;
     let mut state = store.renewal_state(lineage).await;
-    let now = store::unix(SystemTime::now());
+    let now = store::unix(crate::clock::now());
     state.names = names.to_vec();
     state.last_attempt = Some(now);
     state.last_success = Some(now);

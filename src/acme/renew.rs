@@ -166,7 +166,7 @@ pub async fn renew_lineage(
         Ok(l) => l,
         Err(e) => return Outcome::Failed(AcmeError::Store(e)),
     };
-    let now = SystemTime::now();
+    let now = crate::clock::now();
     let loaded = match store.load_live(lineage).await {
         Ok(l) => l,
         Err(e) => return Outcome::Failed(AcmeError::Store(e)),
@@ -201,7 +201,7 @@ pub async fn renew_lineage(
             Outcome::Renewed(o)
         }
         Err(e) => {
-            record_failure(store, lineage, &e, loaded.info.not_after).await;
+            let _ = record_failure(store, lineage, &e, loaded.info.not_after).await;
             Outcome::Failed(e)
         }
     }
@@ -209,9 +209,14 @@ pub async fn renew_lineage(
 
 /// Counts a failure against the lineage and sets when the next attempt may
 /// be: when the CA said (a rate limit's `Retry-After`), or after a backoff
-/// whose first step the kind of failure picks.
-pub async fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_after: SystemTime) {
-    let now = SystemTime::now();
+/// whose first step the kind of failure picks. Returns that time.
+pub async fn record_failure(
+    store: &Store,
+    lineage: &str,
+    e: &AcmeError,
+    not_after: SystemTime,
+) -> SystemTime {
+    let now = crate::clock::now();
     let mut state = store.renewal_state(lineage).await;
     state.failures = state.failures.saturating_add(1);
     state.last_attempt = Some(store::unix(now));
@@ -225,6 +230,7 @@ pub async fn record_failure(store: &Store, lineage: &str, e: &AcmeError, not_aft
         tracing::error!(lineage, "cannot record the renewal failure: {se}");
     }
     tracing::error!(lineage, failures = state.failures, retry_in = %humantime::format_duration(wait), "renewal failed: {e}");
+    now + wait
 }
 
 /// certbot's `--deploy-hook`: `RENEWED_LINEAGE` and `RENEWED_DOMAINS` set.

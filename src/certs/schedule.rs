@@ -63,19 +63,24 @@ async fn pass(m: &Manager) -> Duration {
                 continue;
             }
         };
-        let when = match need(m, &cfg, site, &lineage, SystemTime::now()).await {
-            Need::Wait(t) => t,
+        let outcome = match need(m, &cfg, site, &lineage, crate::clock::now()).await {
+            Need::Wait(t) => Err(t),
             Need::Obtain(why) => {
                 if m.solvers().for_names(&site.domains).needs_person() {
                     tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
                 }
-                changed |= attempt(m, &cfg, site, &lock, &lineage, why).await;
+                attempt(m, &cfg, site, &lock, &lineage, why).await
+            }
+            Need::Renew(why) => attempt(m, &cfg, site, &lock, &lineage, &why).await,
+        };
+        // A success is looked at again on the next pass, soon; a failure or
+        // a wait counts with its time.
+        let when = match outcome {
+            Ok(()) => {
+                changed = true;
                 continue;
             }
-            Need::Renew(why) => {
-                changed |= attempt(m, &cfg, site, &lock, &lineage, &why).await;
-                continue;
-            }
+            Err(t) => t,
         };
         if next.as_ref().is_none_or(|(_, t)| when < *t) {
             next = Some((lineage, when));
@@ -89,7 +94,7 @@ async fn pass(m: &Manager) -> Duration {
         // Work was done this pass: look again soon, the state has changed.
         _ if changed => MIN_SLEEP,
         Some((lineage, t)) => {
-            let wait = t.duration_since(SystemTime::now()).unwrap_or_default();
+            let wait = t.duration_since(crate::clock::now()).unwrap_or_default();
             tracing::debug!(lineage, at = %rfc3339(t), "next certificate check");
             wait.clamp(MIN_SLEEP, MAX_SLEEP)
         }
@@ -132,6 +137,7 @@ async fn need(m: &Manager, cfg: &Config, site: &Site, lineage: &str, now: System
 }
 
 /// Obtains or renews one site's certificate; logs one line with the outcome.
+/// On failure, the time of the next attempt.
 async fn attempt(
     m: &Manager,
     cfg: &Config,
@@ -139,7 +145,7 @@ async fn attempt(
     lock: &Lock,
     lineage: &str,
     why: &str,
-) -> bool {
+) -> Result<(), SystemTime> {
     let store = m.store();
     let old = store.load_live(lineage).await.ok();
     let start = Instant::now();
@@ -170,16 +176,16 @@ async fn attempt(
                 "renewal succeeded"
             );
             renew::count(&renew::Outcome::Renewed(o));
-            true
+            Ok(())
         }
         Err(e) => {
             let not_after = old
                 .as_ref()
                 .map(|c| c.info.not_after)
-                .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(30 * 86400));
-            renew::record_failure(store, lineage, &e, not_after).await;
+                .unwrap_or_else(|| crate::clock::now() + Duration::from_secs(30 * 86400));
+            let retry = renew::record_failure(store, lineage, &e, not_after).await;
             renew::count(&renew::Outcome::Failed(e));
-            false
+            Err(retry)
         }
     }
 }

@@ -13,7 +13,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 use tokio::net::TcpStream;
@@ -47,10 +47,16 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Milliseconds since the process started: a cheap monotonic clock for atomics.
+/// Milliseconds since the process started: a cheap monotonic clock for
+/// atomics. tokio's clock, so that a test under paused time reaches
+/// `fail_timeout` by advancing it.
 fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(tokio::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
 }
 
 pub struct Upstream {

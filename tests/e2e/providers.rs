@@ -3,9 +3,7 @@
 //! against a local stub of the v4 API endpoints (the real API cannot be reached
 //! from this machine; the stub is named a stub), and CNAME following.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn provider_config(p: &Pebble, provider: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     config(&format!(

@@ -2,15 +2,13 @@
 //! swap under load, pick up files written by others, survive failures. Real
 //! Pebble, real Flask, real TLS clients (openssl s_client, curl).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn daemon_config(
     p: &Pebble,

@@ -4,12 +4,10 @@
 //! serves a clean request afterwards. The last test turns it round: a backend
 //! that answers with broken HTTP/1.1.
 
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 struct Setup {
     flask: Flask,

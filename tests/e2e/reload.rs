@@ -1,10 +1,8 @@
 //! SIGHUP and SIGTERM with real connections open.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn sighup_adds_an_upstream_while_a_keepalive_connection_stays_open() {

@@ -3,14 +3,12 @@
 //! 60%) and authz reuse on in every test here, so edge's retries and reused
 //! authorizations are exercised.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn acme_config(p: &Pebble, provider: &str, extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     config(&format!(

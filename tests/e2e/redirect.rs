@@ -2,13 +2,11 @@
 //! behind it): what a client sees on one TCP connection, checked byte for
 //! byte, and how the listener drains on SIGTERM.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn edge_with(limits: &str) -> (Flask, tempfile::TempDir, Edge) {
     let flask = Flask::start(1);

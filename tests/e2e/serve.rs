@@ -1,10 +1,8 @@
 //! `edge serve` end to end: three real Flask backends, real curl and openssl.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn trio_config(extra_site: &str) -> (Vec<Flask>, tempfile::TempDir, std::path::PathBuf) {
     trio_config_with("", extra_site)

@@ -1,14 +1,12 @@
 //! Balancing and failover with real Flask backends behind `edge serve`.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 /// `n` requests on keep-alive connections (curl reuses one per invocation),
 /// optionally from a given loopback source address; returns versions seen.
@@ -249,14 +247,14 @@ fn active_health_check_takes_out_and_puts_back() {
 fn websocket_echo_through_edge_and_other_upgrades_refused() {
     let port = free_port();
     let mut cmd = Command::new(PYTHON);
-    cmd.arg(repo().join("tests/support/ws_echo.py"))
+    cmd.arg(repo().join("tests/e2e/support/ws_echo.py"))
         .args(["serve", &port.to_string()]);
     let ws = Proc::spawn("ws echo", cmd);
     ws.wait_for("ws echo listening", Duration::from_secs(10));
     let (_d, edge) = edge_for(&[], "", Some(format!("\"127.0.0.1:{port}\"")));
     let url = format!("wss://flask.test:{}/chat", edge.https.port());
     let out = Command::new(PYTHON)
-        .arg(repo().join("tests/support/ws_echo.py"))
+        .arg(repo().join("tests/e2e/support/ws_echo.py"))
         .args(["client", &url, "hello", "through edge"])
         .output()
         .unwrap();

@@ -2,11 +2,9 @@
 //! path the Dockerfile and compose file copy or mount exists in the repository
 //! (no Docker engine runs here, so this is what can be checked).
 
-mod common;
-
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
