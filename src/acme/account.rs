@@ -8,7 +8,7 @@ use std::time::Duration;
 use base64::Engine;
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 
-use super::http::{client, AcmeHttp, RetryAfter};
+use super::http::{ca_client, AcmeHttp, RetryAfter};
 use super::{error_chain, AcmeError};
 use crate::config::Acme;
 use crate::store::Store;
@@ -31,11 +31,11 @@ impl Ca {
     }
 }
 
-fn builder(
+async fn builder(
     cfg: &Acme,
     retry_after: &RetryAfter,
 ) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    let http = client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT)?;
+    let http = ca_client(cfg.ca_bundle.as_deref(), REQUEST_TIMEOUT).await?;
     Ok(Account::builder_with_http(Box::new(AcmeHttp {
         client: http,
         retry_after: retry_after.clone(),
@@ -74,7 +74,8 @@ pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, Ac
         match serde_json::from_slice::<AccountCredentials>(&bytes) {
             Ok(creds) => {
                 let retry_after = RetryAfter::default();
-                let account = builder(cfg, &retry_after)?
+                let account = builder(cfg, &retry_after)
+                    .await?
                     .from_credentials(creds)
                     .await
                     .map_err(|e| directory_error(cfg, e))?;
@@ -119,7 +120,8 @@ pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError>
     // `create` consumes its builder, so a round after a refused nonce builds
     // another: rare, and cheaper than a failed registration.
     let (account, creds) = super::again_on_bad_nonce!(
-        builder(cfg, &retry_after)?
+        builder(cfg, &retry_after)
+            .await?
             .create(&new, cfg.directory.clone(), eab.as_ref())
             .await
     )

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
-use super::http::{client, parse_retry_after};
+use super::http::{ca_client, parse_retry_after};
 use super::{error_chain, AcmeError};
 use crate::config::Acme;
 
@@ -32,7 +32,7 @@ struct Directory {
 /// The CA's suggested window for the certificate `id` (`AKI.serial`), or
 /// `None` when the CA does not offer ARI.
 pub async fn window(acme: &Acme, id: &str) -> Result<Option<Window>, AcmeError> {
-    let http = client(acme.ca_bundle.as_deref(), TIMEOUT)?;
+    let http = ca_client(acme.ca_bundle.as_deref(), TIMEOUT).await?;
     let unreachable = |detail: String| AcmeError::Unreachable {
         url: acme.directory.clone(),
         detail,

@@ -19,16 +19,40 @@ use rustls_pki_types::CertificateDer;
 
 use super::AcmeError;
 
-/// A reqwest client trusting the public web PKI plus the certificates in `extra`.
-pub fn client(extra: Option<&Path>, timeout: Duration) -> Result<reqwest::Client, AcmeError> {
+/// A client for the CA: the public web PKI plus the certificates in
+/// `acme.ca_bundle`, which is read on the blocking pool.
+pub async fn ca_client(
+    bundle: Option<&Path>,
+    timeout: Duration,
+) -> Result<reqwest::Client, AcmeError> {
+    let pem = match bundle {
+        None => None,
+        Some(path) => Some((
+            path,
+            tokio::fs::read(path)
+                .await
+                .map_err(|e| AcmeError::CaBundle {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?,
+        )),
+    };
+    build(pem, timeout)
+}
+
+/// A client for DNS providers' APIs: the public web PKI.
+pub fn client(timeout: Duration) -> Result<reqwest::Client, AcmeError> {
+    build(None, timeout)
+}
+
+fn build(extra: Option<(&Path, Vec<u8>)>, timeout: Duration) -> Result<reqwest::Client, AcmeError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = extra {
+    if let Some((path, pem)) = extra {
         let bad = |detail: String| AcmeError::CaBundle {
             path: path.to_path_buf(),
             detail,
         };
-        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
         let mut n = 0;
         for c in CertificateDer::pem_slice_iter(&pem) {
             let c = c.map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;

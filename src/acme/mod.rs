@@ -254,7 +254,7 @@ mod tests {
         assert!(matches!(down, AcmeError::Unreachable { .. }), "{down:?}");
         assert_eq!(down.retry(), Retry::Backoff(PASSING_BASE));
         let gone = from_acme(
-            instant_acme::Error::Other("connection refused".into()),
+            instant_acme::Error::Other(Box::new(http::Transport("connection refused".into()))),
             "https://ca.test/dir",
         );
         assert!(
@@ -263,6 +263,12 @@ mod tests {
             ),
             "{gone}"
         );
+        // A client-side error is not the CA being unreachable.
+        let other = from_acme(
+            instant_acme::Error::Other("replaces field mismatch".into()),
+            "https://ca.test/dir",
+        );
+        assert!(matches!(other, AcmeError::Other(_)), "{other:?}");
     }
 
     fn refused(kind: &str) -> instant_acme::Error {

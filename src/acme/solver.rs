@@ -93,7 +93,16 @@ impl Dns01 {
     async fn publisher(&self) -> Result<&dyn Publisher, AcmeError> {
         let p = self
             .publisher
-            .get_or_try_init(|| async { self.dns.provider.publisher() })
+            .get_or_try_init(|| async {
+                // Reads a credential from a file: on the blocking pool.
+                let provider = self.dns.provider.clone();
+                tokio::task::spawn_blocking(move || provider.publisher())
+                    .await
+                    .map_err(|e| crate::dns::DnsError::Api {
+                        provider: "dns",
+                        message: e.to_string(),
+                    })?
+            })
             .await?;
         Ok(p.as_ref())
     }

@@ -104,16 +104,15 @@ impl Manager {
 
     /// Takes a re-read config (SIGHUP): new sites are published (placeholders
     /// for their names until their certificates come), the solvers are made
-    /// anew when `[dns]` changed, and the schedule looks again at once.
+    /// anew (so credentials in files are read again, as a reload promises),
+    /// and the schedule looks again at once.
     pub async fn reload(&self, next: Config) {
-        let dns_changed = format!("{:?}", self.config().dns) != format!("{:?}", next.dns);
+        let solvers = Solvers::new(&next);
         self.inner.cfg.store(Arc::new(next));
-        if dns_changed {
-            let new = Solvers::new(&self.config());
-            // The old solvers' sockets close when the last order using them ends.
-            self.inner.solvers.store(Arc::new(new));
-            self.solvers().start().await;
-        }
+        // The old solvers' sockets close when the last order using them ends;
+        // a responder on the same port waits for them (`dns::builtin`).
+        self.inner.solvers.store(Arc::new(solvers));
+        self.solvers().start().await;
         self.publish().await;
         self.inner.wake.notify_one();
     }

@@ -143,12 +143,35 @@ impl Drop for Serving {
     }
 }
 
+/// How long a new responder waits for the one it replaces (a reload) to let
+/// go of the port.
+const BIND_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Binds with `bind`, trying again while the address is still in use, for
+/// up to `BIND_PATIENCE`.
+async fn bind_patiently<T, F: std::future::Future<Output = std::io::Result<T>>>(
+    mut bind: impl FnMut() -> F,
+) -> std::io::Result<T> {
+    let deadline = tokio::time::Instant::now() + BIND_PATIENCE;
+    loop {
+        match bind().await {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Binds UDP and TCP on `listen` and answers from `r` until the tasks are aborted.
 async fn serve(listen: SocketAddr, r: Arc<Responder>) -> Result<Serving, DnsError> {
-    let udp = UdpSocket::bind(listen)
+    let udp = bind_patiently(|| UdpSocket::bind(listen))
         .await
         .map_err(|e| api(format!("cannot listen on {listen} (dns.listen): {e}; port 53 needs root or CAP_NET_BIND_SERVICE")))?;
-    let tcp = TcpListener::bind(listen)
+    let tcp = bind_patiently(|| TcpListener::bind(listen))
         .await
         .map_err(|e| api(format!("cannot listen on {listen}/tcp (dns.listen): {e}")))?;
     let ru = r.clone();

@@ -57,7 +57,7 @@ pub struct Challtestsrv {
 impl Challtestsrv {
     pub fn new(url: String) -> Result<Challtestsrv, DnsError> {
         let http =
-            crate::acme::http::client(None, std::time::Duration::from_secs(10)).map_err(|e| {
+            crate::acme::http::client(std::time::Duration::from_secs(10)).map_err(|e| {
                 DnsError::Api {
                     provider: "pebble-challtestsrv",
                     message: e.to_string(),

@@ -80,7 +80,7 @@ fn api(message: String) -> DnsError {
 
 impl Cloudflare {
     pub fn new(api_url: String, token: Secret) -> Result<Cloudflare, DnsError> {
-        let http = crate::acme::http::client(None, std::time::Duration::from_secs(30))
+        let http = crate::acme::http::client(std::time::Duration::from_secs(30))
             .map_err(|e| api(e.to_string()))?;
         Ok(Cloudflare {
             api: api_url,

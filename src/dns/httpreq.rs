@@ -81,7 +81,7 @@ fn api(message: String) -> DnsError {
 
 impl Httpreq {
     pub fn new(url: String, auth: Option<(String, Secret)>) -> Result<Httpreq, DnsError> {
-        let http = crate::acme::http::client(None, std::time::Duration::from_secs(30))
+        let http = crate::acme::http::client(std::time::Duration::from_secs(30))
             .map_err(|e| api(e.to_string()))?;
         Ok(Httpreq { url, auth, http })
     }

@@ -62,6 +62,18 @@ pub async fn query_txt(
     }
 }
 
+/// The system's resolver; its configuration (`/etc/resolv.conf`) is read on
+/// the blocking pool.
+async fn system_resolver() -> Result<TokioResolver, String> {
+    tokio::task::spawn_blocking(|| {
+        Resolver::builder_tokio()
+            .map(|b| b.build())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 /// Where `_acme-challenge.<name>` really lives: the end of its CNAME chain, if
 /// it has one. Delegating the challenge name with a CNAME is how people keep
 /// DNS credentials narrow; every publisher writes at the target.
@@ -69,8 +81,8 @@ pub async fn follow_cname(name: &str, resolvers: &[SocketAddr]) -> String {
     use hickory_resolver::proto::rr::{RData, RecordType};
     let resolver = match resolvers.first() {
         Some(addr) => resolver_for(*addr, true),
-        None => match Resolver::builder_tokio() {
-            Ok(b) => b.build(),
+        None => match system_resolver().await {
+            Ok(r) => r,
             Err(_) => return name.to_string(),
         },
     };
@@ -99,9 +111,9 @@ pub async fn follow_cname(name: &str, resolvers: &[SocketAddr]) -> String {
 
 /// The servers to ask about `name`: its zone's authoritative servers.
 async fn authoritative_servers(name: &str) -> Result<Vec<SocketAddr>, DnsError> {
-    let system = Resolver::builder_tokio()
-        .map_err(|e| DnsError::Lookup(format!("no system resolver: {e}")))?
-        .build();
+    let system = system_resolver()
+        .await
+        .map_err(|e| DnsError::Lookup(format!("no system resolver: {e}")))?;
     let mut candidate = name.trim_end_matches('.');
     loop {
         if let Ok(ns) = system.ns_lookup(format!("{candidate}.")).await {

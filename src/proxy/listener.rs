@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::client_sock::ClientSock;
@@ -129,6 +130,8 @@ pub async fn serve_https(
     let acceptor = TlsAcceptor::from(tls);
     let conn_limits = Arc::new(limits.limits.clone());
     let graceful = GracefulShutdown::new();
+    // Every connection's task, so that what outlives the grace is cut.
+    let mut tasks = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -139,6 +142,7 @@ pub async fn serve_https(
                     continue;
                 }
             },
+            Some(_) = tasks.join_next() => continue,
             _ = shutdown.changed() => break,
         };
         let permit = match conns.try_acquire(peer.ip()) {
@@ -156,7 +160,7 @@ pub async fn serve_https(
         let watcher = graceful.watcher();
         let stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
             let hs = &METRICS.handshakes;
@@ -251,6 +255,7 @@ pub async fn serve_https(
         "HTTPS",
     )
     .await;
+    tasks.shutdown().await;
 }
 
 pub async fn serve_http(
@@ -263,6 +268,7 @@ pub async fn serve_http(
     // Each connection's task holds a sender; when the last is gone, all are done.
     let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
     let conn_limits = Arc::new(limits.limits.clone());
+    let mut tasks = JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -273,6 +279,7 @@ pub async fn serve_http(
                     continue;
                 }
             },
+            Some(_) = tasks.join_next() => continue,
             _ = shutdown.changed() => break,
         };
         let permit = match conns.try_acquire(peer.ip()) {
@@ -287,7 +294,7 @@ pub async fn serve_http(
         let conn_limits = conn_limits.clone();
         let mut stop = Stop::new(shutdown.clone());
         let alive = alive.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
             let _alive = alive;
@@ -311,9 +318,12 @@ pub async fn serve_http(
         let _ = all_done.recv().await;
     };
     drain(open, done, limits.limits.shutdown_grace, "HTTP").await;
+    tasks.shutdown().await;
 }
 
-/// Waits up to `grace` for `open` connections to finish (`done`).
+/// Waits up to `grace` for `open` connections to finish (`done`); the
+/// caller then cuts what is left (a process would exit; an embedded daemon
+/// must not leave connections running behind its back).
 async fn drain(
     open: usize,
     done: impl std::future::Future<Output = ()>,

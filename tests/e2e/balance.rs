@@ -107,7 +107,13 @@ fn failover_under_load_loses_nothing_and_the_backend_comes_back() {
         .collect();
     let wait_ok = |n: usize| {
         let target = ok.load(Ordering::Relaxed) + n;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while ok.load(Ordering::Relaxed) < target {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} more answered requests did not come within 30 s ({} failed)",
+                failed.load(Ordering::Relaxed)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     };

@@ -442,3 +442,32 @@ async fn the_built_in_responder_holds_its_port_from_the_start() {
     let udp = tokio::net::UdpSocket::bind(s.dns).await;
     assert!(udp.is_err(), "the port is not held");
 }
+
+/// A reload makes the solvers anew: the built-in responder's port passes to
+/// the new one, and the next order goes through it.
+#[tokio::test(start_paused = true)]
+async fn after_a_reload_the_built_in_zone_still_answers_and_orders_go_through() {
+    let s = setup(Knobs::default(), false, "").await;
+    s.until_issued(1, secs(60)).await;
+    let body = format!(
+        "{}[dns]\nprovider = \"builtin\"\nlisten = \"{}\"\nzone = \"example.test\"\nresolvers = [\"{}\"]\n{}",
+        s.ca.toml(),
+        s.dns,
+        s.dns,
+        site(&[NAME], &[&s.up.addr()], "")
+    );
+    s.edge.reload(&body).await;
+    let r = edge::dns::propagation::query_txt(s.dns, "nothing.example.test", false).await;
+    assert_eq!(r, Ok(vec![]), "{r:?}");
+    let code = delegate(
+        &s.edge.state(),
+        &Request::Renew {
+            force: true,
+            domain: None,
+        },
+    )
+    .await;
+    assert_eq!(code, Some(0));
+    assert_eq!(s.ca.issued(), 2);
+    assert_eq!(s.ca.orders()[1].valid, [Some(true)]);
+}

@@ -6,5 +6,7 @@
 mod harness;
 
 mod certs;
+mod lifecycle;
 mod limits;
 mod proxy;
+mod redirect;
