@@ -5,15 +5,10 @@
 //! handshakes, certificate expiry and renewal outcomes. prometheus-client does
 //! the text encoding; edge only records.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::LazyLock;
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -168,7 +163,13 @@ impl Drop for ConnGuard {
     }
 }
 
-/// Serves `GET /metrics` (any path, in fact) until `stop` fires.
+/// Longest request head the metrics endpoint reads.
+const MAX_HEAD: usize = 8 * 1024;
+/// A client has this long to send its request head.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `GET /metrics` (any path, in fact) until `stop` fires: one request
+/// per connection, read with edge's HTTP/1 head reader, answered and closed.
 pub async fn serve(listener: tokio::net::TcpListener, mut stop: watch::Receiver<bool>) {
     loop {
         let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
@@ -176,19 +177,38 @@ pub async fn serve(listener: tokio::net::TcpListener, mut stop: watch::Receiver<
             _ = stop.changed() => return,
         };
         tokio::spawn(async move {
-            let svc = service_fn(|_req| async {
-                let mut r = http::Response::new(Full::new(Bytes::from(METRICS.encode())));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
-                Ok::<_, Infallible>(r)
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = tokio::time::timeout(HEAD_TIMEOUT, answer(stream)).await;
         });
     }
+}
+
+async fn answer(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = Vec::with_capacity(1024);
+    let mut fields = Vec::new();
+    let status = loop {
+        match crate::http1::head::request(&buf, MAX_HEAD, &mut fields) {
+            Ok(Some(_)) => break "200 OK",
+            Ok(None) => {}
+            Err(_) => break "400 Bad Request",
+        }
+        let mut chunk = [0u8; 1024];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let body = if status.starts_with("200") {
+        METRICS.encode()
+    } else {
+        String::new()
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body.as_bytes()).await?;
+    s.shutdown().await
 }

@@ -63,6 +63,10 @@ pub const WEIGHT: u32 = 1;
 /// HTTP/2 test (500 streams) 64 cost no CPU against no limit and cut peak RSS
 /// by about 7 MiB; 32 cost a third more CPU per request (smaller batches).
 pub const MAX_CONNS: usize = 64;
+/// WebSocket tunnels open to one upstream at once. A tunnel holds a socket
+/// on each side for as long as it lives; a browser tab keeps one. Past it a
+/// handshake gets 503 and never reaches the upstream.
+pub const MAX_TUNNELS: usize = 256;
 /// nginx's `max_fails` and `fail_timeout`.
 pub const MAX_FAILS: u32 = 1;
 pub const FAIL_TIMEOUT: Duration = secs(10);

@@ -231,6 +231,8 @@ pub struct Upstream {
     /// Requests in flight to this upstream at once; more wait in edge's queue.
     /// 0 means no limit.
     pub max_conns: usize,
+    /// WebSocket tunnels open to this upstream at once; more get 503.
+    pub max_tunnels: usize,
 }
 
 #[derive(Debug, Clone)]

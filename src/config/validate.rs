@@ -364,6 +364,12 @@ impl V<'_> {
             defaults::MAX_CONNS,
             0..=MAX_CONNS_LIMIT,
         )?;
+        let max_tunnels = self.count(
+            &k("max_tunnels"),
+            raw.max_tunnels,
+            defaults::MAX_TUNNELS,
+            1..=MAX_CONNS_LIMIT,
+        )?;
         let mut upstreams = Vec::with_capacity(ups.len());
         for u in ups {
             let (addr, weight, own_max_conns) = match u {
@@ -395,6 +401,7 @@ impl V<'_> {
                 addr,
                 weight: weight as u32,
                 max_conns,
+                max_tunnels,
             });
         }
         let balance = match raw.balance.as_deref() {

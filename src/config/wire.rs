@@ -118,6 +118,7 @@ pub struct Site {
     pub fail_timeout: Option<Dur>,
     pub max_tries: Option<i64>,
     pub max_conns: Option<i64>,
+    pub max_tunnels: Option<i64>,
     pub health_check: Option<HealthCheck>,
 }
 

@@ -25,7 +25,56 @@ pub enum BodyError {
     #[error("request body stalled for {0:?}")]
     Idle(Duration),
     #[error(transparent)]
-    Client(#[from] hyper::Error),
+    Client(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// A request body read from an HTTP/1 client connection (`http1::server`).
+pub trait ClientBody:
+    Body<Data = Bytes, Error: std::error::Error + Send + Sync + 'static> + Send + Unpin
+{
+}
+
+/// A request body as the session it came on has it.
+pub enum ReqBody {
+    /// None: a bodyless request, or one whose length is 0.
+    Empty,
+    /// An HTTP/1 body, read from the connection as it is asked for.
+    H1(Box<dyn ClientBody<Error = crate::http1::server::H1BodyError>>),
+    /// An HTTP/2 stream's body.
+    H2(Incoming),
+}
+
+impl ReqBody {
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReqBody::Empty => true,
+            ReqBody::H1(b) => b.is_end_stream(),
+            ReqBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReqBody::Empty => SizeHint::with_exact(0),
+            ReqBody::H1(b) => b.size_hint(),
+            ReqBody::H2(b) => b.size_hint(),
+        }
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        match self {
+            ReqBody::Empty => Poll::Ready(None),
+            ReqBody::H1(b) => Pin::new(b.as_mut())
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Client(Box::new(e))),
+            ReqBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Client(Box::new(e))),
+        }
+    }
 }
 
 /// Why a guarded body stopped, readable after the upstream request failed.
@@ -95,7 +144,7 @@ impl Stall {
 pub struct Guarded(Option<Box<Streaming>>);
 
 struct Streaming {
-    inner: Incoming,
+    inner: ReqBody,
     seen: u64,
     max: u64,
     idle: Stall,
@@ -103,11 +152,10 @@ struct Streaming {
 }
 
 impl Guarded {
-    /// `inner` is `None` for a request edge's own HTTP/1 loop read: it has no body.
-    pub fn new(inner: Option<Incoming>, max: u64, idle: Duration) -> (Guarded, Tripped) {
-        let Some(inner) = inner.filter(|b| !b.is_end_stream()) else {
+    pub fn new(inner: ReqBody, max: u64, idle: Duration) -> (Guarded, Tripped) {
+        if inner.is_end_stream() {
             return (Guarded(None), Tripped::default());
-        };
+        }
         let tripped = Tripped(Some(Arc::default()));
         let body = Streaming {
             inner,
@@ -131,7 +179,7 @@ impl Body for Guarded {
         let Some(this) = self.0.as_deref_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     this.seen += d.len() as u64;
@@ -143,7 +191,7 @@ impl Body for Guarded {
                 this.idle.moved();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.expired(cx) {

@@ -28,8 +28,7 @@
 //! connection and yet never open a stream's flow-control window; that stream
 //! is then never polled, so nothing inside it can notice, and the upstream
 //! connection its answer comes from stays taken. The connection's future
-//! sweeps its streams instead (see [`waiting_on_client`] and `WithStreams`;
-//! HTTP/2 without ALPN: [`TaskExec`]).
+//! sweeps its streams instead (see [`waiting_on_client`] and `WithStreams`).
 
 use std::cell::Cell;
 use std::future::Future;
@@ -153,75 +152,6 @@ fn poll_owing(fut: &mut StreamFuture, owed: &mut bool, cx: &mut Context<'_>) -> 
     r
 }
 
-/// The executor of hyper-util's auto builder, which serves HTTP/2 to a client
-/// that sends the preface without ALPN (prior knowledge; RFC 9113 has TLS
-/// clients use ALPN, so this is rare). Its streams run as tokio tasks, each
-/// with a send_timeout timer of its own ([`Timed`]): the builder serves
-/// HTTP/1.1 too, whose connections would otherwise all carry a stream set and
-/// its sweep for nothing.
-#[derive(Clone)]
-pub struct TaskExec {
-    pub send_timeout: Duration,
-    pub peer: SocketAddr,
-}
-
-impl<F> hyper::rt::Executor<F> for TaskExec
-where
-    F: Future<Output = ()> + Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(Timed {
-            fut: Box::pin(fut),
-            owed: false,
-            timer: None,
-            send_timeout: self.send_timeout,
-            peer: self.peer,
-        });
-    }
-}
-
-/// A stream run as a task of its own, cut when it waits on its client for
-/// `send_timeout` without being polled: the sweep's rule, on a timer that is
-/// moved at each poll that leaves it owing.
-struct Timed {
-    fut: StreamFuture,
-    owed: bool,
-    timer: Option<Pin<Box<Sleep>>>,
-    send_timeout: Duration,
-    peer: SocketAddr,
-}
-
-impl Future for Timed {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        if this.owed
-            && this
-                .timer
-                .as_mut()
-                .is_some_and(|t| t.as_mut().poll(cx).is_ready())
-        {
-            // Dropping the stream resets it, and its body closes the upstream connection.
-            log_reset(this.peer, 1);
-            return Poll::Ready(());
-        }
-        if poll_owing(&mut this.fut, &mut this.owed, cx).is_ready() {
-            return Poll::Ready(());
-        }
-        if this.owed {
-            let at = Instant::now() + this.send_timeout;
-            let timer = this
-                .timer
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            timer.as_mut().reset(at);
-            // Registers the waker; it cannot have fired yet.
-            let _ = timer.as_mut().poll(cx);
-        }
-        Poll::Pending
-    }
-}
-
 fn log_reset(peer: SocketAddr, streams: usize) {
     tracing::info!(
         client = %peer,
@@ -238,8 +168,7 @@ pub fn reset_check() -> impl Future<Output = ()> {
             Poll::Ready(())
         } else {
             waited = true;
-            // For executors other than `StreamExec` (hyper-util's auto builder,
-            // for HTTP/2 without ALPN), which poll again only when woken.
+            // For an executor that polls again only when woken.
             cx.waker().wake_by_ref();
             Poll::Pending
         }

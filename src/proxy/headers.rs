@@ -29,37 +29,8 @@ pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
-/// hyper's limit on the fields of one head, kept by edge's own HTTP/1 code:
-/// a request with more is 431, an upstream answer with more is refused.
-pub const MAX_FIELDS: usize = 100;
-
-/// What one `Connection` field lists.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct ConnectionTokens {
-    pub close: bool,
-    pub keep_alive: bool,
-    /// Anything else (a header name to drop, `upgrade`, an empty or
-    /// non-text token).
-    pub other: bool,
-}
-
-/// Reads a `Connection` field's comma-separated tokens, case-insensitively.
-pub fn connection_tokens(value: &[u8]) -> ConnectionTokens {
-    let mut t = ConnectionTokens::default();
-    for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if token.eq_ignore_ascii_case(b"close") {
-            t.close = true;
-        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-            t.keep_alive = true;
-        } else {
-            t.other = true;
-        }
-    }
-    t
-}
-
 /// `HTTP/1.1 <code> <reason>`, for the answers edge writes itself (the
-/// plain-HTTP listener, the HTTPS loop in `h1_server`).
+/// plain-HTTP listener, the HTTP/1 server).
 pub fn write_status_line(out: &mut Vec<u8>, status: http::StatusCode) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
@@ -111,34 +82,6 @@ pub fn write_date(out: &mut Vec<u8>, now: Instant) {
         out.extend_from_slice(c.text.as_bytes());
         out.extend_from_slice(b"\r\n");
     });
-}
-
-/// One `Content-Length` field folded into what the fields before it said
-/// (`seen`). A field may list values, which must all be equal (RFC 9110
-/// §8.6); anything but digits, or a value that differs, fails with the reason.
-/// One rule for the upstream client and the plain-HTTP listener.
-pub fn content_length(value: &[u8], seen: Option<u64>) -> Result<u64, &'static str> {
-    let mut length = seen;
-    for v in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-            return Err("invalid Content-Length");
-        }
-        // At most 19 digits: fits a u64.
-        let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-        if length.is_some_and(|l| l != n) {
-            return Err("differing Content-Length values");
-        }
-        length = Some(n);
-    }
-    length.ok_or("invalid Content-Length")
-}
-
-/// Whether `name`, as it came on the wire (any case), is one of the
-/// hop-by-hop headers [`strip_hop_by_hop`] removes.
-pub fn is_hop_by_hop_name(name: &[u8]) -> bool {
-    HOP_BY_HOP
-        .iter()
-        .any(|h| h.as_str().as_bytes().eq_ignore_ascii_case(name))
 }
 
 /// Removes hop-by-hop headers and the ones `Connection` names.
@@ -371,53 +314,6 @@ mod tests {
             strip_hop_by_hop(&mut h);
             assert!(h.get(name).is_none(), "{name} was forwarded");
             assert!(h.get("x-keep").is_some());
-        }
-    }
-
-    #[test]
-    fn connection_tokens_are_read_case_insensitively() {
-        let t = |v: &[u8]| {
-            let c = connection_tokens(v);
-            (c.close, c.keep_alive, c.other)
-        };
-        assert_eq!(t(b"close"), (true, false, false));
-        assert_eq!(t(b"Keep-Alive"), (false, true, false));
-        assert_eq!(t(b" keep-alive , CLOSE "), (true, true, false));
-        assert_eq!(t(b"Upgrade"), (false, false, true));
-        assert_eq!(t(b"close, X-Forwarded-For"), (true, false, true));
-        // An empty token, or bytes that are no text, count as something else.
-        assert_eq!(t(b"close,"), (true, false, true));
-        assert_eq!(t(b"\xff"), (false, false, true));
-    }
-
-    #[test]
-    fn content_length_lists_must_agree_and_be_digits() {
-        assert_eq!(content_length(b"5", None), Ok(5));
-        assert_eq!(content_length(b" 5 , 5", None), Ok(5));
-        assert_eq!(content_length(b"5", Some(5)), Ok(5));
-        assert_eq!(
-            content_length(b"9999999999999999999", None),
-            Ok(9_999_999_999_999_999_999)
-        );
-        for (v, seen) in [(&b"5, 6"[..], None), (b"6", Some(5))] {
-            assert_eq!(
-                content_length(v, seen),
-                Err("differing Content-Length values")
-            );
-        }
-        for v in [
-            &b""[..],
-            b"+5",
-            b"5,",
-            b"0x10",
-            b"10000000000000000000",
-            b"5\xe9",
-        ] {
-            assert_eq!(
-                content_length(v, None),
-                Err("invalid Content-Length"),
-                "{v:?}"
-            );
         }
     }
 

@@ -8,12 +8,11 @@ use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
 
 use super::upstream::Upstream;
 use super::SiteRt;
 use crate::config::HealthCheck;
+use crate::http1::client::{exchange, Outgoing};
 
 /// Starts the checks for a site, if it has any and a runtime is running.
 pub fn spawn(site: &Arc<SiteRt>) {
@@ -58,31 +57,29 @@ async fn run(site: Weak<SiteRt>, index: usize, hc: HealthCheck, host: String) {
     }
 }
 
+/// One `GET <path>` with `Connection: close` through edge's HTTP/1 client.
 async fn probe(up: &Upstream, hc: &HealthCheck, host: &str) -> Result<(), String> {
     let attempt = async {
-        let stream = up
-            .connect_tcp(hc.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
-        let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
-        tokio::spawn(conn);
-        let req = http::Request::get(hc.path.as_str())
+        let mut conn = up.connect(hc.timeout).await.map_err(|e| e.to_string())?;
+        let parts = http::Request::get(hc.path.as_str())
             .header(http::header::HOST, host)
             .header(http::header::USER_AGENT, "edge-health-check")
             .header(http::header::CONNECTION, "close")
-            .body(Empty::new())
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-        if resp.status().as_u16() == hc.status {
+            .body(())
+            .map_err(|e| e.to_string())?
+            .into_parts()
+            .0;
+        let out = Outgoing::encode(&parts, false, &[]);
+        let answer = exchange(&mut conn, &out, &mut Empty::<Bytes>::new(), hc.timeout)
+            .await
+            .map_err(|f| f.error.to_string())?;
+        let status = answer.head.status.as_u16();
+        if status == hc.status {
             Ok(())
         } else {
             Err(format!(
-                "{} answered {} (expected {})",
-                hc.path,
-                resp.status().as_u16(),
-                hc.status
+                "{} answered {status} (expected {})",
+                hc.path, hc.status
             ))
         }
     };

@@ -3,12 +3,11 @@
 //! Each accepted socket first takes a connection slot (total and per client IP);
 //! the TLS handshake has its own timeout so a client that connects and says
 //! nothing cannot hold a task forever. After the handshake, ALPN h2 gets an
-//! HTTP/2 connection whose streams run in its own task (see `h2_streams`);
-//! anything else is served by edge's own HTTP/1.1 loop (`h1_server`) until a
-//! request it leaves to hyper-util's auto connection, HTTP/1.1 with upgrades,
-//! both behind the framing guard (see `framing`). hyper-util sniffs the bytes,
-//! so an HTTP/2 preface without ALPN is served HTTP/2, with the same limits
-//! (its streams are tokio tasks, see `h2_streams::TaskExec`).
+//! HTTP/2 connection (hyper's) whose streams run in its own task (see
+//! `h2_streams`); anything else is edge's HTTP/1 server (`http1::server`),
+//! which hands a client that opens with the HTTP/2 preface (prior knowledge,
+//! no ALPN) to the same HTTP/2 server. Both sit on the connection's
+//! deadlines (`deadlines`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
@@ -18,22 +17,23 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
+use super::body::ReqBody;
 use super::client_sock::ClientSock;
 use super::conn_limit::ConnLimiter;
-use super::framing::{Deadlines, Guard};
-use super::h1_server;
-use super::h2_streams::{StreamExec, TaskExec, WithStreams};
+use super::deadlines::{Deadlines, Timed};
+use super::h2_streams::{StreamExec, WithStreams};
 use super::redirect::Redirect;
 use super::shutdown::Stop;
 use super::{ConnInfo, Proxy};
 use crate::config::Limits;
+use crate::http1::server::{self as h1, Served};
 use crate::metrics::{ConnGuard, ResultLabel, METRICS};
 use crate::tls::Certs;
 
@@ -44,44 +44,8 @@ pub struct ListenLimits {
     pub limits: Limits,
 }
 
-/// edge's HTTP/2 limits, on hyper's builder or on hyper-util's auto builder
-/// (two types with the same methods).
-macro_rules! h2_limits {
-    ($b:expr, $l:expr) => {
-        $b.timer(TokioTimer::new())
-            .max_concurrent_streams($l.h2_max_concurrent_streams)
-            .max_pending_accept_reset_streams(Some($l.h2_max_pending_resets))
-            .max_local_error_reset_streams(Some(1024))
-            .max_header_list_size($l.max_header_bytes as u32)
-    };
-}
-
-/// edge's HTTP/1 settings, on hyper's builder or hyper-util's auto builder.
-macro_rules! h1_limits {
-    ($b:expr, $l:expr) => {
-        // The head deadline is the framing guard's (`Deadlines`): hyper's would
-        // arm a boxed timer per request, and would also close idle keep-alive
-        // connections at header_read_timeout instead of keepalive_timeout. hyper
-        // sets 30 s by default once it has a timer, so it is switched off here.
-        $b.timer(TokioTimer::new())
-            .header_read_timeout(None)
-            .max_buf_size($l.max_header_bytes)
-            .keep_alive(true)
-    };
-}
-
-fn builder<E: Clone>(l: &Limits, exec: E) -> auto::Builder<E> {
-    let mut b = auto::Builder::new(exec);
-    h1_limits!(b.http1(), l);
-    // hyper-util serves a connection with upgrades by sniffing its first
-    // bytes, whatever `http1_only` says, so a client that sends the HTTP/2
-    // preface without ALPN h2 is served HTTP/2 here: with the same limits.
-    h2_limits!(b.http2(), l);
-    b
-}
-
-/// A client connection's deadlines, kept by the framing guard; `head`: it
-/// reads HTTP/1 request heads.
+/// A client connection's deadlines; `head`: it reads HTTP/1 request heads
+/// (HTTP/2 has its own per stream).
 fn deadlines(l: &Limits, head: bool, inflight: &Arc<AtomicUsize>, peer: SocketAddr) -> Deadlines {
     Deadlines {
         keepalive: l.keepalive_timeout,
@@ -92,15 +56,19 @@ fn deadlines(l: &Limits, head: bool, inflight: &Arc<AtomicUsize>, peer: SocketAd
     }
 }
 
-/// One HTTP/2 connection's builder: its executor is the connection's own
-/// (see `h2_streams`), so the builder is made per connection.
+/// One HTTP/2 connection's builder, with edge's limits: its executor is the
+/// connection's own (see `h2_streams`), so the builder is made per connection.
 fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
     let mut b = http2::Builder::new(exec);
-    h2_limits!(b, l);
+    b.timer(TokioTimer::new())
+        .max_concurrent_streams(l.h2_max_concurrent_streams)
+        .max_pending_accept_reset_streams(Some(l.h2_max_pending_resets))
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(l.max_header_bytes as u32);
     b
 }
 
-/// What hyper's connections call for each request: `Proxy::handle`.
+/// What hyper's HTTP/2 connections call for each stream: `Proxy::handle`.
 fn service(
     proxy: Arc<Proxy>,
     info: Arc<ConnInfo>,
@@ -112,10 +80,34 @@ fn service(
 > + Send
        + 'static {
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        proxy
-            .clone()
-            .handle(req.map(Some), info.clone(), std::time::Instant::now())
+        proxy.clone().handle(
+            req.map(ReqBody::H2),
+            info.clone(),
+            std::time::Instant::now(),
+        )
     })
+}
+
+/// Serves one HTTP/2 connection until it and its streams are done.
+async fn serve_h2<T>(
+    io: T,
+    proxy: Arc<Proxy>,
+    info: Arc<ConnInfo>,
+    limits: &Limits,
+    watcher: Watcher,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
+    let svc = service(proxy, info);
+    let exec = StreamExec::default();
+    let conn = h2_builder(limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
+    let ended = WithStreams::new(watcher.watch(conn), exec, limits.send_timeout, peer)
+        .await
+        .map_err(|e| crate::acme::error_chain(&e));
+    if let Err(chain) = ended {
+        tracing::debug!(client = %peer, "connection ended: {chain}");
+    }
 }
 
 pub async fn serve_https(
@@ -187,12 +179,7 @@ pub async fn serve_https(
             let served = certs.current().for_sni(session.server_name()).cloned();
             let is_h2 = session.alpn_protocol() == Some(b"h2");
             let inflight = Arc::new(AtomicUsize::new(0));
-            // HTTP/2 has hyper's own head deadline for each stream.
-            let io = Guard::new(
-                tls,
-                !is_h2,
-                Some(deadlines(&conn_limits, !is_h2, &inflight, peer)),
-            );
+            let io = Timed::new(tls, Some(deadlines(&conn_limits, !is_h2, &inflight, peer)));
             let peer_header = super::headers::peer_value(peer.ip());
             let info = Arc::new(ConnInfo {
                 peer,
@@ -201,50 +188,26 @@ pub async fn serve_https(
                 peer_header,
             });
             if is_h2 {
-                let svc = service(proxy, info);
-                let exec = StreamExec::default();
-                let conn =
-                    h2_builder(&conn_limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
-                let ended =
-                    WithStreams::new(watcher.watch(conn), exec, conn_limits.send_timeout, peer)
-                        .await
-                        .map_err(|e| crate::acme::error_chain(&e));
-                if let Err(chain) = ended {
-                    tracing::debug!(client = %peer, "connection ended: {chain}");
-                }
+                serve_h2(io, proxy, info, &conn_limits, watcher).await;
                 return;
             }
-            // edge's own loop first; hyper takes over at the first request it
-            // does not serve (see `h1_server`). The watcher is held meanwhile,
-            // so the listener's drain waits for this connection either way.
+            // The watcher is held while the HTTP/1 server runs, so the
+            // listener's drain waits for this connection; the server itself
+            // sees shutdown between requests (`Stop`).
             let mut stop = Stop::new(stop);
-            let max_head = conn_limits.max_header_bytes;
-            let io = match h1_server::serve(io, &proxy, &info, max_head, &mut stop).await {
-                h1_server::Served::HandOff(io) => io,
-                h1_server::Served::Closed(Ok(())) => return,
-                h1_server::Served::Closed(Err(e)) => {
+            let settings = h1::Settings {
+                max_head: conn_limits.max_header_bytes,
+                body_idle_timeout: conn_limits.body_idle_timeout,
+            };
+            match h1::serve(io, &proxy, &info, &settings, &mut stop).await {
+                Served::Closed(Ok(())) => {}
+                Served::Closed(Err(e)) => {
                     tracing::debug!(client = %peer, "connection ended: {e}");
-                    return;
                 }
-            };
-            // hyper's graceful watcher (below) takes over the shutdown signal.
-            drop(stop);
-            let svc = service(proxy, info);
-            // No `http1_only` here: hyper-util ignores it when serving with
-            // upgrades (see `builder`). Made per connection for the
-            // executor's peer address: a few words and two timer handles.
-            let exec = TaskExec {
-                send_timeout: conn_limits.send_timeout,
-                peer,
-            };
-            let b = builder(&conn_limits, exec);
-            let conn = b.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            let ended = watcher
-                .watch(conn.into_owned())
-                .await
-                .map_err(|e| crate::acme::error_chain(e.as_ref()));
-            if let Err(chain) = ended {
-                tracing::debug!(client = %peer, "connection ended: {chain}");
+                Served::Http2(io) => {
+                    drop(stop);
+                    serve_h2(io, proxy, info, &conn_limits, watcher).await;
+                }
             }
         });
     }
@@ -301,11 +264,7 @@ pub async fn serve_http(
             // Answers are written as soon as their head is read, so nothing is
             // ever in flight here: the guard's head and idle deadlines apply.
             let inflight = Arc::new(AtomicUsize::new(0));
-            let io = Guard::new(
-                stream,
-                false,
-                Some(deadlines(&conn_limits, true, &inflight, peer)),
-            );
+            let io = Timed::new(stream, Some(deadlines(&conn_limits, true, &inflight, peer)));
             let max_head = conn_limits.max_header_bytes;
             if let Err(e) = redirect.serve(io, peer.ip(), max_head, &mut stop).await {
                 tracing::debug!(client = %peer, "connection ended: {e}");

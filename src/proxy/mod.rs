@@ -6,19 +6,17 @@
 
 pub mod access_log;
 pub mod body;
-pub mod chunked;
 pub mod client_sock;
 pub mod conn_limit;
+pub mod deadlines;
 pub mod error;
-pub mod framing;
-pub mod h1_client;
-pub mod h1_server;
 pub mod h2_streams;
 pub mod headers;
 pub mod health;
 pub mod listener;
 pub mod redirect;
 pub mod shutdown;
+pub mod tunnel;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -33,15 +31,14 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::config::{AccessLog, Limits, Site};
+use crate::http1::client::{self as h1_client, Outgoing, SendError, UpBody};
 use crate::names;
 use crate::tls::Entry;
 use access_log::{Inflight, Logged, Record};
-use body::Guarded;
+use body::{Guarded, ReqBody};
 use error::{ErrorPages, ProxyError};
-use h1_client::{Outgoing, SendError, UpBody};
 use upstream::Pool;
 
 /// What the client gets: a proxied body or an edge-made page, counted for the log.
@@ -147,7 +144,7 @@ impl Proxy {
     /// access log (edge's own HTTP/1.1 loop passes its last read's clock).
     pub fn handle(
         self: Arc<Self>,
-        req: Request<Option<Incoming>>,
+        req: Request<ReqBody>,
         conn: Arc<ConnInfo>,
         start: Instant,
     ) -> impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send + 'static
@@ -335,7 +332,7 @@ type Forwarded = (Response<UpBody>, Arc<str>, upstream::InflightGuard);
 /// encoded once, so it can go to another upstream without being rebuilt.
 fn prepare(
     site: &Arc<SiteRt>,
-    req: Request<Option<Incoming>>,
+    req: Request<ReqBody>,
     conn: &ConnInfo,
     host: &str,
     limits: &Limits,
@@ -352,14 +349,15 @@ fn prepare(
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
         return Err(ProxyError::BodyTooLarge(limits.max_body_bytes));
     }
-    let own_loop = req.body().is_none();
-    let mut req = req;
-    let client_upgrade = websocket_upgrade(&req)?.then(|| hyper::upgrade::on(&mut req));
+    // The HTTP/1 server writes an answer's fields as lines (see
+    // `http1::client::RawHead`); HTTP/2 takes a header map.
+    let raw_answer = req.version() != Version::HTTP_2;
+    let upgrade = websocket_upgrade(&req)?;
     let (mut parts, body) = req.into_parts();
     let (body, tripped) = Guarded::new(body, limits.max_body_bytes, limits.body_idle_timeout);
     let authority = parts.uri.authority().cloned();
     let added = rewrite_request(&mut parts, conn, host, &site.cfg, authority.as_ref());
-    if client_upgrade.is_some() {
+    if upgrade {
         // Hop-by-hop stripping removed these; a WebSocket handshake needs them.
         parts
             .headers
@@ -370,9 +368,7 @@ fn prepare(
     }
     let bodyless = http_body::Body::is_end_stream(&body);
     let mut out = Outgoing::encode(&parts, !bodyless, added.lines());
-    // Only edge's own HTTP/1.1 loop makes requests without a body stream, and
-    // it writes the answer's fields as lines (see `h1_client::RawHead`).
-    out.raw_answer = own_loop;
+    out.raw_answer = raw_answer;
     let pool_len = site.pool.len();
     let max_tries = if site.cfg.max_tries == 0 {
         pool_len
@@ -383,7 +379,7 @@ fn prepare(
         site: site.clone(),
         out,
         body,
-        client_upgrade,
+        upgrade,
         tripped,
         max_tries,
         body_limit: limits.max_body_bytes,
@@ -395,7 +391,8 @@ struct Prepared {
     site: Arc<SiteRt>,
     out: Outgoing,
     body: Guarded,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// A WebSocket handshake: a `101` answer makes the connection a tunnel.
+    upgrade: bool,
     tripped: body::Tripped,
     max_tries: usize,
     body_limit: u64,
@@ -435,6 +432,15 @@ fn send(
             tried |= upstream::tried_bit(i);
             tries += 1;
             let up = &pool.upstreams[i];
+            // A tunnel's place at the upstream, taken before the handshake goes.
+            let tunnel_slot = if p.upgrade {
+                match up.tunnel_slot() {
+                    Some(t) => Some(t),
+                    None => return Err(no_tunnel_slot(up)),
+                }
+            } else {
+                None
+            };
             let (mut c, mut fresh) = match up.take_idle() {
                 Some(c) => (c, false),
                 // Boxed: connecting is the rare path, and inline its future would
@@ -456,18 +462,23 @@ fn send(
                 let f = match sent {
                     Ok(mut answer) => {
                         up.record_success();
-                        let (body, tunnel_conn) =
+                        let (mut body, tunnel_conn) =
                             UpBody::new(c, &mut answer, up, cfg.response_timeout);
                         if let Some(tc) = tunnel_conn {
-                            // The upstream agreed: from here on the two connections are one tunnel.
-                            let Some(client) = p.client_upgrade.take() else {
+                            // The upstream agreed: the HTTP/1 server makes the
+                            // two connections one tunnel (`tunnel`).
+                            let Some(slot) = tunnel_slot else {
                                 return Err(ProxyError::UpstreamUnavailable(format!(
                                     "{} switched protocols unasked",
                                     up.addr
                                 )));
                             };
-                            let hold = Inflight::new(&conn.inflight);
-                            tokio::spawn(tunnel(client, tc, hold, up.addr.clone()));
+                            body.set_tunnel(tunnel::Tunnel {
+                                upstream: tc,
+                                idle: cfg.response_timeout,
+                                addr: up.addr.clone(),
+                                _slot: slot,
+                            });
                         }
                         let mut head = answer.head;
                         if answer.hop_by_hop {
@@ -544,6 +555,14 @@ fn strip_response(head: &mut http::response::Parts) {
     }
 }
 
+/// The upstream has `max_tunnels` open already.
+fn no_tunnel_slot(up: &upstream::Upstream) -> ProxyError {
+    ProxyError::UpstreamBusy(format!(
+        "{} has max_tunnels ({}) WebSocket tunnels open; raise max_tunnels if it can take more",
+        up.addr, up.max_tunnels
+    ))
+}
+
 /// Every upstream at `max_conns` for as long as a request may wait.
 fn all_busy(up: &upstream::Upstream, waited: std::time::Duration) -> ProxyError {
     ProxyError::UpstreamBusy(format!(
@@ -583,36 +602,6 @@ fn websocket_upgrade<B>(req: &Request<B>) -> Result<bool, ProxyError> {
     }
 }
 
-/// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: h1_client::Conn,
-    _hold: Inflight,
-    addr: String,
-) {
-    use tokio::io::AsyncWriteExt;
-    let c = match client.await {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(upstream = %addr, "upgrade failed: {e}");
-            return;
-        }
-    };
-    let mut c = hyper_util::rt::TokioIo::new(c);
-    // What the upstream sent right behind its 101 is the tunnel's first bytes.
-    let (mut u, early) = upstream.into_parts();
-    if !early.is_empty() {
-        if let Err(e) = c.write_all(&early).await {
-            tracing::debug!(upstream = %addr, "WebSocket tunnel ended: {e}");
-            return;
-        }
-    }
-    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-        Ok((up, down)) => tracing::debug!(upstream = %addr, up, down, "WebSocket tunnel closed"),
-        Err(e) => tracing::debug!(upstream = %addr, "WebSocket tunnel ended: {e}"),
-    }
-}
-
 // ---------------------------------------------------------------- rewrite
 
 /// Header lines edge adds to a request, written after the client's own (see
@@ -649,6 +638,11 @@ fn rewrite_request<'a>(
     // proxy; the hop-by-hop strip never removes it.
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::drop_underscored(&mut parts.headers);
+    // An expectation is answered by edge (HTTP/1: `100 Continue` when the
+    // body is first read), never passed on.
+    if parts.headers.contains_key(header::EXPECT) {
+        parts.headers.remove(header::EXPECT);
+    }
     if let Some(a) = authority {
         if parts.headers.contains_key(header::HOST) {
             if let Ok(v) = HeaderValue::from_str(a.as_str()) {

@@ -24,7 +24,6 @@
 //! framing guard's, as before.
 
 use std::io::{self, Write as _};
-use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -36,6 +35,7 @@ use super::access_log::{self, Record};
 use super::shutdown::Stop;
 use super::{error, headers};
 use crate::config::AccessLog;
+use crate::http1::{framing, head};
 use crate::names;
 
 /// Kept free for HTTP-01 validation, which is answered on this listener.
@@ -89,44 +89,28 @@ struct Head<'a> {
     host: Option<&'a str>,
     /// Two or more Host fields.
     hosts: bool,
-    close: bool,
-    keep_alive: bool,
-    /// Every `Content-Length` field folded into one, or why they fail.
-    length: Result<Option<u64>, &'static str>,
-    chunked: bool,
-    expect: bool,
+    facts: framing::Facts,
 }
 
-fn read_head<'a>(req: &httparse::Request<'_, 'a>) -> Head<'a> {
+/// Reads the fields that decide the answer, with the one rule set of
+/// `http1::framing` (the same as the HTTPS listener's).
+fn read_head<'a>(buf: &'a [u8], parsed: &head::RequestHead, fields: &[head::Field]) -> Head<'a> {
+    let text = |s: head::Span| std::str::from_utf8(s.get(buf)).unwrap_or("\0");
     let mut h = Head {
-        method: req.method.unwrap_or(""),
-        target: req.path.unwrap_or(""),
-        http10: req.version == Some(0),
+        method: text(parsed.method),
+        target: text(parsed.target),
+        http10: parsed.version == http::Version::HTTP_10,
         host: None,
         hosts: false,
-        close: false,
-        keep_alive: false,
-        length: Ok(None),
-        chunked: false,
-        expect: false,
+        facts: framing::Facts::default(),
     };
-    for f in req.headers.iter() {
-        let name = f.name.as_bytes();
+    for f in fields {
+        let (name, value) = (f.name.get(buf), f.value.get(buf));
         if name.eq_ignore_ascii_case(b"host") {
             h.hosts |= h.host.is_some();
-            h.host = Some(std::str::from_utf8(f.value).unwrap_or("\0"));
-        } else if name.eq_ignore_ascii_case(b"connection") {
-            let t = headers::connection_tokens(f.value);
-            h.close |= t.close;
-            h.keep_alive |= t.keep_alive;
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            h.length = h
-                .length
-                .and_then(|seen| super::headers::content_length(f.value, seen).map(Some));
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            h.chunked = true;
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            h.expect = true;
+            h.host = Some(std::str::from_utf8(value).unwrap_or("\0"));
+        } else {
+            h.facts.observe(name, value);
         }
     }
     h
@@ -268,9 +252,6 @@ impl Redirect {
         out: &mut Vec<u8>,
         client: IpAddr,
     ) -> Step {
-        let mut fields: [MaybeUninit<httparse::Header<'_>>; headers::MAX_FIELDS] =
-            [const { MaybeUninit::uninit() }; headers::MAX_FIELDS];
-        let mut req = httparse::Request::new(&mut []);
         let refuse = |out: &mut Vec<u8>, status| {
             write_page(out, status, End::Linger, false, true, Instant::now());
             Step::Answered {
@@ -279,25 +260,36 @@ impl Redirect {
                 end: End::Linger,
             }
         };
-        let len = match req.parse_with_uninit_headers(buf, &mut fields) {
-            Ok(httparse::Status::Complete(n)) if n <= max_head => n,
-            Ok(httparse::Status::Partial) if buf.len() < max_head => return Step::More,
-            Ok(_) | Err(httparse::Error::TooManyHeaders) => {
-                return refuse(out, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)
-            }
-            Err(_) => return refuse(out, StatusCode::BAD_REQUEST),
+        let mut fields = Vec::new();
+        let parsed = match head::request(buf, max_head, &mut fields) {
+            Ok(Some(h)) => h,
+            Ok(None) => return Step::More,
+            Err(head::HeadError::Malformed) => return refuse(out, StatusCode::BAD_REQUEST),
+            Err(_) => return refuse(out, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         };
+        let len = parsed.len;
         let start = Instant::now();
-        let head = read_head(&req);
-        let Ok(length) = head.length else {
-            return refuse(out, StatusCode::BAD_REQUEST);
+        let head = read_head(buf, &parsed, &fields);
+        let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or(Method::GET);
+        let framing =
+            match framing::request(&head.facts, &method, head.target.as_bytes(), parsed.version) {
+                Ok(f) => f,
+                Err(refusal) => return refuse(out, refusal.status),
+            };
+        let (length, chunked) = match framing {
+            framing::Framing::Length(n) => (n, false),
+            framing::Framing::Chunked => (0, true),
+            _ => (0, false),
         };
-        let length = length.unwrap_or(0);
+        let (close, keep_alive) = (
+            head.facts.connection.close,
+            head.facts.connection.keep_alive,
+        );
         // A body is dropped in place only when its end is known and near, and
         // the client is not waiting for a 100 that will never come.
-        let end = if head.chunked || length > DISCARD_MAX || (head.expect && length > 0) {
+        let end = if chunked || length > DISCARD_MAX || (head.facts.expect_continue && length > 0) {
             End::Linger
-        } else if closing || head.close || (head.http10 && !head.keep_alive) {
+        } else if closing || close || (head.http10 && !keep_alive) {
             End::Close
         } else {
             End::KeepAlive
@@ -482,7 +474,7 @@ mod tests {
                 "https://flask.test:8443/a/b?x=1&y",
             ),
             ("/p", "Host: [::1]:80\r\n", "https://[::1]:8443/p"),
-            ("*", "Host: flask.test\r\n", "https://flask.test:8443/*"),
+            ("/*", "Host: flask.test\r\n", "https://flask.test:8443/*"),
             // Absolute form: its authority stands for Host.
             (
                 "http://Abs.Test:8080/x?q",
@@ -571,15 +563,25 @@ mod tests {
         );
         assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
         assert_eq!(end, Some(End::Linger));
-        // A list of equal values is that value (as hyper took it): the body
-        // is dropped and the connection goes on to the next request.
-        let (out, end) = converse(
-            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2, 2\r\n\r\nxxGET /n HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        // The one framing rule set of the HTTPS listener holds here too: a
+        // list of lengths, equal or not, and both framings are 400, and what
+        // follows is never answered.
+        for req in [
+            &b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2, 2\r\n\r\nxxGET /n HTTP/1.1\r\nHost: a.test\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nxxGET /n HTTP/1.1\r\nHost: a.test\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /n HTTP/1.1\r\nHost: a.test\r\n\r\n",
+        ] {
+            let (out, end) = converse(req, 32 * 1024, false);
+            assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+            assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+            assert_eq!(end, Some(End::Linger));
+        }
+        let (out, _) = converse(
+            b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: gzip\r\n\r\n",
             32 * 1024,
             false,
         );
-        assert_eq!(out.matches("HTTP/1.1 308 ").count(), 2, "{out}");
-        assert_eq!(end, Some(End::KeepAlive));
+        assert!(out.starts_with("HTTP/1.1 501 "), "{out}");
     }
 
     #[test]

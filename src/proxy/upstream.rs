@@ -19,8 +19,8 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::h1_client::Conn;
 use crate::config::{self, Balance};
+use crate::http1::client::Conn;
 
 /// Idle connections kept per upstream; more are closed when returned.
 const MAX_IDLE_PER_UPSTREAM: usize = 128;
@@ -83,6 +83,9 @@ pub struct Upstream {
     /// `max_conns` slots, one per request in flight; `None` when unlimited.
     slots: Option<Arc<Semaphore>>,
     pub max_conns: usize,
+    /// Open WebSocket tunnels, at most `max_tunnels` (`tunnel`).
+    tunnels: Arc<Semaphore>,
+    pub max_tunnels: usize,
 }
 
 /// A request's place at an upstream, held until its response is finished
@@ -122,6 +125,8 @@ impl Upstream {
             reported_down: AtomicBool::new(false),
             site: site.to_string(),
             slots: (cfg.max_conns > 0).then(|| Arc::new(Semaphore::new(cfg.max_conns))),
+            tunnels: Arc::new(Semaphore::new(cfg.max_tunnels)),
+            max_tunnels: cfg.max_tunnels,
             max_conns: cfg.max_conns,
             requests: crate::metrics::STATUS_CLASSES.map(|class| {
                 crate::metrics::METRICS
@@ -221,6 +226,11 @@ impl Upstream {
             None => Some(Slot(None)),
             Some(s) => s.clone().try_acquire_owned().ok().map(|p| Slot(Some(p))),
         }
+    }
+
+    /// A place for one more tunnel, or `None` at `max_tunnels`.
+    pub fn tunnel_slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.tunnels.clone().try_acquire_owned().ok()
     }
 
     /// Free slots, for choosing among full and not-full upstreams.
@@ -492,6 +502,7 @@ mod tests {
                 addr: format!("127.0.0.1:{}", 5000 + i),
                 weight: *w,
                 max_conns: 2,
+                max_tunnels: 2,
             })
             .collect();
         Pool::new(&cfg, policy, "t")

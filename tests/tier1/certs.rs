@@ -15,12 +15,18 @@ use crate::harness::*;
 
 const NAME: &str = "www.example.test";
 
-/// A UDP and TCP port free on loopback for the built-in responder.
+/// A UDP and TCP port free on loopback for the built-in responder, below
+/// the ephemeral range: a port handed out for `:0` (edge's own listeners, in
+/// this test or another running beside it) can never be it.
 async fn dns_addr() -> SocketAddr {
     loop {
-        let t = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = t.local_addr().unwrap();
-        if tokio::net::UdpSocket::bind(a).await.is_ok() {
+        let port = 20_000 + rand::random::<u16>() % 12_000;
+        let a = SocketAddr::from(([127, 0, 0, 1], port));
+        let (t, u) = (
+            tokio::net::TcpListener::bind(a).await,
+            tokio::net::UdpSocket::bind(a).await,
+        );
+        if t.is_ok() && u.is_ok() {
             return a;
         }
     }

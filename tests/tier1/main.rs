@@ -6,6 +6,7 @@
 mod harness;
 
 mod certs;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod proxy;

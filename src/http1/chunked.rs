@@ -70,7 +70,7 @@ impl Decoder {
                         return Ok(Step::More);
                     }
                     let n = left.min(buf.len() as u64) as usize;
-                    let data = super::h1_client::take(buf, n);
+                    let data = super::client::take(buf, n);
                     self.0 = if n as u64 == left {
                         State::DataEnd
                     } else {
