@@ -28,7 +28,8 @@ enum State {
     Size,
     Data(u64),
     DataEnd,
-    Trailers,
+    /// In the trailer section; the bytes of its lines checked so far.
+    Trailers(usize),
     Done,
 }
 
@@ -48,9 +49,9 @@ impl Decoder {
         loop {
             match self.0 {
                 State::Size => {
-                    let Some(eol) = find(buf, b"\r\n") else {
-                        if buf.len() > MAX_SIZE_LINE || buf.contains(&b'\n') {
-                            return Err("invalid chunk size line");
+                    let Some(eol) = line_end(buf)? else {
+                        if buf.len() > MAX_SIZE_LINE {
+                            return Err("chunk size line too long");
                         }
                         return Ok(Step::More);
                     };
@@ -60,7 +61,7 @@ impl Decoder {
                     let size = parse_size(&buf[..eol])?;
                     buf.advance(eol + 2);
                     self.0 = if size == 0 {
-                        State::Trailers
+                        State::Trailers(0)
                     } else {
                         State::Data(size)
                     };
@@ -79,34 +80,53 @@ impl Decoder {
                     return Ok(Step::Data(data));
                 }
                 State::DataEnd => {
-                    if buf.len() < 2 {
+                    if buf.len() < 2 && buf.first().is_none_or(|&b| b == b'\r') {
                         return Ok(Step::More);
                     }
-                    if &buf[..2] != b"\r\n" {
+                    if buf.len() < 2 || &buf[..2] != b"\r\n" {
                         return Err("chunk data not followed by CRLF");
                     }
                     buf.advance(2);
                     self.0 = State::Size;
                 }
-                State::Trailers => {
-                    if buf.starts_with(b"\r\n") {
-                        buf.advance(2);
-                        self.0 = State::Done;
-                        return Ok(Step::End(None));
-                    }
-                    let Some(end) = find(buf, b"\r\n\r\n") else {
-                        if buf.len() > MAX_TRAILERS {
+                State::Trailers(mut at) => {
+                    // Line by line, CRLF only, each field checked as it
+                    // completes, so the section ends where every strict
+                    // reader says it does: a bare LF is an error, not a line
+                    // end another parser may not see.
+                    loop {
+                        let Some(eol) = line_end(&buf[at..])? else {
+                            if buf.len() > MAX_TRAILERS {
+                                return Err("trailer section too large");
+                            }
+                            self.0 = State::Trailers(at);
+                            return Ok(Step::More);
+                        };
+                        if at + eol > MAX_TRAILERS {
                             return Err("trailer section too large");
                         }
-                        return Ok(Step::More);
-                    };
-                    if end > MAX_TRAILERS {
-                        return Err("trailer section too large");
+                        if eol == 0 {
+                            break;
+                        }
+                        trailer(&buf[at..at + eol])?;
+                        at += eol + 2;
                     }
-                    let trailers = parse_trailers(&buf[..end + 4])?;
-                    buf.advance(end + 4);
+                    let trailers = if at == 0 {
+                        None
+                    } else {
+                        let mut map = HeaderMap::new();
+                        for l in buf[..at].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                            let (name, value) = trailer(&l[..l.len() - 1])?;
+                            map.append(name, value);
+                            if map.len() > MAX_TRAILER_FIELDS {
+                                return Err("too many trailer fields");
+                            }
+                        }
+                        Some(map)
+                    };
+                    buf.advance(at + 2);
                     self.0 = State::Done;
-                    return Ok(Step::End(Some(trailers)));
+                    return Ok(Step::End(trailers));
                 }
                 State::Done => return Ok(Step::End(None)),
             }
@@ -114,8 +134,17 @@ impl Decoder {
     }
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where the line at the front of `buf` ends (its CRLF), `None` while no
+/// CRLF has come, or an error for a CR or LF that is not part of one.
+fn line_end(buf: &[u8]) -> Result<Option<usize>, &'static str> {
+    let Some(i) = buf.iter().position(|&b| b == b'\r' || b == b'\n') else {
+        return Ok(None);
+    };
+    match (buf[i], buf.get(i + 1)) {
+        (b'\r', Some(b'\n')) => Ok(Some(i)),
+        (b'\r', None) => Ok(None),
+        _ => Err("a bare CR or LF in a chunked body's lines"),
+    }
 }
 
 /// `1*HEXDIG [ BWS ";" extensions ]`; extensions are ignored, as every proxy does.
@@ -125,11 +154,14 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
         .position(|b| !b.is_ascii_hexdigit())
         .unwrap_or(line.len());
     let rest = &line[digits..];
+    // Extensions are read past, not parsed; they hold no control byte but
+    // tab, so no reader can find a line end or anything else inside them.
     let rest_ok = rest.is_empty()
-        || rest
+        || (rest
             .iter()
             .position(|b| !matches!(b, b' ' | b'\t'))
-            .is_some_and(|i| rest[i] == b';');
+            .is_some_and(|i| rest[i] == b';')
+            && rest.iter().all(|&b| b == b'\t' || (b >= 0x20 && b != 0x7f)));
     if digits == 0 || !rest_ok {
         return Err("invalid chunk size");
     }
@@ -147,24 +179,16 @@ fn parse_size(line: &[u8]) -> Result<u64, &'static str> {
     Ok(n)
 }
 
-fn parse_trailers(block: &[u8]) -> Result<HeaderMap, &'static str> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_TRAILER_FIELDS];
-    match httparse::parse_headers(block, &mut fields) {
-        Ok(httparse::Status::Complete((_, parsed))) => {
-            let mut map = HeaderMap::with_capacity(parsed.len());
-            for f in parsed {
-                let name = HeaderName::from_bytes(f.name.as_bytes())
-                    .map_err(|_| "invalid trailer name")?;
-                let value =
-                    HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
-                map.append(name, value);
-            }
-            Ok(map)
-        }
-        Ok(httparse::Status::Partial) => Err("invalid trailer section"),
-        Err(httparse::Error::TooManyHeaders) => Err("too many trailer fields"),
-        Err(_) => Err("invalid trailer section"),
-    }
+/// One trailer field line, CRLF taken off: `token ":" OWS value OWS`.
+fn trailer(line: &[u8]) -> Result<(HeaderName, HeaderValue), &'static str> {
+    let colon = line
+        .iter()
+        .position(|&b| b == b':')
+        .ok_or("a trailer line without a colon")?;
+    let name = HeaderName::from_bytes(&line[..colon]).map_err(|_| "invalid trailer name")?;
+    let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii())
+        .map_err(|_| "invalid trailer value")?;
+    Ok((name, value))
 }
 
 #[cfg(test)]
@@ -237,7 +261,7 @@ mod tests {
         long_ext.extend(std::iter::repeat_n(b'a', MAX_SIZE_LINE + 10));
         assert_eq!(
             decode(&long_ext, 64).unwrap_err(),
-            "invalid chunk size line",
+            "chunk size line too long",
             "an endless size line must fail before the end of input"
         );
         let mut big = b"0\r\n".to_vec();

@@ -6,8 +6,10 @@
 mod harness;
 
 mod certs;
+mod corpus;
 mod hostile;
 mod lifecycle;
 mod limits;
+mod props;
 mod proxy;
 mod redirect;
