@@ -36,6 +36,14 @@ pub struct UpstreamLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    pub site: String,
+    pub upstream: String,
+    /// `refused`, `connect_timeout`, `reset`, `timeout`, `bad_answer`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -50,6 +58,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<SiteLabel, Histogram>,
     pub upstream_up: Family<UpstreamLabels, Gauge>,
+    pub upstream_failures: Family<FailureLabels, Counter>,
     pub open_connections: Gauge,
     pub handshakes: Family<ResultLabel, Counter>,
     pub cert_expiry: Family<NameLabel, Gauge<f64, AtomicU64>>,
@@ -72,6 +81,7 @@ impl Metrics {
             latency_histogram as fn() -> Histogram,
         );
         let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        let upstream_failures = Family::<FailureLabels, Counter>::default();
         let open_connections = Gauge::default();
         let handshakes = Family::<ResultLabel, Counter>::default();
         let cert_expiry = Family::<NameLabel, Gauge<f64, AtomicU64>>::default();
@@ -90,6 +100,11 @@ impl Metrics {
             "upstream_up",
             "1 when the last attempt to reach the upstream succeeded",
             upstream_up.clone(),
+        );
+        registry.register(
+            "upstream_failures",
+            "Failed attempts to reach an upstream or get its answer, by kind",
+            upstream_failures.clone(),
         );
         registry.register(
             "open_connections",
@@ -116,6 +131,7 @@ impl Metrics {
             requests,
             latency,
             upstream_up,
+            upstream_failures,
             open_connections,
             handshakes,
             cert_expiry,

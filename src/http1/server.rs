@@ -34,11 +34,12 @@ use tokio::sync::oneshot;
 
 use super::chunked::{self, Decoder};
 use super::framing::{self, Facts, Framing, Role};
-use super::head::{self, HeadError};
+use super::head;
 use crate::proxy::body::{ClientBody, ReqBody};
 use crate::proxy::deadlines::Timed;
+use crate::proxy::error::ProxyError;
 use crate::proxy::shutdown::Stop;
-use crate::proxy::{error, headers, Body, ConnInfo, Proxy};
+use crate::proxy::{headers, respond, Body, ConnInfo, Protocol, Proxy, Session};
 
 /// Read into at least this much free space.
 const READ_SIZE: usize = 8192;
@@ -112,14 +113,9 @@ where
                         Ok(Some(h)) => break h,
                         Ok(None) => {}
                         Err(e) => {
-                            let status = match e {
-                                HeadError::TooLarge | HeadError::TooManyFields => {
-                                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-                                }
-                                HeadError::Malformed => StatusCode::BAD_REQUEST,
-                            };
-                            tracing::debug!(client = %info.peer, "refused a request head: {e}");
-                            return Served::Closed(refuse(c, &mut out, status).await);
+                            let e = ProxyError::from(e);
+                            e.log(info.peer, None);
+                            return Served::Closed(refuse(c, &mut out, &e).await);
                         }
                     }
                 }
@@ -149,8 +145,9 @@ where
         let req = match request(&head_bytes, &parsed, &fields) {
             Ok(r) => r,
             Err(refusal) => {
-                tracing::debug!(client = %info.peer, "refused a request: {}", refusal.why);
-                return Served::Closed(refuse(c, &mut out, refusal.status).await);
+                let e = ProxyError::from(refusal);
+                e.log(info.peer, None);
+                return Served::Closed(refuse(c, &mut out, &e).await);
             }
         };
         drop(head_bytes);
@@ -189,7 +186,8 @@ where
             }
             Framing::Close | Framing::Tunnel => unreachable!("not a request framing"),
         };
-        let Ok(resp) = proxy.clone().handle(req, info.clone(), start).await;
+        let session = Session::new(req, info.clone(), Protocol::Http1, start);
+        let resp = proxy.clone().handle(session).await;
         // The body has been dropped by now; the connection comes back with
         // how much of the body was read.
         let mut body_done = true;
@@ -309,27 +307,22 @@ fn request(
     })
 }
 
-/// Answers a request edge refuses before anything else, and closes.
+/// Answers a request edge refuses before it is a request (its head or
+/// framing), with what `error::respond` makes of the error, and closes.
 async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<T>,
     out: &mut Vec<u8>,
-    status: StatusCode,
+    e: &ProxyError,
 ) -> io::Result<()> {
-    let body = error::builtin(status);
-    out.clear();
-    headers::write_status_line(out, status);
-    headers::write_date(out, std::time::Instant::now());
-    {
-        use std::io::Write as _;
-        let _ = write!(
-            out,
-            "content-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-            body.len()
-        );
-    }
-    out.extend_from_slice(&body);
-    c.io.write_all(out).await?;
-    c.io.flush().await?;
+    respond(
+        &mut c.io,
+        out,
+        respond::refusal(e),
+        false,
+        Version::HTTP_11,
+        true,
+    )
+    .await?;
     linger(c).await
 }
 

@@ -100,8 +100,6 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.project();
         let res = this.inner.poll_frame(cx);
-        // Given a frame, the stream next waits for room to send it.
-        super::h2_streams::waiting_on_client(res.is_ready());
         if let Poll::Ready(Some(Ok(frame))) = &res {
             if let Some(d) = frame.data_ref() {
                 *this.bytes += d.len() as u64;

@@ -3,8 +3,8 @@
 //! Each accepted socket first takes a connection slot (total and per client IP);
 //! the TLS handshake has its own timeout so a client that connects and says
 //! nothing cannot hold a task forever. After the handshake, ALPN h2 gets an
-//! HTTP/2 connection (hyper's) whose streams run in its own task (see
-//! `h2_streams`); anything else is edge's HTTP/1 server (`http1::server`),
+//! HTTP/2 session (`http2`, hyper's server, its streams in the
+//! connection's own task); anything else is edge's HTTP/1 server (`http1::server`),
 //! which hands a client that opens with the HTTP/2 preface (prior knowledge,
 //! no ALPN) to the same HTTP/2 server. Both sit on the connection's
 //! deadlines (`deadlines`).
@@ -14,21 +14,15 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http2;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
-use super::body::ReqBody;
 use super::client_sock::ClientSock;
 use super::conn_limit::ConnLimiter;
 use super::deadlines::{Deadlines, Timed};
-use super::h2_streams::{StreamExec, WithStreams};
 use super::redirect::Redirect;
 use super::shutdown::Stop;
 use super::{ConnInfo, Proxy};
@@ -53,60 +47,6 @@ fn deadlines(l: &Limits, head: bool, inflight: &Arc<AtomicUsize>, peer: SocketAd
         head: head.then_some(l.header_read_timeout),
         inflight: inflight.clone(),
         peer,
-    }
-}
-
-/// One HTTP/2 connection's builder, with edge's limits: its executor is the
-/// connection's own (see `h2_streams`), so the builder is made per connection.
-fn h2_builder(l: &Limits, exec: StreamExec) -> http2::Builder<StreamExec> {
-    let mut b = http2::Builder::new(exec);
-    b.timer(TokioTimer::new())
-        .max_concurrent_streams(l.h2_max_concurrent_streams)
-        .max_pending_accept_reset_streams(Some(l.h2_max_pending_resets))
-        .max_local_error_reset_streams(Some(1024))
-        .max_header_list_size(l.max_header_bytes as u32);
-    b
-}
-
-/// What hyper's HTTP/2 connections call for each stream: `Proxy::handle`.
-fn service(
-    proxy: Arc<Proxy>,
-    info: Arc<ConnInfo>,
-) -> impl hyper::service::Service<
-    hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<super::Body>,
-    Error = std::convert::Infallible,
-    Future: Send + 'static,
-> + Send
-       + 'static {
-    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        proxy.clone().handle(
-            req.map(ReqBody::H2),
-            info.clone(),
-            std::time::Instant::now(),
-        )
-    })
-}
-
-/// Serves one HTTP/2 connection until it and its streams are done.
-async fn serve_h2<T>(
-    io: T,
-    proxy: Arc<Proxy>,
-    info: Arc<ConnInfo>,
-    limits: &Limits,
-    watcher: Watcher,
-) where
-    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let svc = service(proxy, info);
-    let exec = StreamExec::default();
-    let conn = h2_builder(limits, exec.clone()).serve_connection(TokioIo::new(io), svc);
-    let ended = WithStreams::new(watcher.watch(conn), exec, limits.send_timeout, peer)
-        .await
-        .map_err(|e| crate::acme::error_chain(&e));
-    if let Err(chain) = ended {
-        tracing::debug!(client = %peer, "connection ended: {chain}");
     }
 }
 
@@ -188,7 +128,7 @@ pub async fn serve_https(
                 peer_header,
             });
             if is_h2 {
-                serve_h2(io, proxy, info, &conn_limits, watcher).await;
+                crate::http2::serve(io, proxy, info, &conn_limits, watcher).await;
                 return;
             }
             // The watcher is held while the HTTP/1 server runs, so the
@@ -206,7 +146,7 @@ pub async fn serve_https(
                 }
                 Served::Http2(io) => {
                     drop(stop);
-                    serve_h2(io, proxy, info, &conn_limits, watcher).await;
+                    crate::http2::serve(io, proxy, info, &conn_limits, watcher).await;
                 }
             }
         });

@@ -32,6 +32,7 @@ use http::{Method, StatusCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::access_log::{self, Record};
+use super::error::ProxyError;
 use super::shutdown::Stop;
 use super::{error, headers};
 use crate::config::AccessLog;
@@ -264,8 +265,8 @@ impl Redirect {
         let parsed = match head::request(buf, max_head, &mut fields) {
             Ok(Some(h)) => h,
             Ok(None) => return Step::More,
-            Err(head::HeadError::Malformed) => return refuse(out, StatusCode::BAD_REQUEST),
-            Err(_) => return refuse(out, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            // The status is the one error type's, as on the HTTPS listener.
+            Err(e) => return refuse(out, ProxyError::from(e).status()),
         };
         let len = parsed.len;
         let start = Instant::now();
@@ -274,7 +275,7 @@ impl Redirect {
         let framing =
             match framing::request(&head.facts, &method, head.target.as_bytes(), parsed.version) {
                 Ok(f) => f,
-                Err(refusal) => return refuse(out, refusal.status),
+                Err(refusal) => return refuse(out, ProxyError::from(refusal).status()),
             };
         let (length, chunked) = match framing {
             framing::Framing::Length(n) => (n, false),

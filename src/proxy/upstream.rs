@@ -19,6 +19,7 @@ use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::error::Kind;
 use crate::config::{self, Balance};
 use crate::http1::client::Conn;
 
@@ -32,6 +33,15 @@ pub enum ConnectError {
     /// Refused, unreachable or the name did not resolve: try the next upstream.
     Io(std::io::Error),
     Timeout(Duration),
+}
+
+impl ConnectError {
+    pub fn kind(&self) -> Kind {
+        match self {
+            ConnectError::Io(_) => Kind::Refused,
+            ConnectError::Timeout(_) => Kind::ConnectTimeout,
+        }
+    }
 }
 
 impl std::fmt::Display for ConnectError {
@@ -77,6 +87,8 @@ pub struct Upstream {
     active_down: AtomicBool,
     /// What was last logged, so each change is logged once.
     reported_down: AtomicBool,
+    /// The latest failure's kind (written on failures only).
+    last_fault: Mutex<Option<Kind>>,
     site: String,
     /// Request counters by status class (1xx..5xx), resolved once.
     requests: [prometheus_client::metrics::counter::Counter; 5],
@@ -123,6 +135,7 @@ impl Upstream {
             down_until: AtomicU64::new(0),
             active_down: AtomicBool::new(false),
             reported_down: AtomicBool::new(false),
+            last_fault: Mutex::new(None),
             site: site.to_string(),
             slots: (cfg.max_conns > 0).then(|| Arc::new(Semaphore::new(cfg.max_conns))),
             tunnels: Arc::new(Semaphore::new(cfg.max_tunnels)),
@@ -161,8 +174,24 @@ impl Upstream {
         self.active_down.load(Ordering::Relaxed)
     }
 
-    /// A connect error, timeout or failure before response headers.
-    pub fn record_failure(&self, max_fails: u32, fail_timeout: Duration) {
+    /// The kind of the latest failure, if any.
+    pub fn last_fault(&self) -> Option<Kind> {
+        *self.last_fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A connect error, timeout or failure before response headers, of
+    /// this kind: counted by kind, kept as the latest, and against the
+    /// upstream's passive health.
+    pub fn record_failure(&self, kind: Kind, max_fails: u32, fail_timeout: Duration) {
+        crate::metrics::METRICS
+            .upstream_failures
+            .get_or_create(&crate::metrics::FailureLabels {
+                site: self.site.clone(),
+                upstream: self.addr.clone(),
+                kind: kind.label(),
+            })
+            .inc();
+        *self.last_fault.lock().unwrap_or_else(|p| p.into_inner()) = Some(kind);
         if max_fails == 0 {
             return;
         }
@@ -206,7 +235,12 @@ impl Upstream {
         let down = !self.available();
         if self.reported_down.swap(down, Ordering::Relaxed) != down {
             if down {
-                tracing::warn!(site = %self.site, upstream = %self.addr, "upstream marked down");
+                let why = match (self.actively_down(), self.last_fault()) {
+                    (true, _) => "failed health check",
+                    (false, Some(k)) => k.label(),
+                    (false, None) => "failures",
+                };
+                tracing::warn!(site = %self.site, upstream = %self.addr, why, "upstream marked down");
             } else {
                 tracing::info!(site = %self.site, upstream = %self.addr, "upstream back up");
             }
@@ -535,7 +569,7 @@ mod tests {
         let p = pool(&[1, 1, 1], Balance::RoundRobin);
         assert_eq!(p.pick(0b011, C), Some(2));
         assert_eq!(p.pick(0b111, C), None);
-        p.upstreams[1].record_failure(1, Duration::from_secs(10));
+        p.upstreams[1].record_failure(Kind::Refused, 1, Duration::from_secs(10));
         for _ in 0..6 {
             assert_ne!(p.pick(0, C), Some(1));
         }

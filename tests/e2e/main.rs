@@ -10,6 +10,7 @@ mod common;
 mod acme;
 mod balance;
 mod daemon;
+mod h2spec;
 mod hostile;
 mod providers;
 mod redirect;

@@ -250,3 +250,39 @@ async fn large_bodies_arrive_whole_both_ways() {
     let a = exchange(&mut c, &req).await.unwrap();
     assert_eq!(a.text(), "uploaded");
 }
+
+/// Each way an upstream can fail keeps its kind: its status for the client
+/// (502, or 504 for a timeout), and its count in
+/// `edge_upstream_failures_total` by kind, for the operator.
+#[tokio::test(start_paused = true)]
+async fn upstream_failures_keep_their_kind_in_the_status_and_the_metrics() {
+    let refused = refusing().await;
+    let closes = Upstream::start(|_| Reply::Close).await;
+    let garbage = Upstream::start(|_| Reply::Raw(b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec())).await;
+    let hangs = Upstream::start(|_| Reply::Hang).await;
+    let cases = [
+        ("refused.test", refused.clone(), "refused", 502),
+        ("reset.test", closes.addr(), "reset", 502),
+        ("bad.test", garbage.addr(), "bad_answer", 502),
+        ("slow.test", hangs.addr(), "timeout", 504),
+    ];
+    let mut config = String::new();
+    for (name, addr, _, _) in &cases {
+        config.push_str(&site(
+            &[name],
+            &[addr],
+            "max_fails = 0\nresponse_timeout = \"5s\"",
+        ));
+    }
+    let edge = Edge::start(&config).await;
+    for (name, _, _, status) in &cases {
+        assert_eq!(get(edge.https(), name, "/").await.status, *status, "{name}");
+    }
+    let metrics = edge::metrics::METRICS.encode();
+    for (name, addr, kind, _) in &cases {
+        let line = format!(
+            "edge_upstream_failures_total{{site=\"{name}\",upstream=\"{addr}\",kind=\"{kind}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
+}

@@ -47,16 +47,17 @@ thread_local! {
     /// Set during one stream's poll: whether what it waits on next is the
     /// client taking data. A thread-local, because the stream's future is
     /// hyper's, and the request path and the answer's body inside it are
-    /// edge's: they say what they wait on, the wrapper reads it afterwards.
+    /// edge's: they say what they wait on (`super::Sending`), the wrapper
+    /// reads it afterwards. Nothing outside this HTTP/2 session code touches it.
     static OWED: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Called by the request path: `true` when the answer is ready to go to the
-/// client, and from the answer's body after each poll (`true` when it gave a
-/// frame: hyper now needs flow-control room to send it; `false` when it waits
-/// on the upstream, which has its own timeout). Costs a thread-local store;
-/// outside an HTTP/2 stream nobody reads it.
-pub fn waiting_on_client(yes: bool) {
+/// Said by the stream's own code (`super::Sending` and the service): `true`
+/// when the answer is ready to go to the client, and after each poll of the
+/// answer's body (`true` when it gave a frame: hyper now needs flow-control
+/// room to send it; `false` when it waits on the upstream, which has its own
+/// timeout). Costs a thread-local store.
+pub(super) fn waiting_on_client(yes: bool) {
     OWED.with(|o| o.set(yes));
 }
 

@@ -1,0 +1,87 @@
+//! The last phases: respond (the upstream's answer, or the error's, made by
+//! `error::respond`, the one place errors become answers) and log (counted
+//! in the metrics, and one access-log line when the answer's body is done).
+
+use http::Response;
+use http_body_util::{Either, Full};
+
+use super::access_log::{Logged, Record};
+use super::error::{self, ProxyError};
+use super::forward::Forwarded;
+use super::session::Ctx;
+use super::Body;
+use crate::config::AccessLog;
+
+/// Respond, then log: what the client gets for the request.
+pub fn respond(
+    result: Result<Forwarded, ProxyError>,
+    ctx: Ctx,
+    access: AccessLog,
+) -> Response<Body> {
+    let (response, up_guard) = match result {
+        Ok((resp, guard)) => {
+            let (parts, body) = resp.into_parts();
+            (Response::from_parts(parts, Either::Left(body)), Some(guard))
+        }
+        Err(e) => {
+            e.log(ctx.conn.peer, ctx.host.as_deref());
+            let pages = ctx.site.as_deref().map(|s| &s.pages);
+            let resp = error::respond(&e, pages, ctx.protocol.is_http1());
+            (resp.map(Either::Right), None)
+        }
+    };
+    let status = response.status().as_u16();
+    match (&up_guard, &ctx.site) {
+        (Some(g), _) => g.upstream().count(status),
+        (None, site) => {
+            // Edge-made answers (errors, 4xx) are rarer: a label lookup is fine here.
+            crate::metrics::METRICS
+                .requests
+                .get_or_create(&crate::metrics::RequestLabels {
+                    site: site
+                        .as_ref()
+                        .and_then(|s| s.cfg.domains.first().cloned())
+                        .unwrap_or_else(|| "-".into()),
+                    class: crate::metrics::status_class(status),
+                    upstream: "-".into(),
+                })
+                .inc();
+        }
+    }
+    if let Some(s) = &ctx.site {
+        s.latency.observe(ctx.start.elapsed().as_secs_f64());
+    }
+    let Ctx {
+        conn,
+        start,
+        method,
+        path,
+        host,
+        upstream,
+        inflight,
+        ..
+    } = ctx;
+    let record = (access != AccessLog::Off).then(|| {
+        Box::new(Record {
+            client: conn.peer.ip(),
+            method,
+            host: host.unwrap_or_default(),
+            path,
+            status,
+            upstream,
+            start,
+        })
+    });
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        Logged::new(body, record, Some(inflight)).holding(up_guard),
+    )
+}
+
+/// An error's answer with no request behind it to route or log (a head
+/// the HTTP/1 server could not read): the same page, as a `Body`.
+pub fn refusal(e: &ProxyError) -> Response<Body> {
+    let resp: Response<Full<bytes::Bytes>> = error::respond(e, None, true);
+    resp.map(|b| Logged::new(Either::Right(b), None, None))
+}
