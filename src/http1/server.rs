@@ -71,7 +71,8 @@ pub enum Served<T> {
     Closed(io::Result<()>),
     /// The client spoke HTTP/2 without ALPN: the HTTP/2 server takes over,
     /// from the bytes already read.
-    Http2(Prefixed<T>),
+    /// Boxed, so a connection's task does not keep room for it throughout.
+    Http2(Box<Prefixed<T>>),
 }
 
 /// The client connection and what has been read from it.
@@ -80,9 +81,21 @@ pub struct Conn<T> {
     pub buf: BytesMut,
 }
 
-/// Serves HTTP/1 requests on `io` until it closes.
+impl<T> Conn<T> {
+    /// A connection for [`serve`], boxed: it moves into a request's body and
+    /// back, and an async fn would keep a parameter's bytes beside the local
+    /// it moves into.
+    pub fn boxed(io: Timed<T>) -> Box<Conn<T>> {
+        Box::new(Conn {
+            io,
+            buf: BytesMut::new(),
+        })
+    }
+}
+
+/// Serves HTTP/1 requests on the connection until it closes.
 pub async fn serve<T>(
-    io: Timed<T>,
+    conn: Box<Conn<T>>,
     proxy: &Arc<Proxy>,
     info: &Arc<ConnInfo>,
     settings: &Settings,
@@ -91,10 +104,7 @@ pub async fn serve<T>(
 where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Some(Conn {
-        io,
-        buf: BytesMut::new(),
-    });
+    let mut conn = Some(conn);
     let mut out: Vec<u8> = Vec::new();
     let mut fields: Vec<head::Field> = Vec::new();
     let mut first = true;
@@ -105,8 +115,8 @@ where
             if !c.buf.is_empty() {
                 if first && PREFACE.starts_with(&c.buf[..c.buf.len().min(PREFACE.len())]) {
                     if c.buf.len() >= PREFACE.len() {
-                        let Conn { io, buf } = conn.take().expect("the connection");
-                        return Served::Http2(Prefixed::new(buf, io));
+                        let Conn { io, buf } = *conn.take().expect("the connection");
+                        return Served::Http2(Box::new(Prefixed::new(buf, io)));
                     }
                 } else {
                     match head::request(&c.buf, settings.max_head, &mut fields) {
@@ -115,17 +125,19 @@ where
                         Err(e) => {
                             let e = ProxyError::from(e);
                             e.log(info.peer, None);
-                            return Served::Closed(refuse(c, &mut out, &e).await);
+                            return Served::Closed(Box::pin(refuse(c, &mut out, &e)).await);
                         }
                     }
                 }
             }
             let read = if c.buf.is_empty() {
-                // Idle between requests: an idle connection keeps no buffer,
-                // and shutdown closes it at once.
+                // Idle between requests: an idle connection keeps no buffer
+                // (the read goes into the thread's scratch buffer first), and
+                // shutdown closes it at once.
                 out = Vec::new();
-                c.buf = BytesMut::with_capacity(READ_SIZE);
-                match stop.read_or_stop(&mut c.io, &mut c.buf).await {
+                c.buf = BytesMut::new();
+                let Conn { io, buf } = &mut **c;
+                match stop.or_stop(|cx| poll_idle_read(io, buf, cx)).await {
                     Some(r) => r,
                     None => return Served::Closed(c.io.shutdown().await),
                 }
@@ -147,7 +159,7 @@ where
             Err(refusal) => {
                 let e = ProxyError::from(refusal);
                 e.log(info.peer, None);
-                return Served::Closed(refuse(c, &mut out, &e).await);
+                return Served::Closed(Box::pin(refuse(c, &mut out, &e)).await);
             }
         };
         drop(head_bytes);
@@ -187,7 +199,9 @@ where
             Framing::Close | Framing::Tunnel => unreachable!("not a request framing"),
         };
         let session = Session::new(req, info.clone(), Protocol::Http1, start);
-        let resp = proxy.clone().handle(session).await;
+        // Boxed, as the answer's writing below: an idle connection's task
+        // holds only what waiting for the next request needs.
+        let resp = Box::pin(proxy.clone().handle(session)).await;
         // The body has been dropped by now; the connection comes back with
         // how much of the body was read.
         let mut body_done = true;
@@ -217,27 +231,59 @@ where
         }
         let c = conn.as_mut().expect("the connection");
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            let Conn { io, buf } = conn.take().expect("the connection");
-            return Served::Closed(tunnel(io, buf, &mut out, resp, info).await);
+            let Conn { io, buf } = *conn.take().expect("the connection");
+            return Served::Closed(Box::pin(tunnel(io, buf, &mut out, resp, info)).await);
         }
         let closing = !keep_alive || !body_done || stop.is_set();
-        match respond(&mut c.io, &mut out, resp, is_head, version, closing).await {
+        match Box::pin(respond(
+            &mut c.io, &mut out, resp, is_head, version, closing,
+        ))
+        .await
+        {
             Ok(true) if !closing => {
                 if let Some(left) = to_discard {
-                    if !discard(c, left, settings.body_idle_timeout).await {
+                    if !Box::pin(discard(c, left, settings.body_idle_timeout)).await {
                         return Served::Closed(c.io.shutdown().await);
                     }
                 }
             }
             Ok(_) if !body_done => {
                 // The client may still be sending the body: linger.
-                return Served::Closed(linger(c).await);
+                return Served::Closed(Box::pin(linger(c)).await);
             }
             // TLS close_notify, then FIN.
             Ok(_) => return Served::Closed(c.io.shutdown().await),
             Err(e) => return Served::Closed(Err(e)),
         }
     }
+}
+
+thread_local! {
+    /// Where an idle connection's next bytes are read first, so that no
+    /// idle connection holds a read buffer of its own (nginx frees its
+    /// buffers between requests too). One per thread: it is only borrowed
+    /// within one poll.
+    static SCRATCH: std::cell::RefCell<Box<[u8]>> =
+        std::cell::RefCell::new(vec![0; 2 * READ_SIZE].into_boxed_slice());
+}
+
+/// Reads on an idle connection through the scratch buffer; what came is
+/// copied into `buf`, made for it then.
+fn poll_idle_read<T: AsyncRead + Unpin>(
+    io: &mut T,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut rb = ReadBuf::new(scratch);
+        ready!(Pin::new(io).poll_read(cx, &mut rb))?;
+        let got = rb.filled();
+        if !got.is_empty() {
+            buf.reserve(READ_SIZE.max(got.len()));
+            buf.extend_from_slice(got);
+        }
+        Poll::Ready(Ok(got.len()))
+    })
 }
 
 /// Makes room for a read without growing a buffer that has room already.
@@ -375,13 +421,13 @@ enum BodyRead {
 
 /// What a request body hands back to the loop when it is dropped.
 struct Returned<T> {
-    conn: Conn<T>,
+    conn: Box<Conn<T>>,
     read: BodyRead,
 }
 
 /// A request body, read from the client connection as the proxy asks for it.
 pub struct H1Body<T> {
-    conn: Option<Conn<T>>,
+    conn: Option<Box<Conn<T>>>,
     read: BodyRead,
     /// Bytes of `100 Continue` still to write before the first read.
     continue_left: usize,

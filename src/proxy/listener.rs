@@ -50,6 +50,58 @@ fn deadlines(l: &Limits, head: bool, inflight: &Arc<AtomicUsize>, peer: SocketAd
     }
 }
 
+/// A client connection after its TLS handshake.
+struct Accepted {
+    info: Arc<ConnInfo>,
+    /// ALPN chose HTTP/2.
+    h2: bool,
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<ClientSock>;
+
+/// The TLS handshake, within `handshake_timeout`, counted by result; the
+/// connection boxed for the server that takes it (so a connection's task
+/// holds it once, not once per stage).
+async fn accept(
+    acceptor: &TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    handshake_timeout: Duration,
+    certs: &Certs,
+    limits: &Limits,
+    peer: SocketAddr,
+) -> Option<(Box<h1::Conn<TlsConn>>, Accepted)> {
+    let hs = &METRICS.handshakes;
+    let tls =
+        match tokio::time::timeout(handshake_timeout, acceptor.accept(ClientSock(stream))).await {
+            Ok(Ok(s)) => {
+                hs.get_or_create(&ResultLabel { result: "ok" }).inc();
+                s
+            }
+            Ok(Err(e)) => {
+                hs.get_or_create(&ResultLabel { result: "failed" }).inc();
+                tracing::debug!(client = %peer, "TLS handshake failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
+                tracing::debug!(client = %peer, "TLS handshake timed out");
+                return None;
+            }
+        };
+    let (_, session) = tls.get_ref();
+    let served = certs.current().for_sni(session.server_name()).cloned();
+    let h2 = session.alpn_protocol() == Some(b"h2");
+    let inflight = Arc::new(AtomicUsize::new(0));
+    let io = Timed::new(tls, Some(deadlines(limits, !h2, &inflight, peer)));
+    let info = Arc::new(ConnInfo {
+        peer,
+        served,
+        inflight,
+        peer_header: super::headers::peer_value(peer.ip()),
+    });
+    Some((h1::Conn::boxed(io), Accepted { info, h2 }))
+}
+
 pub async fn serve_https(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -95,40 +147,20 @@ pub async fn serve_https(
         tasks.spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
-            let hs = &METRICS.handshakes;
-            let tls =
-                match tokio::time::timeout(handshake_timeout, acceptor.accept(ClientSock(stream)))
-                    .await
-                {
-                    Ok(Ok(s)) => {
-                        hs.get_or_create(&ResultLabel { result: "ok" }).inc();
-                        s
-                    }
-                    Ok(Err(e)) => {
-                        hs.get_or_create(&ResultLabel { result: "failed" }).inc();
-                        tracing::debug!(client = %peer, "TLS handshake failed: {e}");
-                        return;
-                    }
-                    Err(_) => {
-                        hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
-                        tracing::debug!(client = %peer, "TLS handshake timed out");
-                        return;
-                    }
-                };
-            let (_, session) = tls.get_ref();
-            let served = certs.current().for_sni(session.server_name()).cloned();
-            let is_h2 = session.alpn_protocol() == Some(b"h2");
-            let inflight = Arc::new(AtomicUsize::new(0));
-            let io = Timed::new(tls, Some(deadlines(&conn_limits, !is_h2, &inflight, peer)));
-            let peer_header = super::headers::peer_value(peer.ip());
-            let info = Arc::new(ConnInfo {
+            let accepted = accept(
+                &acceptor,
+                stream,
+                handshake_timeout,
+                &certs,
+                &conn_limits,
                 peer,
-                served,
-                inflight,
-                peer_header,
-            });
-            if is_h2 {
-                crate::http2::serve(io, proxy, info, &conn_limits, watcher).await;
+            );
+            let Some((conn, Accepted { info, h2 })) = accepted.await else {
+                return;
+            };
+            if h2 {
+                let io = conn.io;
+                Box::pin(crate::http2::serve(io, proxy, info, &conn_limits, watcher)).await;
                 return;
             }
             // The watcher is held while the HTTP/1 server runs, so the
@@ -139,14 +171,15 @@ pub async fn serve_https(
                 max_head: conn_limits.max_header_bytes,
                 body_idle_timeout: conn_limits.body_idle_timeout,
             };
-            match h1::serve(io, &proxy, &info, &settings, &mut stop).await {
+            match h1::serve(conn, &proxy, &info, &settings, &mut stop).await {
                 Served::Closed(Ok(())) => {}
                 Served::Closed(Err(e)) => {
                     tracing::debug!(client = %peer, "connection ended: {e}");
                 }
                 Served::Http2(io) => {
                     drop(stop);
-                    crate::http2::serve(io, proxy, info, &conn_limits, watcher).await;
+                    let served = crate::http2::serve(*io, proxy, info, &conn_limits, watcher);
+                    Box::pin(served).await;
                 }
             }
         });

@@ -85,7 +85,15 @@ impl Stop {
         buf: &mut BytesMut,
     ) -> Option<io::Result<usize>> {
         let mut read = std::pin::pin!(io.read_buf(buf));
-        poll_fn(|cx| match read.as_mut().poll(cx) {
+        self.or_stop(|cx| read.as_mut().poll(cx)).await
+    }
+
+    /// The same for any read: `read` is polled first, then the signal.
+    pub async fn or_stop<T>(
+        &mut self,
+        mut read: impl FnMut(&mut Context<'_>) -> Poll<T>,
+    ) -> Option<T> {
+        poll_fn(|cx| match read(cx) {
             Poll::Ready(r) => Poll::Ready(Some(r)),
             Poll::Pending => self.poll(cx).map(|()| None),
         })
