@@ -46,6 +46,9 @@ const READ_SIZE: usize = 8192;
 /// Body data up to this size is copied behind the head into one write;
 /// larger data is written from where it is.
 const COALESCE: usize = 16 * 1024;
+/// A write buffer up to this size is kept by an idle connection (an
+/// answer's head and a small body fit); a larger one is freed.
+const OUT_KEPT: usize = 1024;
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// What is left of a request body the upstream did not read is read and
@@ -131,10 +134,13 @@ where
                 }
             }
             let read = if c.buf.is_empty() {
-                // Idle between requests: an idle connection keeps no buffer
-                // (the read goes into the thread's scratch buffer first), and
-                // shutdown closes it at once.
-                out = Vec::new();
+                // Idle between requests: an idle connection keeps no read
+                // buffer (the read goes into the thread's scratch buffer
+                // first) and a write buffer only as large as a usual head,
+                // and shutdown closes it at once.
+                if out.capacity() > OUT_KEPT {
+                    out = Vec::new();
+                }
                 c.buf = BytesMut::new();
                 let Conn { io, buf } = &mut **c;
                 match stop.or_stop(|cx| poll_idle_read(io, buf, cx)).await {
@@ -153,7 +159,14 @@ where
             }
         };
         first = false;
-        let head_bytes = c.buf.split_to(parsed.len).freeze();
+        // The head, frozen for its values to be slices of it: when it is all
+        // that was read (a bodiless request, most of them), the buffer
+        // itself, without the allocation a split makes.
+        let head_bytes = if parsed.len == c.buf.len() {
+            std::mem::take(&mut c.buf).freeze()
+        } else {
+            c.buf.split_to(parsed.len).freeze()
+        };
         let req = match request(&head_bytes, &parsed, &fields) {
             Ok(r) => r,
             Err(refusal) => {
@@ -199,8 +212,9 @@ where
             Framing::Close | Framing::Tunnel => unreachable!("not a request framing"),
         };
         let session = Session::new(req, info.clone(), Protocol::Http1, start);
-        // Boxed, as the answer's writing below: an idle connection's task
-        // holds only what waiting for the next request needs.
+        // Boxed, so an idle connection's task does not keep room for the
+        // request path's future (small enough for the allocator's
+        // per-thread cache; the answer's writing, larger, stays inline).
         let resp = Box::pin(proxy.clone().handle(session)).await;
         // The body has been dropped by now; the connection comes back with
         // how much of the body was read.
@@ -279,7 +293,10 @@ fn poll_idle_read<T: AsyncRead + Unpin>(
         ready!(Pin::new(io).poll_read(cx, &mut rb))?;
         let got = rb.filled();
         if !got.is_empty() {
-            buf.reserve(READ_SIZE.max(got.len()));
+            // Just what came: a bodiless request's head is a small
+            // allocation (the allocator's per-thread cache serves it);
+            // more room is made when more is read.
+            buf.reserve(got.len());
             buf.extend_from_slice(got);
         }
         Poll::Ready(Ok(got.len()))
@@ -568,6 +585,8 @@ async fn respond<T: AsyncWrite + Unpin>(
     let mut body = std::pin::pin!(body);
     let status = parts.status;
     out.clear();
+    // Once, not by doubling from nothing (a large `out` is dropped while idle).
+    out.reserve(OUT_KEPT);
     headers::write_status_line(out, status);
     let mut length = None;
     let mut keep_alive = !closing;
