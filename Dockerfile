@@ -27,7 +27,7 @@ COPY --from=build /src/target/pgo/release/edge /usr/local/bin/edge
 COPY config/edge.toml /etc/edge/edge.toml
 USER edge
 VOLUME ["/var/lib/edge"]
-EXPOSE 80/tcp 443/tcp 53/udp 53/tcp
+EXPOSE 80/tcp 443/tcp 443/udp 53/udp 53/tcp
 ENV EDGE_CONFIG=/etc/edge/edge.toml
 ENTRYPOINT ["/usr/local/bin/edge"]
 CMD ["serve"]

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use crate::certinfo::rfc3339;
 use crate::certs::{self, Manager};
 use crate::config::{self, Config};
+use crate::http3;
 use crate::proxy::conn_limit::ConnLimiter;
 use crate::proxy::listener::{self, ListenLimits};
 use crate::proxy::redirect::Redirect;
@@ -50,6 +51,8 @@ pub enum DaemonError {
 pub struct Bound {
     pub https: SocketAddr,
     pub http: SocketAddr,
+    /// HTTP/3's UDP address (the `https` port), when it is on.
+    pub http3: Option<SocketAddr>,
     pub metrics: Option<SocketAddr>,
 }
 
@@ -115,7 +118,6 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let certs = Certs::default();
     let manager = Manager::start(cfg.clone(), store, certs.clone()).await;
     let routes = Routes::build(&cfg.sites).map_err(DaemonError::Config)?;
-    let proxy = Arc::new(Proxy::new(routes, cfg.log.access, cfg.limits.clone()));
     let tls_cfg = tls::server_config(&certs)?;
 
     let https = bind("listen.https", cfg.listen.https).await?;
@@ -124,11 +126,36 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         Some(addr) => Some(bind("metrics.listen", addr).await?),
         None => None,
     };
+    let https_addr = https.local_addr().unwrap_or(cfg.listen.https);
+    let quic_limits = http3::QuicLimits {
+        handshake_timeout: cfg.listen.handshake_timeout,
+        limits: cfg.limits.clone(),
+    };
+    // UDP on the port TCP got (a port of 0 in tests becomes the same number).
+    let quic = if cfg.listen.http3 {
+        let quic_tls = tls::quic_server_config(&certs)?;
+        let endpoint = http3::bind(https_addr, quic_tls, &quic_limits).map_err(|e| {
+            DaemonError::Config(format!(
+                "listen.http3: cannot serve HTTP/3 on UDP {https_addr}: {e}; \
+                 set listen.http3 = false to serve HTTP/1.1 and HTTP/2 only"
+            ))
+        })?;
+        Some(endpoint)
+    } else {
+        None
+    };
     let bound = Bound {
-        https: https.local_addr().unwrap_or(cfg.listen.https),
+        https: https_addr,
         http: http.local_addr().unwrap_or(cfg.listen.http),
+        http3: quic.as_ref().and_then(|e| e.local_addr().ok()),
         metrics: metrics.as_ref().and_then(|l| l.local_addr().ok()),
     };
+    let proxy = Arc::new(Proxy::new(
+        routes,
+        cfg.log.access,
+        cfg.limits.clone(),
+        bound.http3.map(|a| a.port()),
+    ));
     let limits = ListenLimits {
         handshake_timeout: cfg.listen.handshake_timeout,
         limits: cfg.limits.clone(),
@@ -147,6 +174,16 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         .await
         .map_err(DaemonError::Config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let quic_task = quic.map(|endpoint| {
+        tokio::spawn(http3::serve(
+            endpoint,
+            proxy.clone(),
+            certs.clone(),
+            quic_limits,
+            conns.clone(),
+            stop_rx.clone(),
+        ))
+    });
     let https_task = tokio::spawn(listener::serve_https(
         https,
         tls_cfg,
@@ -179,7 +216,7 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     if let Some(l) = metrics {
         tokio::spawn(crate::metrics::serve(l, stop_rx.clone()));
     }
-    tracing::info!(https = %bound.https, http = %bound.http, metrics = %bound.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
+    tracing::info!(https = %bound.https, http = %bound.http, http3 = %bound.http3.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), metrics = %bound.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
     sdnotify::notify("READY=1");
 
     let (commands, mut inbox) = mpsc::channel::<Command>(4);
@@ -208,7 +245,12 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         sdnotify::notify("STOPPING=1");
         let cfg = m.config();
         let _ = tokio::fs::remove_file(certs::socket_path(&cfg.state_dir)).await;
-        let _ = tokio::join!(https_task, http_task, certs_task);
+        let quic_done = async {
+            if let Some(t) = quic_task {
+                let _ = t.await;
+            }
+        };
+        let _ = tokio::join!(https_task, http_task, certs_task, quic_done);
         tracing::info!("edge stopped");
         (*cfg).clone()
     });
@@ -237,7 +279,10 @@ async fn apply(m: &Manager, proxy: &Proxy, next: Config) {
             return;
         }
     };
-    if next.listen.https != current.listen.https || next.listen.http != current.listen.http {
+    if next.listen.https != current.listen.https
+        || next.listen.http != current.listen.http
+        || next.listen.http3 != current.listen.http3
+    {
         tracing::warn!("listen addresses changed; they take effect at the next restart");
     }
     if next.state_dir != current.state_dir {

@@ -22,6 +22,8 @@ pub struct RequestLabels {
     pub site: String,
     pub class: &'static str,
     pub upstream: String,
+    /// `http1`, `http2` or `http3`.
+    pub proto: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

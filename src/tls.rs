@@ -314,6 +314,23 @@ pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, rustls::Error> 
     Ok(Arc::new(cfg))
 }
 
+/// The same, for QUIC: TLS 1.3 only (QUIC has no other), ALPN h3, the same
+/// certificate resolver, and no 0-RTT (early data can be replayed).
+pub fn quic_server_config(certs: &Certs) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.cipher_suites = preferred_suites(provider.cipher_suites, aes_in_hardware());
+    let mut cfg = ServerConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(certs.clone())));
+    cfg.alpn_protocols = vec![b"h3".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    cfg.ignore_client_order = true;
+    cfg.send_tls13_tickets = 1;
+    cfg.max_early_data_size = 0;
+    Ok(Arc::new(cfg))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

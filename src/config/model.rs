@@ -76,6 +76,8 @@ pub struct Listen {
     /// 308 keeps the method and body (our default); 301 is what nginx's `permanent` sends.
     pub redirect: u16,
     pub handshake_timeout: Duration,
+    /// HTTP/3 (QUIC) on the `https` address, UDP.
+    pub http3: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

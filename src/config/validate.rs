@@ -145,6 +145,7 @@ impl V<'_> {
             https,
             redirect,
             handshake_timeout: dur(raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT),
+            http3: raw.http3.unwrap_or(defaults::HTTP3),
         })
     }
 

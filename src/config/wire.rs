@@ -36,6 +36,7 @@ pub struct Listen {
     pub https: Option<Addr>,
     pub redirect: Option<i64>,
     pub handshake_timeout: Option<Dur>,
+    pub http3: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]

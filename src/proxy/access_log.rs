@@ -23,6 +23,8 @@ pub struct Record {
     pub status: u16,
     pub upstream: Option<Arc<str>>,
     pub start: Instant,
+    /// HTTP/1.0, HTTP/1.1, HTTP/2 or HTTP/3.
+    pub version: http::Version,
 }
 
 /// Counts a request as in flight until its response body is done; the
@@ -117,12 +119,23 @@ where
     }
 }
 
+/// How the log names a request's protocol.
+fn version_label(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
 pub(super) fn emit(r: &Record, bytes: u64) {
     let ms = r.start.elapsed().as_secs_f64() * 1000.0;
     tracing::info!(
         target: "edge::access",
         client = %r.client,
         method = %r.method,
+        proto = %version_label(r.version),
         host = %r.host,
         path = %r.path,
         status = r.status,

@@ -42,6 +42,8 @@ pub enum ReqBody {
     H1(Box<dyn ClientBody<Error = crate::http1::server::H1BodyError>>),
     /// An HTTP/2 stream's body.
     H2(Incoming),
+    /// An HTTP/3 stream's DATA frames.
+    H3(Box<dyn ClientBody<Error = crate::http3::BodyError>>),
 }
 
 impl ReqBody {
@@ -50,6 +52,7 @@ impl ReqBody {
             ReqBody::Empty => true,
             ReqBody::H1(b) => b.is_end_stream(),
             ReqBody::H2(b) => b.is_end_stream(),
+            ReqBody::H3(b) => b.is_end_stream(),
         }
     }
 
@@ -58,6 +61,7 @@ impl ReqBody {
             ReqBody::Empty => SizeHint::with_exact(0),
             ReqBody::H1(b) => b.size_hint(),
             ReqBody::H2(b) => b.size_hint(),
+            ReqBody::H3(b) => b.size_hint(),
         }
     }
 
@@ -71,6 +75,9 @@ impl ReqBody {
                 .poll_frame(cx)
                 .map_err(|e| BodyError::Client(Box::new(e))),
             ReqBody::H2(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Client(Box::new(e))),
+            ReqBody::H3(b) => Pin::new(b.as_mut())
                 .poll_frame(cx)
                 .map_err(|e| BodyError::Client(Box::new(e))),
         }

@@ -121,14 +121,25 @@ pub struct Proxy {
     routes: ArcSwap<Routes>,
     access: AccessLog,
     limits: Limits,
+    /// `Alt-Svc` for HTTP/1.1 and HTTP/2 answers while HTTP/3 is on.
+    alt_svc: Option<HeaderValue>,
 }
 
 impl Proxy {
-    pub fn new(routes: Routes, access: AccessLog, limits: Limits) -> Proxy {
+    /// `http3_port`: HTTP/3 is served on this UDP port, and answers over
+    /// TCP say so.
+    pub fn new(
+        routes: Routes,
+        access: AccessLog,
+        limits: Limits,
+        http3_port: Option<u16>,
+    ) -> Proxy {
         Proxy {
             routes: ArcSwap::from_pointee(routes),
             access,
             limits,
+            alt_svc: http3_port
+                .and_then(|p| HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()),
         }
     }
 
@@ -158,7 +169,7 @@ impl Proxy {
                 Ok(p) => forward::forward(p, &mut ctx).await,
                 Err(e) => Err(e),
             };
-            respond::respond(result, ctx, self.access)
+            respond::respond(result, ctx, self.access, self.alt_svc.as_ref())
         }
     }
 }

@@ -238,6 +238,11 @@ fn log(
         status: status.as_u16(),
         upstream: None,
         start,
+        version: if head.http10 {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        },
     };
     access_log::emit(&record, bytes);
 }

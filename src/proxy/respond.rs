@@ -2,13 +2,14 @@
 //! `error::respond`, the one place errors become answers) and log (counted
 //! in the metrics, and one access-log line when the answer's body is done).
 
+use http::header::{self, HeaderValue};
 use http::Response;
 use http_body_util::{Either, Full};
 
 use super::access_log::{Logged, Record};
 use super::error::{self, ProxyError};
 use super::forward::Forwarded;
-use super::session::Ctx;
+use super::session::{Ctx, Protocol};
 use super::Body;
 use crate::config::AccessLog;
 
@@ -17,6 +18,7 @@ pub fn respond(
     result: Result<Forwarded, ProxyError>,
     ctx: Ctx,
     access: AccessLog,
+    alt_svc: Option<&HeaderValue>,
 ) -> Response<Body> {
     let (response, up_guard) = match result {
         Ok((resp, guard)) => {
@@ -30,9 +32,14 @@ pub fn respond(
             (resp.map(Either::Right), None)
         }
     };
+    let mut response = response;
+    if let Some(v) = alt_svc.filter(|_| ctx.protocol != Protocol::Http3) {
+        // HTTP/3 is on: say where, so browsers move to it.
+        response.headers_mut().insert(header::ALT_SVC, v.clone());
+    }
     let status = response.status().as_u16();
     match (&up_guard, &ctx.site) {
-        (Some(g), _) => g.upstream().count(status),
+        (Some(g), _) => g.upstream().count(status, ctx.protocol),
         (None, site) => {
             // Edge-made answers (errors, 4xx) are rarer: a label lookup is fine here.
             crate::metrics::METRICS
@@ -44,6 +51,7 @@ pub fn respond(
                         .unwrap_or_else(|| "-".into()),
                     class: crate::metrics::status_class(status),
                     upstream: "-".into(),
+                    proto: ctx.protocol.label(),
                 })
                 .inc();
         }
@@ -55,6 +63,7 @@ pub fn respond(
         conn,
         start,
         method,
+        version,
         path,
         host,
         upstream,
@@ -70,6 +79,7 @@ pub fn respond(
             status,
             upstream,
             start,
+            version,
         })
     });
     let (parts, body) = response.into_parts();

@@ -111,8 +111,9 @@ fn rewrite_request<'a>(
     for (name, value) in lines.into_iter().flatten() {
         added.push(name, value);
     }
-    // HTTP/2 clients may split cookies over several fields; HTTP/1.1 wants one.
-    if parts.version == Version::HTTP_2
+    // HTTP/2 and HTTP/3 clients may split cookies over several fields;
+    // HTTP/1.1 wants one.
+    if parts.version >= Version::HTTP_2
         && parts
             .headers
             .get_all(header::COOKIE)

@@ -20,6 +20,7 @@ use super::{ConnInfo, SiteRt};
 pub enum Protocol {
     Http1,
     Http2,
+    Http3,
 }
 
 impl Protocol {
@@ -33,6 +34,19 @@ impl Protocol {
     /// the framing ends it (`Connection: close`).
     pub fn is_http1(self) -> bool {
         self == Protocol::Http1
+    }
+
+    /// The `proto` label of the request metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
     }
 }
 
@@ -68,6 +82,8 @@ pub struct Ctx {
     pub protocol: Protocol,
     pub start: Instant,
     pub method: Method,
+    /// The request's HTTP version, for the access log.
+    pub version: http::Version,
     /// The path for the access log; empty when it is off.
     pub path: String,
     /// The host, once validated.
@@ -90,6 +106,7 @@ impl Ctx {
             protocol: s.protocol,
             start: s.start,
             method: s.req.method().clone(),
+            version: s.req.version(),
             path: if logging {
                 s.req.uri().path().to_string()
             } else {

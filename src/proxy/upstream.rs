@@ -20,6 +20,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::Kind;
+use super::session::Protocol;
+
+/// Every protocol, in `Protocol::index` order.
+const PROTOCOLS: [Protocol; 3] = [Protocol::Http1, Protocol::Http2, Protocol::Http3];
 use crate::config::{self, Balance};
 use crate::http1::client::Conn;
 
@@ -91,7 +95,7 @@ pub struct Upstream {
     last_fault: Mutex<Option<Kind>>,
     site: String,
     /// Request counters by status class (1xx..5xx), resolved once.
-    requests: [prometheus_client::metrics::counter::Counter; 5],
+    requests: [[prometheus_client::metrics::counter::Counter; 5]; 3],
     /// `max_conns` slots, one per request in flight; `None` when unlimited.
     slots: Option<Arc<Semaphore>>,
     pub max_conns: usize,
@@ -141,22 +145,25 @@ impl Upstream {
             tunnels: Arc::new(Semaphore::new(cfg.max_tunnels)),
             max_tunnels: cfg.max_tunnels,
             max_conns: cfg.max_conns,
-            requests: crate::metrics::STATUS_CLASSES.map(|class| {
-                crate::metrics::METRICS
-                    .requests
-                    .get_or_create(&crate::metrics::RequestLabels {
-                        site: site.to_string(),
-                        class,
-                        upstream: cfg.addr.clone(),
-                    })
-                    .clone()
+            requests: PROTOCOLS.map(|proto| {
+                crate::metrics::STATUS_CLASSES.map(|class| {
+                    crate::metrics::METRICS
+                        .requests
+                        .get_or_create(&crate::metrics::RequestLabels {
+                            site: site.to_string(),
+                            class,
+                            upstream: cfg.addr.clone(),
+                            proto: proto.label(),
+                        })
+                        .clone()
+                })
             }),
         }
     }
 
     /// Counts one answered request in the metrics.
-    pub fn count(&self, status: u16) {
-        self.requests[crate::metrics::class_index(status)].inc();
+    pub fn count(&self, status: u16, proto: Protocol) {
+        self.requests[proto.index()][crate::metrics::class_index(status)].inc();
     }
 
     /// In rotation: neither failed passively nor by active check.

@@ -12,6 +12,7 @@ mod balance;
 mod daemon;
 mod h2spec;
 mod hostile;
+mod http3;
 mod providers;
 mod redirect;
 mod reload;

@@ -327,7 +327,8 @@ fn metrics_show_requests_per_upstream_and_certificate_expiry() {
     let m = String::from_utf8_lossy(&out.stdout);
     for up in &ups {
         let want =
-            format!("edge_requests_total{{site=\"flask.test\",class=\"2xx\",upstream=\"{up}\"}} 2");
+            // curl speaks HTTP/2 to edge (ALPN); the label says so.
+            format!("edge_requests_total{{site=\"flask.test\",class=\"2xx\",upstream=\"{up}\",proto=\"http2\"}} 2");
         assert!(m.contains(&want), "{want} missing:\n{m}");
     }
     assert!(

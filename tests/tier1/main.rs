@@ -8,6 +8,7 @@ mod harness;
 mod certs;
 mod corpus;
 mod hostile;
+mod http3;
 mod lifecycle;
 mod limits;
 mod props;

@@ -7,6 +7,7 @@
 
 pub mod acme;
 pub mod client;
+pub mod h3;
 pub mod strict;
 pub mod upstream;
 
