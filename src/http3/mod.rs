@@ -103,6 +103,12 @@ pub async fn serve(
                 continue;
             }
         };
+        // Counted here, not in the task: a burst of Initials read in one
+        // turn must see each other before any task has run.
+        let validated = incoming.remote_address_validated();
+        if !validated {
+            unvalidated.fetch_add(1, Ordering::Relaxed);
+        }
         let (proxy, certs, limits, unvalidated) = (
             proxy.clone(),
             certs.clone(),
@@ -113,10 +119,6 @@ pub async fn serve(
         tasks.spawn(async move {
             let _permit = permit;
             let _conn = ConnGuard::new();
-            let validated = incoming.remote_address_validated();
-            if !validated {
-                unvalidated.fetch_add(1, Ordering::Relaxed);
-            }
             let conn = handshake(incoming, limits.handshake_timeout, peer).await;
             if !validated {
                 unvalidated.fetch_sub(1, Ordering::Relaxed);

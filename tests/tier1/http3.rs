@@ -313,3 +313,92 @@ async fn quic_and_tcp_share_the_per_address_connection_limit() {
     let mut again = H3::connect(udp(&edge), HOST).await;
     assert_eq!(again.get(HOST, "/").await.text(), "v1");
 }
+
+/// Initial packets, each a new handshake, captured from a real QUIC client
+/// that never hears back (so each has its own connection IDs).
+async fn initials(n: usize) -> Vec<Vec<u8>> {
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let to = sink.local_addr().unwrap();
+    let tls = crate::harness::client::client_config(&[b"h3"]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    while got.len() < n {
+        pending.push(client.connect(to, HOST).unwrap());
+        let (len, _) = within(secs(5), "an Initial", sink.recv_from(&mut buf))
+            .await
+            .unwrap();
+        // Long header, type Initial (RFC 9000 §17.2.2); a retransmission of
+        // an earlier one would repeat its connection ID, so keep the new.
+        let dcid = |p: &[u8]| p[5..6 + p[5] as usize].to_vec();
+        if buf[0] & 0xb0 == 0x80 && !got.iter().any(|g| dcid(g) == dcid(&buf)) {
+            got.push(buf[..len].to_vec());
+        }
+    }
+    got
+}
+
+/// A flood of Initial packets from one address: past a few dozen handshakes
+/// in progress, edge answers each new one with a stateless Retry instead of
+/// a handshake, so the flood cannot make it hold hundreds; nothing reaches
+/// the upstream, and another client (which answers the Retry) is served.
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_initial_packets_gets_retry_and_other_clients_are_served() {
+    let up = Upstream::named("v1").await;
+    let edge = edge_with_limits("", &up).await;
+    let flood = initials(400).await;
+    let attacker = std::sync::Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    // Edge's answers, by the connection ID they are addressed to (the
+    // client's source ID): a Retry (type 3) or a handshake (Initial, type
+    // 0). Read while the flood goes out, so none is lost to a full buffer.
+    let listen = attacker.clone();
+    let answers = tokio::spawn(async move {
+        let (mut retries, mut handshakes) = (
+            std::collections::HashSet::new(),
+            std::collections::HashSet::new(),
+        );
+        let mut buf = vec![0u8; 65536];
+        while let Ok(Ok((len, _))) =
+            tokio::time::timeout(Duration::from_millis(300), listen.recv_from(&mut buf)).await
+        {
+            let p = &buf[..len];
+            if p[0] & 0x80 == 0 {
+                continue;
+            }
+            let dcid = p[6..6 + p[5] as usize].to_vec();
+            match (p[0] >> 4) & 3 {
+                3 => retries.insert(dcid),
+                0 => handshakes.insert(dcid),
+                _ => false,
+            };
+        }
+        (retries, handshakes)
+    });
+    for (i, p) in flood.iter().enumerate() {
+        attacker.send_to(p, udp(&edge)).await.unwrap();
+        if i % 8 == 7 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let (retries, handshakes) = answers.await.unwrap();
+    assert!(
+        handshakes.len() <= 64,
+        "{} handshakes begun for one address's flood",
+        handshakes.len()
+    );
+    assert!(
+        retries.len() >= 330,
+        "only {} of 400 Initials were answered with Retry",
+        retries.len()
+    );
+    let mut other = H3::connect(udp(&edge), HOST).await;
+    assert_eq!(other.get(HOST, "/after").await.text(), "v1");
+    assert_eq!(
+        up.count(),
+        1,
+        "only the other client's request went upstream"
+    );
+}
