@@ -12,6 +12,7 @@ pub mod dns; // TXT publishers behind one trait, propagation check
 pub mod http1; // the one HTTP/1 implementation: heads, framing, bodies, both roles
 pub mod http2; // the HTTP/2 session: hyper's server, streams in the connection's task
 pub mod http3; // the HTTP/3 session: QUIC (quinn) on the HTTPS port's UDP twin, h3 framing
+pub mod log_limit; // peer-caused log lines: one per kind and key per minute, with a count
 pub mod metrics; // Prometheus metrics and their endpoint
 pub mod names; // domain-name rules shared by config, CLI and store
 pub mod proxy; // the HTTPS request path, upstream pool, redirect listener

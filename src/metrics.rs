@@ -51,6 +51,13 @@ pub struct ResultLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// The config key of the limit, e.g. `limits.max_connections_per_ip`,
+    /// `limits.max_header_bytes`.
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct NameLabel {
     pub name: String,
 }
@@ -65,6 +72,7 @@ pub struct Metrics {
     pub handshakes: Family<ResultLabel, Counter>,
     pub cert_expiry: Family<NameLabel, Gauge<f64, AtomicU64>>,
     pub renewals: Family<ResultLabel, Counter>,
+    pub limits_hit: Family<LimitLabel, Counter>,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -88,6 +96,7 @@ impl Metrics {
         let handshakes = Family::<ResultLabel, Counter>::default();
         let cert_expiry = Family::<NameLabel, Gauge<f64, AtomicU64>>::default();
         let renewals = Family::<ResultLabel, Counter>::default();
+        let limits_hit = Family::<LimitLabel, Counter>::default();
         registry.register(
             "requests",
             "Requests by site, status class and upstream",
@@ -128,8 +137,14 @@ impl Metrics {
             "Certificate renewals by result",
             renewals.clone(),
         );
+        registry.register(
+            "limits_hit",
+            "Connections refused and requests answered 408, 413 or 431, by the limit reached",
+            limits_hit.clone(),
+        );
         Metrics {
             registry,
+            limits_hit,
             requests,
             latency,
             upstream_up,
@@ -157,6 +172,28 @@ pub fn class_index(status: u16) -> usize {
 
 pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[class_index(status)]
+}
+
+/// Counts a connection refused at a cap (`which` is its config key).
+pub fn refused(which: &'static str) {
+    METRICS
+        .limits_hit
+        .get_or_create(&LimitLabel { limit: which })
+        .inc();
+}
+
+/// Counts an answer that says a limit was reached: 408, 413, 431.
+pub fn limit_answer(status: u16) {
+    let limit = match status {
+        408 => "limits.timeouts",
+        413 => "limits.max_body_bytes",
+        431 => "limits.max_header_bytes",
+        _ => return,
+    };
+    METRICS
+        .limits_hit
+        .get_or_create(&LimitLabel { limit })
+        .inc();
 }
 
 /// Counts an open connection for as long as it lives.

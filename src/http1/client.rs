@@ -938,10 +938,15 @@ impl Body for UpBody {
             // response off (HTTP/1.1: close; HTTP/2: reset the stream). The
             // client sees that; the operator needs to see why, as with nginx's
             // "upstream prematurely closed connection".
-            tracing::warn!(
-                upstream = %self.home.addr,
-                "{e}; the client's response was cut short"
-            );
+            let limit = &crate::log_limit::LIMIT;
+            let key = format!("{} {e}", self.home.addr);
+            if let Some(n) = limit.admit("answer cut", &key) {
+                tracing::warn!(
+                    upstream = %self.home.addr,
+                    "{e}; the client's response was cut short{}",
+                    crate::log_limit::held(n)
+                );
+            }
             self.conn = None;
         }
         r

@@ -35,6 +35,7 @@ use tokio::sync::oneshot;
 use super::chunked::{self, Decoder};
 use super::framing::{self, Facts, Framing, Role};
 use super::head;
+use crate::proxy::access_log::Record;
 use crate::proxy::body::{ClientBody, ReqBody};
 use crate::proxy::deadlines::Timed;
 use crate::proxy::error::ProxyError;
@@ -128,7 +129,10 @@ where
                         Err(e) => {
                             let e = ProxyError::from(e);
                             e.log(info.peer, None);
-                            return Served::Closed(Box::pin(refuse(c, &mut out, &e)).await);
+                            let line = proxy
+                                .logs_access()
+                                .then(|| refused_line(info, None, &c.buf));
+                            return Served::Closed(Box::pin(refuse(c, &mut out, &e, line)).await);
                         }
                     }
                 }
@@ -172,7 +176,10 @@ where
             Err(refusal) => {
                 let e = ProxyError::from(refusal);
                 e.log(info.peer, None);
-                return Served::Closed(Box::pin(refuse(c, &mut out, &e)).await);
+                let line = proxy
+                    .logs_access()
+                    .then(|| refused_line(info, Some((&parsed, &head_bytes)), &[]));
+                return Served::Closed(Box::pin(refuse(c, &mut out, &e, line)).await);
             }
         };
         drop(head_bytes);
@@ -215,7 +222,18 @@ where
         // Boxed, so an idle connection's task does not keep room for the
         // request path's future (small enough for the allocator's
         // per-thread cache; the answer's writing, larger, stays inline).
-        let resp = Box::pin(proxy.clone().handle(session)).await;
+        let handling = Box::pin(proxy.clone().handle(session));
+        let resp = match conn.as_mut() {
+            // A bodiless request leaves the connection here: watched while
+            // the answer is awaited, so a client that leaves is seen then
+            // (the request is dropped and logged 499, as nginx does), not
+            // when the answer is written to nobody.
+            Some(c) => match Box::pin(unless_client_leaves(c, handling)).await {
+                Some(r) => r,
+                None => return Served::Closed(Ok(())),
+            },
+            None => handling.await,
+        };
         // The body has been dropped by now; the connection comes back with
         // how much of the body was read.
         let mut body_done = true;
@@ -303,6 +321,33 @@ fn poll_idle_read<T: AsyncRead + Unpin>(
     })
 }
 
+/// The answer, or `None` when the client closed the connection (or it
+/// failed) first. Stops watching at the first byte that comes (a pipelined
+/// request's), which stays in `c.buf` for the loop.
+async fn unless_client_leaves<T, F>(c: &mut Conn<T>, answer: Pin<Box<F>>) -> Option<F::Output>
+where
+    T: AsyncRead + Unpin,
+    F: std::future::Future,
+{
+    let mut answer = answer;
+    let mut watching = c.buf.is_empty();
+    poll_fn(|cx| {
+        if let Poll::Ready(r) = answer.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        if watching {
+            let Conn { io, buf } = &mut *c;
+            match poll_idle_read(io, buf, cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                Poll::Ready(Ok(_)) => watching = false,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
 /// Makes room for a read without growing a buffer that has room already.
 fn room(buf: &mut BytesMut) {
     if buf.capacity() - buf.len() < 1024 {
@@ -370,17 +415,58 @@ fn request(
     })
 }
 
+/// The access-log line of a request refused before it was one: what of its
+/// head could be read (method and path: from the parsed head, else from a
+/// request line in `raw` that has a token and a printable target), `-` for
+/// the rest.
+fn refused_line(
+    info: &ConnInfo,
+    head: Option<(&head::RequestHead, &[u8])>,
+    raw: &[u8],
+) -> Box<Record> {
+    let mut words = raw
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default()
+        .split(|&b| b == b' ');
+    let (m, t) = (words.next(), words.next());
+    let printable = |t: &&[u8]| !t.is_empty() && t.iter().all(|b| (0x21..0x7f).contains(b));
+    let method = match head {
+        Some((h, buf)) => Some(h.method.get(buf)),
+        None => m,
+    };
+    let target = match head {
+        Some((h, buf)) => Some(h.target.get(buf)),
+        None => t,
+    }
+    .filter(printable)
+    .map(String::from_utf8_lossy);
+    Box::new(Record {
+        client: info.peer.ip(),
+        method: method
+            .and_then(|m| Method::from_bytes(m).ok())
+            .unwrap_or_else(|| Method::from_bytes(b"-").expect("a token")),
+        host: String::new(),
+        path: target.map_or_else(|| "-".into(), |t| t.split('?').next().unwrap_or("").into()),
+        status: 0,
+        upstream: None,
+        start: std::time::Instant::now(),
+        version: head.map_or(Version::HTTP_11, |(h, _)| h.version),
+    })
+}
+
 /// Answers a request edge refuses before it is a request (its head or
 /// framing), with what `error::respond` makes of the error, and closes.
 async fn refuse<T: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<T>,
     out: &mut Vec<u8>,
     e: &ProxyError,
+    line: Option<Box<Record>>,
 ) -> io::Result<()> {
     respond(
         &mut c.io,
         out,
-        respond::refusal(e),
+        respond::refusal(e, line),
         false,
         Version::HTTP_11,
         true,
@@ -647,6 +733,9 @@ async fn respond<T: AsyncWrite + Unpin>(
         out.clear();
     }
     io.flush().await?;
+    if bodiless {
+        body.sent();
+    }
     Ok(keep_alive && complete)
 }
 
@@ -745,6 +834,7 @@ async fn tunnel<T: AsyncRead + AsyncWrite + Unpin>(
     out.extend_from_slice(b"\r\n");
     io.write_all(out).await?;
     io.flush().await?;
+    body.sent();
     drop(body);
     crate::proxy::tunnel::run(io.into_inner(), early, t, info.peer).await;
     Ok(())

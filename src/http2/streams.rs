@@ -154,10 +154,14 @@ fn poll_owing(fut: &mut StreamFuture, owed: &mut bool, cx: &mut Context<'_>) -> 
 }
 
 fn log_reset(peer: SocketAddr, streams: usize) {
-    tracing::info!(
-        client = %peer,
-        "resetting {streams} HTTP/2 stream(s): the client took none of the answer within send_timeout"
-    );
+    let limit = &crate::log_limit::LIMIT;
+    if let Some(n) = limit.admit("send_timeout", &peer.ip().to_string()) {
+        tracing::info!(
+            client = %peer.ip(),
+            "resetting {streams} HTTP/2 stream(s): the client took none of the answer within send_timeout{}",
+            crate::log_limit::held(n)
+        );
+    }
 }
 
 /// Waits once, so that hyper looks for a reset of this stream before the

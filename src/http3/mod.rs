@@ -21,6 +21,7 @@ use tokio::task::JoinSet;
 
 use crate::config::Limits;
 use crate::metrics::{ConnGuard, ResultLabel, METRICS};
+use crate::proxy::access_log::{self, End, Record, CLIENT_CLOSED};
 use crate::proxy::body::ReqBody;
 use crate::proxy::conn_limit::ConnLimiter;
 use crate::proxy::{headers, ConnInfo, Protocol, Proxy, Session};
@@ -98,6 +99,7 @@ pub async fn serve(
         let permit = match conns.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(which) => {
+                crate::metrics::refused(which);
                 tracing::debug!(client = %peer, "QUIC connection refused: {which} reached");
                 incoming.refuse();
                 continue;
@@ -288,6 +290,21 @@ async fn request(
         Ok(b) => b,
         Err(e) => {
             tracing::debug!(client = %info.peer, "HTTP/3 stream reset before its request was forwarded: {e}");
+            if proxy.logs_access() {
+                // It reached edge: one line, as for an HTTP/2 stream the
+                // client resets before its answer.
+                let line = Record {
+                    client: info.peer.ip(),
+                    method: parts.method.clone(),
+                    host: parts.uri.host().unwrap_or_default().to_ascii_lowercase(),
+                    path: parts.uri.path().to_string(),
+                    status: CLIENT_CLOSED,
+                    upstream: None,
+                    start,
+                    version: http::Version::HTTP_3,
+                };
+                access_log::emit(&line, 0, End::Abandoned);
+            }
             return false;
         }
     };

@@ -17,6 +17,22 @@ use tokio::time::{Instant, Sleep};
 pub const OK: u8 = 0;
 pub const TOO_LARGE: u8 = 1;
 pub const IDLE: u8 = 2;
+/// The HTTP/2 stream was reset by edge's side for a malformed body (DATA
+/// past its content-length): the request ends with no answer sent.
+pub const MALFORMED: u8 = 3;
+
+/// Whether `e` is an HTTP/2 stream reset that edge's side made (not one the
+/// client sent).
+fn reset_here(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        if let Some(h2e) = err.downcast_ref::<h2::Error>() {
+            return h2e.is_reset() && !h2e.is_remote();
+        }
+        at = err.source();
+    }
+    false
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -91,6 +107,11 @@ impl ReqBody {
 pub struct Tripped(Option<Arc<AtomicU8>>);
 
 impl Tripped {
+    /// A request with no body: nothing can trip.
+    pub fn none() -> Tripped {
+        Tripped(None)
+    }
+
     pub fn get(&self) -> u8 {
         self.0.as_ref().map_or(OK, |t| t.load(Ordering::Acquire))
     }
@@ -158,6 +179,23 @@ struct Streaming {
     tripped: Tripped,
 }
 
+impl Drop for Streaming {
+    /// A body dropped before its end, because its stream was reset: one
+    /// look (no I/O, no wait) at why, so the log can tell a stream edge's
+    /// side reset for a malformed body from a client that left.
+    fn drop(&mut self) {
+        if self.tripped.get() != OK || !matches!(self.inner, ReqBody::H2(_)) {
+            return;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let Poll::Ready(Some(Err(BodyError::Client(e)))) = self.inner.poll_frame(&mut cx) {
+            if reset_here(e.as_ref()) {
+                self.tripped.set(MALFORMED);
+            }
+        }
+    }
+}
+
 impl Guarded {
     pub fn new(inner: ReqBody, max: u64, idle: Duration) -> (Guarded, Tripped) {
         if inner.is_end_stream() {
@@ -198,7 +236,14 @@ impl Body for Guarded {
                 this.idle.moved();
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                if let BodyError::Client(inner) = &e {
+                    if reset_here(inner.as_ref()) {
+                        this.tripped.set(MALFORMED);
+                    }
+                }
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 if this.idle.expired(cx) {

@@ -204,7 +204,11 @@ impl<T> Timed<T> {
                         // other two are a client misbehaving (nginx logs them at
                         // info too).
                         if why != Expired::Idle {
-                            tracing::info!(client = %i.peer, "closing the connection: {why}");
+                            if let Some(n) =
+                                crate::log_limit::LIMIT.admit("deadline", &i.peer.ip().to_string())
+                            {
+                                tracing::info!(client = %i.peer.ip(), "closing the connection: {why}{}", crate::log_limit::held(n));
+                            }
                         }
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, why)));
                     }

@@ -193,6 +193,11 @@ impl ProxyError {
         }
     }
 
+    /// The upstream it concerns, if one.
+    pub fn upstream_name(&self) -> Option<&str> {
+        self.upstream.as_deref()
+    }
+
     pub fn kind(&self) -> Kind {
         self.kind
     }
@@ -237,7 +242,16 @@ impl ProxyError {
         match self.side() {
             Side::Client => tracing::debug!(client = %client, "{self}"),
             Side::Upstream | Side::Edge => {
-                tracing::warn!(host = host.unwrap_or("-"), "{self}")
+                // Per fault as written (it names the upstream): a client can
+                // repeat a request to a failing upstream as often as it likes.
+                let line = self.to_string();
+                if let Some(n) = crate::log_limit::LIMIT.admit("upstream fault", &line) {
+                    tracing::warn!(
+                        host = host.unwrap_or("-"),
+                        "{self}{}",
+                        crate::log_limit::held(n)
+                    );
+                }
             }
         }
     }

@@ -193,7 +193,9 @@ pub fn forward<'a>(
 /// the record of each attempt; the last is logged with the answer.
 fn note(failed: &mut Option<ProxyError>, e: ProxyError, more: bool) {
     if e.retryable() && more {
-        tracing::warn!("{e}; trying the next upstream");
+        if let Some(n) = crate::log_limit::LIMIT.admit("retried", &e.to_string()) {
+            tracing::warn!("{e}; trying the next upstream{}", crate::log_limit::held(n));
+        }
     }
     match failed {
         Some(prev) if prev.kind() == Kind::Timeout && e.kind() != Kind::Timeout => {}

@@ -28,6 +28,7 @@ use super::shutdown::Stop;
 use super::{ConnInfo, Proxy};
 use crate::config::Limits;
 use crate::http1::server::{self as h1, Served};
+use crate::log_limit::{held, LIMIT};
 use crate::metrics::{ConnGuard, ResultLabel, METRICS};
 use crate::tls::Certs;
 
@@ -132,7 +133,10 @@ pub async fn serve_https(
         let permit = match conns.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(which) => {
-                tracing::warn!(client = %peer, "connection refused: {which} reached");
+                crate::metrics::refused(which);
+                if let Some(n) = LIMIT.admit("connection refused", &peer.ip().to_string()) {
+                    tracing::warn!(client = %peer.ip(), "connection refused: {which} reached{}", held(n));
+                }
                 continue;
             }
         };
@@ -221,7 +225,10 @@ pub async fn serve_http(
         let permit = match conns.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(which) => {
-                tracing::warn!(client = %peer, "connection refused: {which} reached");
+                crate::metrics::refused(which);
+                if let Some(n) = LIMIT.admit("connection refused", &peer.ip().to_string()) {
+                    tracing::warn!(client = %peer.ip(), "connection refused: {which} reached{}", held(n));
+                }
                 continue;
             }
         };

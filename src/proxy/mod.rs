@@ -143,6 +143,11 @@ impl Proxy {
         }
     }
 
+    /// Whether requests get an access-log line.
+    pub fn logs_access(&self) -> bool {
+        self.access != AccessLog::Off
+    }
+
     /// Swaps in new sites; requests already routed keep the site they had.
     pub fn replace_routes(&self, routes: Routes) {
         self.routes.store(Arc::new(routes));
@@ -164,12 +169,15 @@ impl Proxy {
                 validate::admit(&s, &mut ctx, &self.limits)?;
                 Ok(rewrite::rewrite(site, s, &ctx, &self.limits))
             });
+        if let Ok(p) = &prepared {
+            ctx.tripped = p.tripped.clone();
+        }
         async move {
             let result = match prepared {
                 Ok(p) => forward::forward(p, &mut ctx).await,
                 Err(e) => Err(e),
             };
-            respond::respond(result, ctx, self.access, self.alt_svc.as_ref())
+            respond::respond(result, ctx, self.alt_svc.as_ref())
         }
     }
 }

@@ -244,7 +244,7 @@ fn log(
             http::Version::HTTP_11
         },
     };
-    access_log::emit(&record, bytes);
+    access_log::emit(&record, bytes, access_log::End::Done);
 }
 
 impl Redirect {

@@ -11,13 +11,11 @@ use super::error::{self, ProxyError};
 use super::forward::Forwarded;
 use super::session::{Ctx, Protocol};
 use super::Body;
-use crate::config::AccessLog;
 
 /// Respond, then log: what the client gets for the request.
 pub fn respond(
     result: Result<Forwarded, ProxyError>,
     ctx: Ctx,
-    access: AccessLog,
     alt_svc: Option<&HeaderValue>,
 ) -> Response<Body> {
     let (response, up_guard) = match result {
@@ -38,6 +36,7 @@ pub fn respond(
         response.headers_mut().insert(header::ALT_SVC, v.clone());
     }
     let status = response.status().as_u16();
+    crate::metrics::limit_answer(status);
     match (&up_guard, &ctx.site) {
         (Some(g), _) => g.upstream().count(status, ctx.protocol),
         (None, site) => {
@@ -59,39 +58,33 @@ pub fn respond(
     if let Some(s) = &ctx.site {
         s.latency.observe(ctx.start.elapsed().as_secs_f64());
     }
-    let Ctx {
-        conn,
-        start,
-        method,
-        version,
-        path,
-        host,
-        upstream,
-        inflight,
-        ..
-    } = ctx;
-    let record = (access != AccessLog::Off).then(|| {
+    let mut ctx = ctx;
+    let record = std::mem::take(&mut ctx.log_pending).then(|| {
         Box::new(Record {
-            client: conn.peer.ip(),
-            method,
-            host: host.unwrap_or_default(),
-            path,
+            client: ctx.conn.peer.ip(),
+            method: ctx.method.clone(),
+            host: ctx.host.take().unwrap_or_default(),
+            path: std::mem::take(&mut ctx.path),
             status,
-            upstream,
-            start,
-            version,
+            upstream: ctx.upstream.take(),
+            start: ctx.start,
+            version: ctx.version,
         })
     });
+    let inflight = ctx.inflight.take();
     let (parts, body) = response.into_parts();
-    Response::from_parts(
-        parts,
-        Logged::new(body, record, Some(inflight)).holding(up_guard),
-    )
+    Response::from_parts(parts, Logged::new(body, record, inflight).holding(up_guard))
 }
 
-/// An error's answer with no request behind it to route or log (a head
-/// the HTTP/1 server could not read): the same page, as a `Body`.
-pub fn refusal(e: &ProxyError) -> Response<Body> {
+/// An error's answer with no request behind it to route (a head the HTTP/1
+/// server could not read): the same page, as a `Body`, and the log `line`
+/// (its status filled in here).
+pub fn refusal(e: &ProxyError, line: Option<Box<Record>>) -> Response<Body> {
     let resp: Response<Full<bytes::Bytes>> = error::respond(e, None, true);
-    resp.map(|b| Logged::new(Either::Right(b), None, None))
+    crate::metrics::limit_answer(resp.status().as_u16());
+    let line = line.map(|mut l| {
+        l.status = resp.status().as_u16();
+        l
+    });
+    resp.map(|b| Logged::new(Either::Right(b), line, None))
 }

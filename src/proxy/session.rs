@@ -11,8 +11,8 @@ use std::time::Instant;
 
 use http::{Method, Request};
 
-use super::access_log::Inflight;
-use super::body::ReqBody;
+use super::access_log::{self, End, Inflight, Record, CLIENT_CLOSED};
+use super::body::{ReqBody, Tripped, MALFORMED};
 use super::{ConnInfo, SiteRt};
 
 /// The protocol a request came in on, and what that changes on the path.
@@ -95,8 +95,38 @@ pub struct Ctx {
     /// A WebSocket handshake: a `101` makes the connection a tunnel.
     pub upgrade: bool,
     /// Counts the request as in flight on its connection until the answer
-    /// is done (the keep-alive timer runs only while none is).
-    pub inflight: Inflight,
+    /// is done (the keep-alive timer runs only while none is); taken by the
+    /// answer.
+    pub inflight: Option<Inflight>,
+    /// Logging is on and no answer has taken the log line yet: dropped so,
+    /// the client left first, and the line says 499.
+    pub log_pending: bool,
+    /// Why the request body stopped, if it did: a stream edge reset for a
+    /// malformed body is logged as that, not as the client leaving.
+    pub tripped: Tripped,
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        if self.log_pending {
+            let (status, end) = if self.tripped.get() == MALFORMED {
+                (400, End::Reset)
+            } else {
+                (CLIENT_CLOSED, End::Abandoned)
+            };
+            let record = Record {
+                client: self.conn.peer.ip(),
+                method: self.method.clone(),
+                host: self.host.take().unwrap_or_default(),
+                path: std::mem::take(&mut self.path),
+                status,
+                upstream: self.upstream.take(),
+                start: self.start,
+                version: self.version,
+            };
+            access_log::emit(&record, 0, end);
+        }
+    }
 }
 
 impl Ctx {
@@ -116,7 +146,9 @@ impl Ctx {
             site: None,
             upstream: None,
             upgrade: false,
-            inflight: Inflight::new(&s.conn.inflight),
+            inflight: Some(Inflight::new(&s.conn.inflight)),
+            log_pending: logging,
+            tripped: Tripped::none(),
         }
     }
 }

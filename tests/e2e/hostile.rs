@@ -574,7 +574,7 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
         b.initial_window_size(0);
         // With ALPN h2, and with the HTTP/2 preface alone (prior knowledge),
         // which edge serves through a different connection type.
-        for (n, alpn) in [(1, true), (2, false)] {
+        for alpn in [true, false] {
             let (mut h2c, _driver) = h2_connect(port, &b, alpn).await;
             let resp = h2_get(&mut h2c, port, "/stream?chunks=100&size=10000", 10).await;
             let mut body = resp.into_body();
@@ -591,8 +591,10 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
             );
             // The upstream's only slot is free, and the same connection still works.
             h2_get(&mut h2c, port, "/", 3).await;
+            // Said once: the second is the same client within a minute,
+            // which the log holds back (a client must not write it at will).
             edge.proc
-                .wait_for_nth("resetting 1 HTTP/2 stream(s)", n, Duration::from_secs(5));
+                .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
         }
     });
 }

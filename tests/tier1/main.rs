@@ -14,3 +14,4 @@ mod limits;
 mod props;
 mod proxy;
 mod redirect;
+mod watch;

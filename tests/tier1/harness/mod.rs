@@ -8,6 +8,7 @@
 pub mod acme;
 pub mod client;
 pub mod h3;
+pub mod logs;
 pub mod strict;
 pub mod upstream;
 

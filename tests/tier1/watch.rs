@@ -1,0 +1,276 @@
+//! What an operator sees: one access-log line per request whatever became of
+//! it, in both formats, and no daemon log line a peer can produce at will.
+
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::harness::logs::Captured;
+use crate::harness::*;
+
+const HOST: &str = "watch.example.test";
+const N: usize = 3;
+
+/// The upstream: `/slow` answers after 2 s; `/long` sends its head and a
+/// first piece, then the rest in pieces a second apart; the rest at once.
+async fn upstream() -> Upstream {
+    Upstream::start(|s| match s.target.as_str() {
+        "/slow" | "/slow2" => Reply::After(secs(2), Box::new(ok("late"))),
+        "/long" => {
+            let mut pieces = vec![(
+                Duration::ZERO,
+                b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\nfirst".to_vec(),
+            )];
+            for _ in 0..20 {
+                pieces.push((SECOND, vec![b'x'; 49_999]));
+            }
+            Reply::Pieces(pieces, true)
+        }
+        _ => ok("fine"),
+    })
+    .await
+}
+
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    // Text: `name=value`; JSON: `"name":value` or `"name":"value"`.
+    if let Some(i) = line.find(&format!("\"{name}\":")) {
+        let rest = &line[i + name.len() + 3..];
+        let rest = rest.strip_prefix('"').unwrap_or(rest);
+        return rest.split(['"', ',', '}']).next();
+    }
+    let i = line.find(&format!(" {name}="))?;
+    line[i + name.len() + 2..].split(' ').next()
+}
+
+fn count(lines: &[String], path: &str, status: &str, end: &str) -> usize {
+    lines
+        .iter()
+        .filter(|l| {
+            field(l, "path") == Some(path)
+                && field(l, "status") == Some(status)
+                && field(l, "end") == Some(end)
+        })
+        .count()
+}
+
+async fn abandoned_h1(edge: &Edge, path: &str, after: Duration) {
+    let mut c = tls(edge.https(), HOST).await;
+    c.write_all(format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(after).await;
+    drop(c);
+}
+
+async fn every_kind_of_request_gets_exactly_one_line(json: bool) {
+    let log = Captured::start(json);
+    let up = upstream().await;
+    let edge = Edge::start(&site(&[HOST], &[&up.addr()], "")).await;
+
+    // Completed, over HTTP/1.1 and HTTP/2.
+    for _ in 0..N {
+        assert_eq!(get(edge.https(), HOST, "/done").await.status, 200);
+    }
+    let mut h2c = h2(edge.https(), HOST).await;
+    for _ in 0..N {
+        let req = http::Request::get(format!("https://{HOST}/done2"))
+            .body(Default::default())
+            .unwrap();
+        assert_eq!(h2_request(&mut h2c, req).await.0, 200);
+    }
+    // Abandoned before the answer: the client leaves after 0.5 s of the
+    // upstream's 2 s. HTTP/1.1 closes; HTTP/2 resets the stream.
+    for _ in 0..N {
+        abandoned_h1(&edge, "/slow", Duration::from_millis(500)).await;
+    }
+    let tls2 = tls_alpn(edge.https(), HOST, &[b"h2"]).await;
+    let (mut raw2, conn) = h2::client::handshake(tls2).await.unwrap();
+    let driver = tokio::spawn(conn);
+    for _ in 0..N {
+        raw2 = raw2.ready().await.unwrap();
+        let req = http::Request::get(format!("https://{HOST}/slow2"))
+            .body(())
+            .unwrap();
+        let (_answer, mut stream) = raw2.send_request(req, true).unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    // Abandoned mid-answer: the head and a first piece came, then the
+    // client left.
+    for _ in 0..N {
+        abandoned_h1(&edge, "/long", Duration::from_millis(1500)).await;
+    }
+    // Refused by edge before routing: a malformed head (400).
+    for _ in 0..N {
+        let mut c = tls(edge.https(), HOST).await;
+        c.write_all(b"GET /bad HTTP/1.1\r\nhost: a\r\nno colon here\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = read_to_close(&mut c).await;
+    }
+    // Reset by edge: an HTTP/2 request whose DATA overruns its declared
+    // content-length is malformed (RFC 9113 §8.1.1); the stream is reset,
+    // never answered.
+    for _ in 0..N {
+        raw2 = raw2.ready().await.unwrap();
+        let req = http::Request::post(format!("https://{HOST}/overrun"))
+            .header("content-length", "5")
+            .body(())
+            .unwrap();
+        let (answer, mut stream) = raw2.send_request(req, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"0123456789"), true)
+            .unwrap();
+        let got = within(secs(10), "the overrun stream's end", answer).await;
+        assert!(got.is_err(), "an overrun stream was answered: {got:?}");
+    }
+    tokio::time::sleep(secs(30)).await;
+    drop(raw2);
+    driver.abort();
+
+    let lines = log.access();
+    let all = || lines.join("\n");
+    assert_eq!(count(&lines, "/done", "200", "done"), N, "{}", all());
+    assert_eq!(count(&lines, "/done2", "200", "done"), N, "{}", all());
+    assert_eq!(
+        count(&lines, "/slow", "499", "client_closed"),
+        N,
+        "{}",
+        all()
+    );
+    assert_eq!(
+        count(&lines, "/slow2", "499", "client_closed"),
+        N,
+        "{}",
+        all()
+    );
+    assert_eq!(count(&lines, "/long", "200", "cut"), N, "{}", all());
+    assert_eq!(count(&lines, "/bad", "400", "done"), N, "{}", all());
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| field(l, "path") == Some("/overrun"))
+            .count(),
+        N,
+        "{}",
+        all()
+    );
+    assert!(
+        lines
+            .iter()
+            .filter(|l| field(l, "path") == Some("/overrun"))
+            .all(|l| field(l, "end") == Some("reset")),
+        "{}",
+        all()
+    );
+    assert_eq!(
+        lines.len(),
+        7 * N,
+        "one line per request, no more: {}",
+        all()
+    );
+    // The abandoned requests were dropped at once: the upstream's late
+    // answers went to no one, and nothing was written for them.
+    assert!(up.count() >= 5 * N);
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_request_gets_exactly_one_access_line_in_text() {
+    every_kind_of_request_gets_exactly_one_line(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_kind_of_request_gets_exactly_one_access_line_in_json() {
+    every_kind_of_request_gets_exactly_one_line(true).await;
+}
+
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Sends `frames` on a fresh HTTP/2 connection after the preface, reading
+/// what edge sends, until edge closes or a while has passed.
+async fn h2_flood(edge: &Edge, frames: &[u8]) {
+    let mut c = tls_alpn(edge.https(), HOST, &[b"h2"]).await;
+    let mut all = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    all.extend(h2_frame(4, 0, 0, &[]));
+    all.extend_from_slice(frames);
+    let _ = c.write_all(&all).await;
+    let _ = tokio::time::timeout(secs(2), read_to_close(&mut c)).await;
+}
+
+/// Each thing a peer can repeat at will, flooded: the daemon's own log (not
+/// the access log, which has its line per request by design) grows by a few
+/// lines at most, and edge still serves.
+#[tokio::test(start_paused = true)]
+async fn no_peer_can_flood_the_daemon_log() {
+    let _ = tracing_log::LogTracer::init();
+    let up = upstream().await;
+    let edge = Edge::start(&format!(
+        "[limits]\nmax_connections_per_ip = 4\nheader_read_timeout = \"1s\"\n{}",
+        site(&[HOST], &[&up.addr()], "")
+    ))
+    .await;
+    let log = Captured::start(false);
+    let base = log.daemon().len();
+
+    // Unsolicited PING acks and frames of unknown types, 2,000 each.
+    let mut pings = Vec::new();
+    for i in 0..2000u64 {
+        pings.extend(h2_frame(6, 1, 0, &i.to_be_bytes()));
+    }
+    h2_flood(&edge, &pings).await;
+    let mut unknown = Vec::new();
+    for _ in 0..2000 {
+        unknown.extend(h2_frame(0xb7, 0, 0, b"junk"));
+    }
+    h2_flood(&edge, &unknown).await;
+    // Bad TLS records and malformed HTTP/1 heads, one connection each.
+    for _ in 0..100 {
+        let mut c = connect(edge.https()).await;
+        let _ = c.write_all(b"\x16\x03\x01\x00\x10not a handshake!").await;
+        let _ = tokio::time::timeout(secs(1), read_to_close(&mut c)).await;
+        let mut c = tls(edge.https(), HOST).await;
+        let _ = c
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nno colon\r\n\r\n")
+            .await;
+        let _ = tokio::time::timeout(secs(1), read_to_close(&mut c)).await;
+    }
+    // Heads that never finish (closed at header_read_timeout), in batches within
+    // the per-address cap.
+    for _ in 0..25 {
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut c = tls(edge.https(), HOST).await;
+            let _ = c.write_all(b"GET / HTTP/1.1\r\n").await;
+            held.push(c);
+        }
+        for mut c in held {
+            let _ = tokio::time::timeout(secs(3), read_to_close(&mut c)).await;
+        }
+    }
+    // Connections past the per-address cap.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(tls(edge.https(), HOST).await);
+    }
+    for _ in 0..300 {
+        let mut c = connect(edge.https()).await;
+        let _ = tokio::time::timeout(secs(1), read_to_close(&mut c)).await;
+    }
+    drop(held);
+    tokio::time::sleep(secs(1)).await;
+
+    let grew: Vec<String> = log.daemon().split_off(base);
+    assert!(
+        grew.len() <= 6,
+        "{} daemon log lines from the floods:\n{}",
+        grew.len(),
+        grew.join("\n")
+    );
+    assert_eq!(get(edge.https(), HOST, "/after").await.status, 200);
+}
