@@ -21,6 +21,25 @@ pub fn now() -> SystemTime {
     }
 }
 
+/// Time on tokio's clock since an anchor an hour before it was first read:
+/// a cheap monotonic count for atomics (health holds, the status window).
+/// The anchor lies before any runtime of the process was made, so every
+/// runtime's clock, paused ones in tests included (each starts at the real
+/// time it was made and only moves ahead), reads at or after it; an anchor
+/// taken from the first reader's clock would put a test whose clock ran
+/// ahead in the future of every other test's.
+pub fn since_anchor() -> std::time::Duration {
+    static ANCHOR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let anchor = *ANCHOR.get_or_init(|| {
+        let now = Instant::now();
+        now.checked_sub(std::time::Duration::from_secs(3600))
+            .unwrap_or(now)
+    });
+    tokio::time::Instant::now()
+        .into_std()
+        .saturating_duration_since(anchor)
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;

@@ -215,3 +215,29 @@ fn exit(code: i32) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// `edge status`: the running daemon's snapshot, as text or JSON; exit 1
+/// when something needs a person, 3 when the daemon cannot be asked.
+pub async fn status(cfg: &Config, json: bool) -> ExitCode {
+    match edge::certs::status(&cfg.state_dir).await {
+        Err(e) => {
+            eprintln!("edge: error: {e}");
+            ExitCode::from(3)
+        }
+        Ok(snap) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snap).unwrap_or_default()
+                );
+            } else {
+                print!("{}", edge::status::text::render(&snap));
+            }
+            if snap.problems().is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}

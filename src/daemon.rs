@@ -126,6 +126,27 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         Some(addr) => Some(bind("metrics.listen", addr).await?),
         None => None,
     };
+    let metrics_auth = match &cfg.metrics_auth {
+        None => None,
+        Some(a) => {
+            let text = tokio::fs::read_to_string(&a.password_file)
+                .await
+                .map_err(|e| {
+                    DaemonError::Config(format!(
+                        "metrics.password_file: cannot read {}: {e}",
+                        a.password_file.display()
+                    ))
+                })?;
+            let password = text.lines().next().unwrap_or_default();
+            if password.is_empty() {
+                return Err(DaemonError::Config(format!(
+                    "metrics.password_file: {} is empty; put the password on its first line",
+                    a.password_file.display()
+                )));
+            }
+            Some(Arc::from(crate::metrics::basic_auth(&a.username, password)))
+        }
+    };
     let https_addr = https.local_addr().unwrap_or(cfg.listen.https);
     let quic_limits = http3::QuicLimits {
         handshake_timeout: cfg.listen.handshake_timeout,
@@ -213,8 +234,19 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
             }
         });
     }
+    let status = Arc::new(crate::status::Source {
+        proxy: proxy.clone(),
+        bound,
+        started: std::time::Instant::now(),
+    });
+    manager.set_status(status.clone());
     if let Some(l) = metrics {
-        tokio::spawn(crate::metrics::serve(l, stop_rx.clone()));
+        let site = crate::metrics::Site {
+            status,
+            manager: manager.clone(),
+            auth: metrics_auth,
+        };
+        tokio::spawn(crate::metrics::serve(l, site, stop_rx.clone()));
     }
     tracing::info!(https = %bound.https, http = %bound.http, http3 = %bound.http3.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), metrics = %bound.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
     sdnotify::notify("READY=1");

@@ -17,6 +17,7 @@ pub mod metrics; // Prometheus metrics and their endpoint
 pub mod names; // domain-name rules shared by config, CLI and store
 pub mod proxy; // the HTTPS request path, upstream pool, redirect listener
 pub mod sdnotify; // systemd Type=notify readiness and watchdog
+pub mod status; // what the running daemon says about itself: page, `edge status`, JSON
 pub mod store; // the storage interface and its file backend; certbot layout
 pub mod tls; // rustls config and the hot-swappable SNI resolver
 pub mod ui; // steps and spinners for a person at a terminal

@@ -29,7 +29,8 @@ const LONG_VERSION: &str = concat!(
         "  edge obtain --domain flask.ashna.online      # first certificate (DNS-01)\n",
         "  edge serve --config /etc/edge/edge.toml      # the daemon (systemd runs this)\n",
         "  edge renew                                   # renew what is due (from a timer)\n",
-        "  edge certs                                   # what is stored, when it renews\n\n",
+        "  edge certs                                   # what is stored, when it renews\n",
+        "  edge status                                  # ask the running daemon how it is\n\n",
         "Exit status: 0 success; 1 failure (bad config, failed order or renewal, problems found by check); 2 usage error."
     )
 )]
@@ -77,6 +78,15 @@ enum Command {
     /// List stored certificates: names, expiry, issuer, next renewal
     #[command(after_help = "Example:\n  edge certs --config /etc/edge/edge.toml")]
     Certs,
+    /// Ask the running daemon how it is: certificates served, renewals, upstreams, limits
+    #[command(
+        after_help = "Examples:\n  edge status\n  edge status --json | jq '.certificates[].days_left'\n\nExit status: 0 all is well; 1 something needs a person (a certificate within 7 days of expiry or still a placeholder, an upstream down for 10 x its fail_timeout); 3 the daemon could not be asked."
+    )]
+    Status {
+        /// Print the snapshot as JSON, for scripts
+        #[arg(long)]
+        json: bool,
+    },
     /// Print shell completions
     #[command(after_help = "Example:\n  edge completions bash > /etc/bash_completion.d/edge")]
     Completions {
@@ -132,6 +142,7 @@ fn main() -> ExitCode {
                 commands::renew(&cfg, force, domain.as_deref()).await
             }
             Command::Certs => commands::certs(&cfg).await,
+            Command::Status { json } => commands::status(&cfg, json).await,
             Command::Completions { .. } => ExitCode::SUCCESS,
         }
     });

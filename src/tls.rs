@@ -26,6 +26,8 @@ pub struct Entry {
     /// The lineage it came from, or `None` for a self-signed placeholder.
     pub lineage: Option<String>,
     pub serial: String,
+    pub issuer: String,
+    pub not_before: std::time::SystemTime,
     pub not_after: std::time::SystemTime,
 }
 
@@ -137,6 +139,8 @@ pub fn build_map(
                     names: loaded.info.names,
                     lineage: Some(name),
                     serial: loaded.info.serial,
+                    issuer: loaded.info.issuer,
+                    not_before: loaded.info.not_before,
                     not_after: loaded.info.not_after,
                 }));
             }
@@ -194,6 +198,8 @@ pub fn placeholder(domains: &[String]) -> Result<Entry, String> {
         names: domains.to_vec(),
         lineage: None,
         serial: info.serial,
+        issuer: info.issuer,
+        not_before: info.not_before,
         not_after: info.not_after,
     })
 }

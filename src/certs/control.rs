@@ -23,8 +23,15 @@ use crate::ui::Ui;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Renew { force: bool, domain: Option<String> },
-    Obtain { domains: Vec<String> },
+    Renew {
+        force: bool,
+        domain: Option<String>,
+    },
+    Obtain {
+        domains: Vec<String>,
+    },
+    /// The daemon's status snapshot (`edge status`), as one JSON line.
+    Status,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +95,15 @@ async fn handle(stream: UnixStream, m: Manager) -> std::io::Result<()> {
             return send(&mut w, &Reply::Exit { exit: 2 }).await;
         }
     };
+    if matches!(req, Request::Status) {
+        // Asked every minute by a monitoring check: not worth a line.
+        let out = match m.status() {
+            Some(src) => serde_json::to_string(&src.snapshot(&m).await).unwrap_or_default(),
+            None => String::new(),
+        };
+        send(&mut w, &Reply::Out { out }).await?;
+        return send(&mut w, &Reply::Exit { exit: 0 }).await;
+    }
     tracing::info!(request = ?req, "request over the control socket");
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     let ui = Ui::remote(tx.clone());
@@ -113,6 +129,7 @@ async fn run(req: Request, m: Manager, ui: Ui, tx: mpsc::UnboundedSender<String>
         let _ = tx.send(s);
     };
     let code = match req {
+        Request::Status => 0,
         Request::Renew { force, domain } => match renew::select(store, domain.as_deref()).await {
             Err(e) => {
                 say(format!("edge: error: {e}"));
@@ -195,4 +212,33 @@ pub async fn delegate(state_dir: &Path, req: &Request) -> Option<i32> {
     }
     eprintln!("edge: error: the daemon closed the control socket before answering; see its log (journalctl -u edge)");
     Some(1)
+}
+
+/// Asks a running daemon for its status snapshot.
+pub async fn status(state_dir: &Path) -> Result<crate::status::Snapshot, String> {
+    let path = socket_path(state_dir);
+    let stream = UnixStream::connect(&path).await.map_err(|e| {
+        format!(
+            "cannot reach edge serve at {}: {e}; is it running with this config (state_dir)?",
+            path.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(&Request::Status).map_err(|e| e.to_string())?;
+    line.push('\n');
+    w.write_all(line.as_bytes())
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut lines = BufReader::new(r).lines();
+    match lines.next_line().await {
+        Ok(Some(l)) => match serde_json::from_str::<Reply>(&l) {
+            Ok(Reply::Out { out }) => serde_json::from_str(&out).map_err(|e| {
+                format!("the daemon's answer is not a status this edge reads ({e}); is it another version?")
+            }),
+            _ => Err(format!(
+                "the daemon answered {l:?}, not a status; is it another version?"
+            )),
+        },
+        _ => Err("the daemon closed the control socket before answering; see its log (journalctl -u edge)".into()),
+    }
 }

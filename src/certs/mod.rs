@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use tokio::net::UnixListener;
 use tokio::sync::Notify;
 
-pub use control::{bind as bind_control, delegate, socket_path, Request};
+pub use control::{bind as bind_control, delegate, socket_path, status, Request};
 
 use crate::acme::solver::Solvers;
 use crate::config::Config;
@@ -48,6 +48,8 @@ struct Inner {
     published: Mutex<Option<u64>>,
     /// One publish at a time, so two never interleave their swaps.
     publishing: tokio::sync::Mutex<()>,
+    /// What `edge status` is answered from, once the daemon has built it.
+    status: std::sync::OnceLock<Arc<crate::status::Source>>,
 }
 
 impl Manager {
@@ -65,6 +67,7 @@ impl Manager {
                 next: ArcSwap::from_pointee(None),
                 published: Mutex::new(None),
                 publishing: tokio::sync::Mutex::new(()),
+                status: std::sync::OnceLock::new(),
             }),
         };
         let report = m.publish().await;
@@ -87,6 +90,20 @@ impl Manager {
 
     pub fn config(&self) -> Arc<Config> {
         self.inner.cfg.load_full()
+    }
+
+    /// Hands the manager what `edge status` is answered from.
+    pub fn set_status(&self, src: Arc<crate::status::Source>) {
+        let _ = self.inner.status.set(src);
+    }
+
+    pub fn status(&self) -> Option<Arc<crate::status::Source>> {
+        self.inner.status.get().cloned()
+    }
+
+    /// What the TLS listeners serve now.
+    pub fn certs(&self) -> &Certs {
+        &self.inner.certs
     }
 
     pub fn store(&self) -> &Store {

@@ -30,7 +30,16 @@ pub struct Config {
     pub log: Log,
     pub limits: Limits,
     pub metrics: Option<SocketAddr>,
+    /// Basic auth for everything on the metrics listener, when set.
+    pub metrics_auth: Option<MetricsAuth>,
     pub sites: Vec<Site>,
+}
+
+/// `[metrics] username` and `password_file` (read when the daemon starts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsAuth {
+    pub username: String,
+    pub password_file: PathBuf,
 }
 
 /// What one client may hold or send. Every value has a default chosen so that

@@ -13,8 +13,8 @@ use super::provider_keys::{dns_server, ProviderKeys};
 use super::values::Dur;
 use super::{defaults, wire, ConfigError};
 use super::{
-    AccessLog, Acme, Balance, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen, Log, Site,
-    Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
+    AccessLog, Acme, Balance, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen, Log,
+    MetricsAuth, Site, Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
 };
 use crate::dns::PROVIDERS;
 use crate::names;
@@ -59,7 +59,13 @@ pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError
     let dns = v.dns(raw.dns.unwrap_or_default())?;
     let log = v.log(raw.log)?;
     let limits = v.limits(raw.limits)?;
-    let metrics = raw.metrics.map(|m| m.listen.0);
+    let (metrics, metrics_auth) = match raw.metrics {
+        None => (None, None),
+        Some(m) => (
+            Some(m.listen.0),
+            v.metrics_auth(m.username, m.password_file)?,
+        ),
+    };
     if raw.site.is_empty() {
         return Err(v.err(
             "site",
@@ -96,11 +102,42 @@ pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError
         log,
         limits,
         metrics,
+        metrics_auth,
         sites,
     })
 }
 
 impl V<'_> {
+    fn metrics_auth(
+        &self,
+        username: Option<String>,
+        password_file: Option<String>,
+    ) -> Result<Option<MetricsAuth>, ConfigError> {
+        match (username, password_file) {
+            (None, None) => Ok(None),
+            (Some(u), Some(f)) => {
+                if u.is_empty() || u.contains(':') || u.chars().any(char::is_control) {
+                    return Err(self.err(
+                        "metrics.username",
+                        format!("{u:?}: expected a non-empty name without ':' (basic auth)"),
+                    ));
+                }
+                Ok(Some(MetricsAuth {
+                    username: u,
+                    password_file: PathBuf::from(f),
+                }))
+            }
+            (Some(_), None) => Err(self.err(
+                "metrics.username",
+                "set metrics.password_file too: the file whose first line is the password",
+            )),
+            (None, Some(_)) => Err(self.err(
+                "metrics.password_file",
+                "set metrics.username too (basic auth needs both)",
+            )),
+        }
+    }
+
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
         ConfigError::invalid(self.path, key, message)
     }

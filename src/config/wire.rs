@@ -103,6 +103,8 @@ pub struct Limits {
 #[serde(deny_unknown_fields)]
 pub struct Metrics {
     pub listen: Addr,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

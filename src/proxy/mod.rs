@@ -23,6 +23,7 @@ pub mod shutdown;
 pub mod tunnel;
 pub mod upstream;
 pub mod validate;
+pub mod window;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -141,6 +142,11 @@ impl Proxy {
             alt_svc: http3_port
                 .and_then(|p| HeaderValue::from_str(&format!("h3=\":{p}\"; ma=86400")).ok()),
         }
+    }
+
+    /// The sites as routed now.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.routes.load_full()
     }
 
     /// Whether requests get an access-log line.

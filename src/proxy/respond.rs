@@ -37,8 +37,12 @@ pub fn respond(
     }
     let status = response.status().as_u16();
     crate::metrics::limit_answer(status);
+    let took = ctx.start.elapsed();
     match (&up_guard, &ctx.site) {
-        (Some(g), _) => g.upstream().count(status, ctx.protocol),
+        (Some(g), _) => {
+            g.upstream().count(status, ctx.protocol);
+            g.upstream().window.record(took);
+        }
         (None, site) => {
             // Edge-made answers (errors, 4xx) are rarer: a label lookup is fine here.
             crate::metrics::METRICS
@@ -56,7 +60,7 @@ pub fn respond(
         }
     }
     if let Some(s) = &ctx.site {
-        s.latency.observe(ctx.start.elapsed().as_secs_f64());
+        s.latency.observe(took.as_secs_f64());
     }
     let mut ctx = ctx;
     let record = std::mem::take(&mut ctx.log_pending).then(|| {

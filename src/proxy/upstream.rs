@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
@@ -61,16 +61,11 @@ impl std::fmt::Display for ConnectError {
     }
 }
 
-/// Milliseconds since the process started: a cheap monotonic clock for
-/// atomics. tokio's clock, so that a test under paused time reaches
-/// `fail_timeout` by advancing it.
+/// Milliseconds on tokio's clock (`clock::since_anchor`, never 0): cheap
+/// for atomics, and a test under paused time reaches `fail_timeout` by
+/// advancing it.
 fn now_ms() -> u64 {
-    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
-    START
-        .get_or_init(tokio::time::Instant::now)
-        .elapsed()
-        .as_millis() as u64
-        + 1
+    crate::clock::since_anchor().as_millis() as u64 + 1
 }
 
 pub struct Upstream {
@@ -93,6 +88,11 @@ pub struct Upstream {
     reported_down: AtomicBool,
     /// The latest failure's kind (written on failures only).
     last_fault: Mutex<Option<Kind>>,
+    /// Since when (ms, `now_ms`) it has been out, and why; 0 while in.
+    down_since: AtomicU64,
+    down_why: Mutex<&'static str>,
+    /// The last minute's answers, for the status page.
+    pub window: super::window::Window,
     site: String,
     /// Request counters by status class (1xx..5xx), resolved once.
     requests: [[prometheus_client::metrics::counter::Counter; 5]; 3],
@@ -140,6 +140,9 @@ impl Upstream {
             active_down: AtomicBool::new(false),
             reported_down: AtomicBool::new(false),
             last_fault: Mutex::new(None),
+            down_since: AtomicU64::new(0),
+            down_why: Mutex::new(""),
+            window: Default::default(),
             site: site.to_string(),
             slots: (cfg.max_conns > 0).then(|| Arc::new(Semaphore::new(cfg.max_conns))),
             tunnels: Arc::new(Semaphore::new(cfg.max_tunnels)),
@@ -179,6 +182,20 @@ impl Upstream {
 
     pub fn actively_down(&self) -> bool {
         self.active_down.load(Ordering::Relaxed)
+    }
+
+    /// Down for how long, and why (as the log said); `None` while up. Down
+    /// lasts from the mark until a request or health check succeeds: a
+    /// passive hold that ran out lets requests try it again, but it is not
+    /// up until one does.
+    pub fn down_for(&self) -> Option<(Duration, &'static str)> {
+        if !self.reported_down.load(Ordering::Relaxed) {
+            return None;
+        }
+        let since = self.down_since.load(Ordering::Relaxed);
+        let why = *self.down_why.lock().unwrap_or_else(|p| p.into_inner());
+        let why = if why.is_empty() { "failures" } else { why };
+        Some((Duration::from_millis(now_ms().saturating_sub(since)), why))
     }
 
     /// The kind of the latest failure, if any.
@@ -247,8 +264,11 @@ impl Upstream {
                     (false, Some(k)) => k.label(),
                     (false, None) => "failures",
                 };
+                self.down_since.store(now_ms(), Ordering::Relaxed);
+                *self.down_why.lock().unwrap_or_else(|p| p.into_inner()) = why;
                 tracing::warn!(site = %self.site, upstream = %self.addr, why, "upstream marked down");
             } else {
+                self.down_since.store(0, Ordering::Relaxed);
                 tracing::info!(site = %self.site, upstream = %self.addr, "upstream back up");
             }
             crate::metrics::METRICS

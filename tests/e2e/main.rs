@@ -18,3 +18,4 @@ mod redirect;
 mod reload;
 mod serve;
 mod ship;
+mod watch;

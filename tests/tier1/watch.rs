@@ -274,3 +274,168 @@ async fn no_peer_can_flood_the_daemon_log() {
     );
     assert_eq!(get(edge.https(), HOST, "/after").await.status, 200);
 }
+
+/// A certificate and key for `names` that expires in `days` (and began 85
+/// days before now).
+fn expiring(names: &[&str], days: i64) -> (String, String) {
+    let mut p =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(85);
+    p.not_after = now + time::Duration::days(days);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.self_signed(&key).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// One HTTP/1.0 request to the metrics listener: status and body.
+async fn metrics_get(edge: &Edge, path: &str, auth: Option<&str>) -> (u16, String) {
+    let mut c = connect(edge.bound.metrics.expect("metrics on")).await;
+    let auth = auth
+        .map(|a| format!("authorization: {a}\r\n"))
+        .unwrap_or_default();
+    c.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n{auth}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let raw = within(
+        secs(10),
+        "the metrics listener's answer",
+        read_to_close(&mut c),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text[9..12].parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The status page, its JSON and `edge status`'s snapshot say which
+/// certificate each name is served with, how long it has left, and which
+/// upstream is out and why; a certificate a week from expiry and a long
+/// outage are what needs a person.
+#[tokio::test(start_paused = true)]
+async fn the_status_page_and_edge_status_show_certificates_and_a_down_upstream() {
+    let up = upstream().await;
+    let dead = refusing().await;
+    let body =
+        format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\n[acme]\ndirectory = \"http://127.0.0.1:9/dir\"\n{}{}",
+        site(&["one.test"], &[&up.addr()], ""),
+        site(&["two.test"], &[&up.addr(), &dead], "max_fails = 1\nfail_timeout = \"2s\"")
+    );
+    let edge = Edge::start_with(&body, false).await;
+    let (c1, k1) = expiring(&["one.test"], 60);
+    put_live(&edge.state(), "one.test", &c1, &k1);
+    let (c2, k2) = expiring(&["two.test"], 5);
+    put_live(&edge.state(), "two.test", &c2, &k2);
+    edge.reload(&body).await;
+    for _ in 0..4 {
+        let _ = get(edge.https(), "two.test", "/").await;
+    }
+    assert_eq!(get(edge.https(), "one.test", "/").await.status, 200);
+
+    let (status, json) = metrics_get(&edge, "/status.json", None).await;
+    assert_eq!(status, 200, "{json}");
+    let snap: edge::status::Snapshot = serde_json::from_str(&json).unwrap();
+    let one = snap
+        .certificates
+        .iter()
+        .find(|c| c.names == ["one.test"])
+        .unwrap();
+    assert_eq!(one.lineage.as_deref(), Some("one.test"));
+    assert!((59.0..=60.5).contains(&one.days_left), "{}", one.days_left);
+    assert!(one.next_renewal.is_some(), "{one:?}");
+    let two = snap
+        .certificates
+        .iter()
+        .find(|c| c.names == ["two.test"])
+        .unwrap();
+    assert!(two.days_left < 7.0);
+    let site2 = snap.sites.iter().find(|s| s.name == "two.test").unwrap();
+    let down = site2.upstreams.iter().find(|u| u.addr == dead).unwrap();
+    assert!(!down.up);
+    assert_eq!(down.down_why.as_deref(), Some("refused"));
+    let alive = site2
+        .upstreams
+        .iter()
+        .find(|u| u.addr == up.addr())
+        .unwrap();
+    assert!(alive.up);
+    // Within the week, the certificate needs a person; the outage does once
+    // it has lasted ten times fail_timeout.
+    let problems = snap.problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("two.test: certificate expires in"),
+        "{problems:?}"
+    );
+
+    let (status, html) = metrics_get(&edge, "/", None).await;
+    assert_eq!(status, 200);
+    for want in [
+        "one.test",
+        "two.test",
+        "DOWN",
+        "refused",
+        &dead,
+        "http-equiv=\"refresh\"",
+    ] {
+        assert!(html.contains(want), "no {want:?} in the page:\n{html}");
+    }
+    assert!(!html.contains("<script"), "the page needs no script");
+    let (status, metrics) = metrics_get(&edge, "/metrics", None).await;
+    assert_eq!(status, 200);
+    assert!(metrics.contains("edge_requests_total"));
+
+    // `edge status` asks the same over the control socket.
+    tokio::time::sleep(secs(25)).await;
+    let asked = within(secs(10), "edge status", edge::certs::status(&edge.state()))
+        .await
+        .unwrap();
+    let problems = asked.problems();
+    assert_eq!(problems.len(), 2, "{problems:?} {:?}", asked.sites);
+    assert!(
+        problems[1].contains(&format!("upstream {dead} down for")),
+        "{problems:?}"
+    );
+    let text = edge::status::text::render(&asked);
+    assert!(
+        text.contains("Needs a person:") && text.contains("two.test"),
+        "{text}"
+    );
+}
+
+/// With `[metrics] username` and `password_file`, everything on the
+/// listener needs them.
+#[tokio::test(start_paused = true)]
+async fn the_status_page_takes_basic_auth_when_set() {
+    let up = upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pass = dir.path().join("pass");
+    std::fs::write(&pass, "s3cret\n").unwrap();
+    let body = format!(
+        "[metrics]\nlisten = \"127.0.0.1:0\"\nusername = \"ops\"\npassword_file = {:?}\n{}",
+        pass.display().to_string(),
+        site(&[HOST], &[&up.addr()], "")
+    );
+    let edge = Edge::start(&body).await;
+    for path in ["/", "/status.json", "/metrics"] {
+        assert_eq!(metrics_get(&edge, path, None).await.0, 401, "{path}");
+        let wrong = edge::metrics::basic_auth("ops", "guess");
+        assert_eq!(
+            metrics_get(&edge, path, Some(&wrong)).await.0,
+            401,
+            "{path}"
+        );
+        let right = edge::metrics::basic_auth("ops", "s3cret");
+        assert_eq!(
+            metrics_get(&edge, path, Some(&right)).await.0,
+            200,
+            "{path}"
+        );
+    }
+}
