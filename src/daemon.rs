@@ -180,6 +180,11 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     let limits = ListenLimits {
         handshake_timeout: cfg.listen.handshake_timeout,
         limits: cfg.limits.clone(),
+        proxy_protocol: cfg
+            .listen
+            .proxy_protocol
+            .clone()
+            .map(|from| Arc::new(crate::proxy::proxy_protocol::ProxyProtocol { from })),
     };
     // One budget of connections across both listeners.
     let conns = ConnLimiter::new(

@@ -191,16 +191,17 @@ pub fn limit_answer(status: u16) {
 }
 
 /// The limits the status page lists, by config key (the `limit` label).
-const LIMITS: [&str; 5] = [
+const LIMITS: [&str; 6] = [
     "limits.max_connections",
     "limits.max_connections_per_ip",
+    "listen.proxy_protocol",
     "limits.max_header_bytes",
     "limits.max_body_bytes",
     "limits.timeouts",
 ];
 /// The same counts as `limits_hit`, readable without encoding the registry.
-static HITS: [std::sync::atomic::AtomicU64; 5] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 5];
+static HITS: [std::sync::atomic::AtomicU64; LIMITS.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; LIMITS.len()];
 
 fn hit(limit: &'static str) {
     if let Some(i) = LIMITS.iter().position(|l| *l == limit) {

@@ -52,7 +52,11 @@ pub const MAX_BODY_BYTES: u64 = 16 * 1024 * 1024;
 pub const H2_MAX_CONCURRENT_STREAMS: u32 = 250;
 pub const H2_MAX_PENDING_RESETS: usize = 100;
 pub const MAX_CONNECTIONS: usize = 10_000;
-pub const MAX_CONNECTIONS_PER_IP: usize = 256;
+/// Per client address: above what a carrier-grade NAT puts behind one address
+/// (a few hundred subscribers, a browser opening 6 connections per host each)
+/// and what a layer-4 balancer without PROXY protocol passes on, below
+/// `MAX_CONNECTIONS`, so one address still cannot take every slot.
+pub const MAX_CONNECTIONS_PER_IP: usize = 4096;
 pub const SHUTDOWN_GRACE: Duration = secs(30);
 
 // [[site]]

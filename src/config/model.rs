@@ -87,6 +87,9 @@ pub struct Listen {
     pub handshake_timeout: Duration,
     /// HTTP/3 (QUIC) on the `https` address, UDP.
     pub http3: bool,
+    /// A PROXY protocol header is expected on both TCP listeners, from
+    /// these peers only (`proxy_protocol_from`); `None` when off.
+    pub proxy_protocol: Option<Vec<IpNet>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

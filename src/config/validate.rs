@@ -108,6 +108,18 @@ pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError
 }
 
 impl V<'_> {
+    /// A CIDR, or one IP address.
+    fn cidr(&self, key: &str, p: &str) -> Result<IpNet, ConfigError> {
+        p.parse::<IpNet>()
+            .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                self.err(
+                    key,
+                    format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP"),
+                )
+            })
+    }
+
     fn metrics_auth(
         &self,
         username: Option<String>,
@@ -177,12 +189,33 @@ impl V<'_> {
             Some(c @ (301 | 302 | 307 | 308)) => c as u16,
             Some(c) => return Err(self.err("listen.redirect", format!("{c} is not a redirect status; expected 308 (default, keeps the method) or 301 (nginx's `permanent`)"))),
         };
+        let mut from = Vec::new();
+        for p in raw.proxy_protocol_from.unwrap_or_default() {
+            from.push(self.cidr("listen.proxy_protocol_from", &p)?);
+        }
+        let proxy_protocol = match (raw.proxy_protocol.unwrap_or(false), from.is_empty()) {
+            (false, true) => None,
+            (false, false) => {
+                return Err(self.err(
+                    "listen.proxy_protocol_from",
+                    "has no effect without listen.proxy_protocol = true; set that too, or remove this",
+                ))
+            }
+            (true, true) => {
+                return Err(self.err(
+                    "listen.proxy_protocol",
+                    "true needs listen.proxy_protocol_from: the balancers' addresses, such as [\"10.0.0.0/8\"]; a PROXY header from anyone else would let them pass for any client",
+                ))
+            }
+            (true, false) => Some(from),
+        };
         Ok(Listen {
             http,
             https,
             redirect,
             handshake_timeout: dur(raw.handshake_timeout, defaults::HANDSHAKE_TIMEOUT),
             http3: raw.http3.unwrap_or(defaults::HTTP3),
+            proxy_protocol,
         })
     }
 
@@ -470,16 +503,7 @@ impl V<'_> {
         };
         let mut trusted_proxies = Vec::new();
         for p in raw.trusted_proxies.unwrap_or_default() {
-            let net = p
-                .parse::<IpNet>()
-                .or_else(|_| p.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    self.err(
-                        k("trusted_proxies"),
-                        format!("{p:?}: expected a CIDR such as \"10.0.0.0/8\" or an IP"),
-                    )
-                })?;
-            trusted_proxies.push(net);
+            trusted_proxies.push(self.cidr(&k("trusted_proxies"), &p)?);
         }
         let mut error_pages = BTreeMap::new();
         for (status, file) in raw.error_pages.unwrap_or_default() {

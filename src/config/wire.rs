@@ -37,6 +37,8 @@ pub struct Listen {
     pub redirect: Option<i64>,
     pub handshake_timeout: Option<Dur>,
     pub http3: Option<bool>,
+    pub proxy_protocol: Option<bool>,
+    pub proxy_protocol_from: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, Default)]

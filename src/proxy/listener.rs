@@ -21,8 +21,9 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 
 use super::client_sock::ClientSock;
-use super::conn_limit::ConnLimiter;
+use super::conn_limit::{ConnLimiter, Permit};
 use super::deadlines::{Deadlines, Timed};
+use super::proxy_protocol::ProxyProtocol;
 use super::redirect::Redirect;
 use super::shutdown::Stop;
 use super::{ConnInfo, Proxy};
@@ -37,6 +38,48 @@ use crate::tls::Certs;
 pub struct ListenLimits {
     pub handshake_timeout: Duration,
     pub limits: Limits,
+    /// A PROXY protocol header comes first (`[listen] proxy_protocol`).
+    pub proxy_protocol: Option<Arc<ProxyProtocol>>,
+}
+
+/// A connection slot for `client` (total and per address), or `None`:
+/// refused, counted, and logged once per address a minute.
+fn slot(conns: &Arc<ConnLimiter>, client: SocketAddr) -> Option<Permit> {
+    match conns.try_acquire(client.ip()) {
+        Ok(p) => Some(p),
+        Err(which) => {
+            crate::metrics::refused(which);
+            if let Some(n) = LIMIT.admit("connection refused", &client.ip().to_string()) {
+                tracing::warn!(client = %client.ip(), "connection refused: {which} reached{}", held(n));
+            }
+            None
+        }
+    }
+}
+
+/// A connection's client and slot: without PROXY protocol, taken in the
+/// accept loop (`early`); with it, once the header has said whose
+/// connection it is, so the per-address limit counts clients, not the
+/// balancer. `None`: closed.
+async fn admitted(
+    early: Option<Permit>,
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    limits: &ListenLimits,
+    conns: &Arc<ConnLimiter>,
+) -> Option<(tokio::net::TcpStream, SocketAddr, Permit)> {
+    if let Some(p) = early {
+        return Some((stream, peer, p));
+    }
+    let pp = limits.proxy_protocol.as_ref()?;
+    match pp.client(&mut stream, peer, limits.handshake_timeout).await {
+        Ok(client) => slot(conns, client).map(|p| (stream, client, p)),
+        Err(e) => {
+            crate::metrics::refused("listen.proxy_protocol");
+            tracing::debug!(peer = %peer, "connection closed: {e}");
+            None
+        }
+    }
 }
 
 /// A client connection's deadlines; `head`: it reads HTTP/1 request heads
@@ -130,17 +173,15 @@ pub async fn serve_https(
             Some(_) = tasks.join_next() => continue,
             _ = shutdown.changed() => break,
         };
-        let permit = match conns.try_acquire(peer.ip()) {
-            Ok(p) => p,
-            Err(which) => {
-                crate::metrics::refused(which);
-                if let Some(n) = LIMIT.admit("connection refused", &peer.ip().to_string()) {
-                    tracing::warn!(client = %peer.ip(), "connection refused: {which} reached{}", held(n));
-                }
-                continue;
-            }
+        let early = match &limits.proxy_protocol {
+            None => match slot(&conns, peer) {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            Some(_) => None,
         };
         let _ = stream.set_nodelay(true);
+        let (conns, limits_) = (conns.clone(), limits.clone());
         let acceptor = acceptor.clone();
         let certs = certs.clone();
         let proxy = proxy.clone();
@@ -149,7 +190,11 @@ pub async fn serve_https(
         let stop = shutdown.clone();
         let handshake_timeout = limits.handshake_timeout;
         tasks.spawn(async move {
-            let _permit = permit;
+            let Some((stream, peer, _permit)) =
+                admitted(early, stream, peer, &limits_, &conns).await
+            else {
+                return;
+            };
             let _conn = ConnGuard::new();
             let accepted = accept(
                 &acceptor,
@@ -222,25 +267,27 @@ pub async fn serve_http(
             Some(_) = tasks.join_next() => continue,
             _ = shutdown.changed() => break,
         };
-        let permit = match conns.try_acquire(peer.ip()) {
-            Ok(p) => p,
-            Err(which) => {
-                crate::metrics::refused(which);
-                if let Some(n) = LIMIT.admit("connection refused", &peer.ip().to_string()) {
-                    tracing::warn!(client = %peer.ip(), "connection refused: {which} reached{}", held(n));
-                }
-                continue;
-            }
+        let early = match &limits.proxy_protocol {
+            None => match slot(&conns, peer) {
+                Some(p) => Some(p),
+                None => continue,
+            },
+            Some(_) => None,
         };
         let _ = stream.set_nodelay(true);
+        let (conns, limits_) = (conns.clone(), limits.clone());
         let redirect = redirect.clone();
         let conn_limits = conn_limits.clone();
         let mut stop = Stop::new(shutdown.clone());
         let alive = alive.clone();
         tasks.spawn(async move {
-            let _permit = permit;
-            let _conn = ConnGuard::new();
             let _alive = alive;
+            let Some((stream, peer, _permit)) =
+                admitted(early, stream, peer, &limits_, &conns).await
+            else {
+                return;
+            };
+            let _conn = ConnGuard::new();
             // Answers are written as soon as their head is read, so nothing is
             // ever in flight here: the guard's head and idle deadlines apply.
             let inflight = Arc::new(AtomicUsize::new(0));

@@ -15,6 +15,7 @@ pub mod forward;
 pub mod headers;
 pub mod health;
 pub mod listener;
+pub mod proxy_protocol;
 pub mod redirect;
 pub mod respond;
 pub mod rewrite;

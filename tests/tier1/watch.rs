@@ -439,3 +439,172 @@ async fn the_status_page_takes_basic_auth_when_set() {
         );
     }
 }
+
+fn v1(client: &str, port: u16) -> Vec<u8> {
+    let family = if client.contains(':') { "TCP6" } else { "TCP4" };
+    let dst = if client.contains(':') {
+        "::1"
+    } else {
+        "10.0.0.1"
+    };
+    format!("PROXY {family} {client} {dst} {port} 443\r\n").into_bytes()
+}
+
+fn v2(client: [u8; 4], port: u16) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    h.extend(client);
+    h.extend([10, 0, 0, 1]);
+    h.extend(port.to_be_bytes());
+    h.extend(443u16.to_be_bytes());
+    h
+}
+
+async fn pp_edge(from: &str, limits: &str, up: &Upstream) -> Edge {
+    Edge::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_protocol_from = [{from:?}]\n[limits]\n{limits}\n{}",
+        site(&[HOST], &[&up.addr()], "")
+    ))
+    .await
+}
+
+/// PROXY protocol v1 and v2 from an allowed balancer: the carried address
+/// is the client's in X-Forwarded-For, X-Real-IP and the access log, on the
+/// HTTPS and the plain-HTTP listener.
+#[tokio::test(start_paused = true)]
+async fn proxy_protocol_carries_the_client_address() {
+    let log = Captured::start(false);
+    let up = upstream().await;
+    let edge = pp_edge("127.0.0.0/8", "", &up).await;
+    for (header, client) in [
+        (v1("203.0.113.7", 51000), "203.0.113.7"),
+        (v1("2001:db8::7", 51001), "2001:db8::7"),
+        (v2([198, 51, 100, 9], 40000), "198.51.100.9"),
+    ] {
+        let mut c = tls_after(edge.https(), HOST, &header).await.unwrap();
+        let a = exchange(
+            &mut c,
+            format!("GET /pp HTTP/1.1\r\nhost: {HOST}\r\nx-forwarded-for: 6.6.6.6\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200);
+        let seen = up.seen().pop().unwrap();
+        assert_eq!(seen.header("x-forwarded-for"), Some(client));
+        assert_eq!(seen.header("x-real-ip"), Some(client));
+        assert!(
+            log.access()
+                .iter()
+                .any(|l| l.contains(&format!("client={client} ")) && l.contains("path=/pp")),
+            "{:?}",
+            log.access()
+        );
+    }
+    // The redirect listener reads it too.
+    let mut c = connect(edge.http()).await;
+    let mut req = v1("192.0.2.44", 50000);
+    req.extend(format!("GET /r HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes());
+    let a = exchange(&mut c, &req).await.unwrap();
+    assert_eq!(a.status, 308);
+    assert!(
+        log.access()
+            .iter()
+            .any(|l| l.contains("client=192.0.2.44 ") && l.contains("path=/r")),
+        "{:?}",
+        log.access()
+    );
+}
+
+/// From an address not in proxy_protocol_from, with a malformed header, or
+/// with none: closed, nothing forwarded; the same header from the balancer
+/// works.
+#[tokio::test(start_paused = true)]
+async fn proxy_protocol_from_elsewhere_or_malformed_is_closed() {
+    let up = upstream().await;
+    let edge = pp_edge("10.9.9.9/32", "", &up).await;
+    assert!(
+        tls_after(edge.https(), HOST, &v1("203.0.113.7", 1))
+            .await
+            .is_err(),
+        "from elsewhere"
+    );
+    let mut c = connect(edge.http()).await;
+    let _ = c
+        .write_all(
+            &[
+                v1("203.0.113.7", 1),
+                b"GET / HTTP/1.1\r\nhost: a\r\n\r\n".to_vec(),
+            ]
+            .concat(),
+        )
+        .await;
+    assert!(
+        read_to_close(&mut c).await.is_empty(),
+        "answered from elsewhere"
+    );
+
+    let edge = pp_edge("127.0.0.1/32", "", &up).await;
+    for bad in [
+        b"PROXY TCP4 999.1.1.1 10.0.0.1 1 443\r\n".to_vec(),
+        b"PROXY SPX 1 2 3 4\r\n".to_vec(),
+        b"\r\n\r\n\0\r\nQUIT\n\x21\x11\xff\xff".to_vec(),
+    ] {
+        assert!(
+            tls_after(edge.https(), HOST, &bad).await.is_err(),
+            "{bad:?}"
+        );
+    }
+    // No header at all: the ClientHello is not one.
+    assert!(
+        tls_after(edge.https(), HOST, b"").await.is_err(),
+        "no header"
+    );
+    // A header that never finishes: closed at handshake_timeout.
+    let mut c = connect(edge.https()).await;
+    c.write_all(b"PROXY TCP4 203.0.113.7").await.unwrap();
+    assert!(within(secs(60), "the close", read_to_close(&mut c))
+        .await
+        .is_empty());
+    assert_eq!(up.count(), 0, "something was forwarded");
+    let mut ok = tls_after(edge.https(), HOST, &v1("203.0.113.8", 2))
+        .await
+        .unwrap();
+    let a = exchange(
+        &mut ok,
+        format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200);
+}
+
+/// 300 clients through one balancer address, each connection held open,
+/// with a per-address cap of 2: the cap counts the carried addresses, so
+/// all are served.
+#[tokio::test(start_paused = true)]
+async fn three_hundred_clients_through_one_balancer_are_all_served() {
+    let up = upstream().await;
+    let edge = pp_edge("127.0.0.1", "max_connections_per_ip = 2", &up).await;
+    let mut held = Vec::new();
+    for i in 0..300u32 {
+        let client = format!("100.64.{}.{}", i / 250, i % 250 + 1);
+        let mut c = tls_after(edge.https(), HOST, &v1(&client, 40000))
+            .await
+            .unwrap_or_else(|e| panic!("client {i}: {e}"));
+        let a = exchange(
+            &mut c,
+            format!("GET /{i} HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.status, 200, "client {i}");
+        held.push(c);
+    }
+    assert_eq!(up.count(), 300);
+    // The cap still holds per carried address: 100.64.0.1 holds one, may
+    // open one more, not two.
+    let second = tls_after(edge.https(), HOST, &v1("100.64.0.1", 1)).await;
+    assert!(second.is_ok());
+    let third = tls_after(edge.https(), HOST, &v1("100.64.0.1", 2)).await;
+    assert!(third.is_err(), "a third connection for one carried address");
+}

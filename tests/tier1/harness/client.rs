@@ -104,6 +104,21 @@ pub async fn tls_alpn(addr: SocketAddr, sni: &str, alpn: &[&[u8]]) -> Tls {
     .unwrap_or_else(|e| panic!("TLS handshake with {addr} as {sni}: {e}"))
 }
 
+/// TLS (ALPN http/1.1) over a connection that has already sent `first`
+/// (a PROXY protocol header); `Err` when edge closes it instead.
+pub async fn tls_after(addr: SocketAddr, sni: &str, first: &[u8]) -> std::io::Result<Tls> {
+    use tokio::io::AsyncWriteExt;
+    let mut tcp = connect(addr).await;
+    tcp.write_all(first).await?;
+    let name = ServerName::try_from(sni.to_string()).unwrap();
+    within(
+        super::secs(30),
+        "TLS handshake",
+        TlsConnector::from(client_config(&[b"http/1.1"])).connect(name, tcp),
+    )
+    .await
+}
+
 /// An HTTP/1.1 connection (ALPN http/1.1).
 pub async fn tls(addr: SocketAddr, sni: &str) -> Tls {
     tls_alpn(addr, sni, &[b"http/1.1"]).await
