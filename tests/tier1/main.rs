@@ -9,6 +9,7 @@ mod certs;
 mod corpus;
 mod hostile;
 mod http3;
+mod kx;
 mod lifecycle;
 mod limits;
 mod props;

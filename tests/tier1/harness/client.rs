@@ -68,7 +68,15 @@ impl ServerCertVerifier for AnyCert {
 }
 
 pub fn client_config(alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    client_config_with(rustls::crypto::aws_lc_rs::default_provider(), alpn)
+}
+
+/// The same client on another crypto provider (other key-exchange groups).
+pub fn client_config_with(
+    provider: rustls::crypto::CryptoProvider,
+    alpn: &[&[u8]],
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(provider);
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
