@@ -172,6 +172,10 @@ pub async fn certs(cfg: &Config) -> ExitCode {
                 println!("  Issuer: {}", c.info.issuer);
                 println!("  Serial: {}", c.info.serial);
                 println!(
+                    "  Profile: {}",
+                    state.profile.as_deref().unwrap_or("the CA's default")
+                );
+                println!(
                     "  Next renewal: {}",
                     match renew::decide(&c.info, &state, now, false) {
                         renew::Decision::Due(why) => format!("now ({why})"),

@@ -73,8 +73,13 @@ pub async fn obtain(
     ));
     let mut ca = account::load_or_create(&cfg.acme, store, ui).await?;
     let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let wanted = wanted_profile(cfg, names, &store.renewal_state(lineage).await);
+    let profile = choose_profile(cfg, &ca, wanted.as_deref(), ui)?;
     let order = {
         let mut new = NewOrder::new(&ids);
+        if let Some(p) = profile.as_deref() {
+            new = new.profile(p);
+        }
         let replaces_id = replaces
             .as_deref()
             .and_then(crate::certinfo::ari_identifier);
@@ -99,7 +104,64 @@ pub async fn obtain(
     };
     let mut order = order;
     solve(&ca, &mut order, solver, ui).await?;
-    finalize_and_store(cfg, &ca, store, lock, lineage, names, &mut order, ui, start).await
+    let ordered = Ordered { names, profile };
+    finalize_and_store(
+        cfg, &ca, store, lock, lineage, &ordered, &mut order, ui, start,
+    )
+    .await
+}
+
+/// What an order asked for, recorded with its certificate.
+struct Ordered<'a> {
+    names: &'a [String],
+    profile: Option<String>,
+}
+
+/// The profile to ask for: the site's (the one whose names these are), else
+/// `[acme] profile`, else the one the lineage was last ordered with.
+fn wanted_profile(cfg: &Config, names: &[String], state: &store::RenewalState) -> Option<String> {
+    cfg.sites
+        .iter()
+        .find(|s| names.iter().any(|n| s.domains.contains(n)))
+        .and_then(|s| s.profile.clone())
+        .or_else(|| cfg.acme.profile.clone())
+        .or_else(|| state.profile.clone())
+}
+
+/// `wanted` if the CA's directory offers it. Otherwise: with
+/// `profile_required`, an error naming what it offers; without, the CA's
+/// default, said to the person and the log (Traefik drops a profile
+/// silently on renewal: edge says it every time).
+fn choose_profile(
+    cfg: &Config,
+    ca: &Ca,
+    wanted: Option<&str>,
+    ui: &Ui,
+) -> Result<Option<String>, AcmeError> {
+    let Some(wanted) = wanted else {
+        return Ok(None);
+    };
+    let offered: Vec<String> = ca.account.profiles().map(|p| p.name.to_string()).collect();
+    if offered.iter().any(|p| p == wanted) {
+        ui.step(&format!("Ordering with the CA's profile {wanted:?}"));
+        return Ok(Some(wanted.to_string()));
+    }
+    let offers = if offered.is_empty() {
+        "no profiles".to_string()
+    } else {
+        format!("these: {}", offered.join(", "))
+    };
+    if cfg.acme.profile_required {
+        return Err(AcmeError::Problem(format!(
+            "the CA does not offer profile {wanted:?} (it offers {offers}); set acme.profile to one it offers, or acme.profile_required = false to take the CA's default"
+        )));
+    }
+    let msg = format!(
+        "the CA does not offer profile {wanted:?} (it offers {offers}); ordering with the CA's default profile (acme.profile_required = true would fail instead)"
+    );
+    tracing::warn!("{msg}");
+    ui.step(&msg);
+    Ok(None)
 }
 
 /// Answers every pending authorization of the order through `solver`.
@@ -249,11 +311,12 @@ async fn finalize_and_store(
     store: &Store,
     lock: &Lock,
     lineage: &str,
-    names: &[String],
+    ordered: &Ordered<'_>,
     order: &mut instant_acme::Order,
     ui: &Ui,
     start: Instant,
 ) -> Result<Obtained, AcmeError> {
+    let names = ordered.names;
     ui.step(&format!("Finalizing with a new {} key", cfg.acme.key_type));
     // Key generation is CPU work (RSA 4096 takes a second): off the runtime's threads.
     let (key_type, csr_names) = (cfg.acme.key_type, names.to_vec());
@@ -287,6 +350,7 @@ async fn finalize_and_store(
     state.ari_chosen = None;
     state.ari_serial = None;
     state.ari_retry_after = None;
+    state.profile = ordered.profile.clone();
     store.save_renewal_state(lineage, &state).await?;
     Ok(Obtained {
         lineage: lineage.to_string(),

@@ -133,6 +133,10 @@ pub struct Acme {
     pub key_type: KeyType,
     pub eab: Option<Eab>,
     pub deploy_hook: Option<PathBuf>,
+    /// The ACME profile to order (`classic`, `tlsserver`, `shortlived` ...).
+    pub profile: Option<String>,
+    /// A CA without `profile` fails the order (else: its default, logged).
+    pub profile_required: bool,
 }
 
 #[derive(Clone)]
@@ -265,6 +269,8 @@ pub struct Site {
     /// Upstreams one request may try; 0 means every one.
     pub max_tries: usize,
     pub health_check: Option<HealthCheck>,
+    /// This site's ACME profile, over `[acme] profile`.
+    pub profile: Option<String>,
 }
 
 impl Site {

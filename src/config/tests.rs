@@ -248,3 +248,55 @@ fn shipped_configs_and_readme_examples_validate() {
         "only {blocks} toml examples found in the README"
     );
 }
+
+#[test]
+fn profiles_proxy_protocol_and_status_auth_are_checked() {
+    let c = parse(
+        Path::new("t.toml"),
+        &format!("{GOOD}profile = \"shortlived\"\n[acme]\nprofile = \"tlsserver\"\n"),
+    )
+    .unwrap();
+    assert_eq!(c.acme.profile.as_deref(), Some("tlsserver"));
+    assert!(!c.acme.profile_required);
+    assert_eq!(c.sites[0].profile.as_deref(), Some("shortlived"));
+    let e = err(&format!("{GOOD}[acme]\nprofile = \"short lived\"\n"));
+    assert!(
+        e.contains("acme.profile") && e.contains("\"tlsserver\""),
+        "{e}"
+    );
+
+    let pp = |listen: &str| {
+        GOOD.replace(
+            "https = \"127.0.0.1:8443\"",
+            &format!("https = \"127.0.0.1:8443\"\n{listen}"),
+        )
+    };
+    let c = parse(
+        Path::new("t.toml"),
+        &pp("proxy_protocol = true\nproxy_protocol_from = [\"10.0.0.0/8\", \"192.0.2.7\"]"),
+    )
+    .unwrap();
+    assert_eq!(c.listen.proxy_protocol.unwrap().len(), 2);
+    let e = err(&pp("proxy_protocol = true"));
+    assert!(
+        e.contains("listen.proxy_protocol") && e.contains("proxy_protocol_from"),
+        "{e}"
+    );
+    let e = err(&pp("proxy_protocol_from = [\"10.0.0.0/8\"]"));
+    assert!(e.contains("listen.proxy_protocol_from"), "{e}");
+    let e = err(&pp(
+        "proxy_protocol = true\nproxy_protocol_from = [\"ten\"]",
+    ));
+    assert!(e.contains("\"ten\"") && e.contains("CIDR"), "{e}");
+
+    let m = |keys: &str| format!("{GOOD}[metrics]\nlisten = \"127.0.0.1:9898\"\n{keys}\n");
+    let c = parse(
+        Path::new("t.toml"),
+        &m("username = \"ops\"\npassword_file = \"/p\""),
+    )
+    .unwrap();
+    assert_eq!(c.metrics_auth.unwrap().username, "ops");
+    assert!(err(&m("username = \"ops\"")).contains("metrics.password_file"));
+    assert!(err(&m("password_file = \"/p\"")).contains("metrics.username"));
+    assert!(err(&m("username = \"a:b\"\npassword_file = \"/p\"")).contains("metrics.username"));
+}

@@ -269,7 +269,28 @@ impl V<'_> {
             key_type,
             eab,
             deploy_hook: raw.deploy_hook.map(PathBuf::from),
+            profile: self.profile("acme.profile", raw.profile)?,
+            profile_required: raw.profile_required.unwrap_or(false),
         })
+    }
+
+    /// An ACME profile name: a short token, as CAs name them.
+    fn profile(&self, key: &str, p: Option<String>) -> Result<Option<String>, ConfigError> {
+        match p {
+            Some(p)
+                if p.is_empty()
+                    || p.len() > 64
+                    || !p
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.') =>
+            {
+                Err(self.err(
+                    key,
+                    format!("{p:?}: expected a profile name the CA offers, such as \"tlsserver\", \"shortlived\" or \"classic\""),
+                ))
+            }
+            p => Ok(p),
+        }
     }
 
     /// The shared keys here; the provider's own keys by the provider, after
@@ -531,6 +552,7 @@ impl V<'_> {
             fail_timeout: dur(raw.fail_timeout, defaults::FAIL_TIMEOUT),
             max_tries,
             health_check,
+            profile: self.profile(&k("profile"), raw.profile)?,
         })
     }
 

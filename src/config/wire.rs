@@ -50,6 +50,8 @@ pub struct Acme {
     pub key_type: Option<String>,
     pub eab: Option<Eab>,
     pub deploy_hook: Option<String>,
+    pub profile: Option<String>,
+    pub profile_required: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -125,6 +127,7 @@ pub struct Site {
     pub max_conns: Option<i64>,
     pub max_tunnels: Option<i64>,
     pub health_check: Option<HealthCheck>,
+    pub profile: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -72,6 +72,9 @@ pub struct Certificate {
     pub last_attempt: Option<String>,
     pub last_error: Option<String>,
     pub failures: u32,
+    /// The ACME profile it was ordered with; `None`: the CA's default.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// The DNS provider that answers its challenges.
     pub provider: String,
 }
@@ -238,6 +241,7 @@ impl Source {
                     .map(|t| rfc3339(crate::store::from_unix(t))),
                 last_error: state.last_error.clone(),
                 failures: state.failures,
+                profile: state.profile.clone(),
                 provider,
             });
         }
@@ -333,6 +337,7 @@ mod tests {
             last_attempt: None,
             last_error: None,
             failures: 0,
+            profile: None,
             provider: "manual".into(),
         }
     }

@@ -99,9 +99,10 @@ pub fn render(s: &Snapshot) -> String {
     for c in &s.certificates {
         let serving = match &c.lineage {
             Some(_) => format!(
-                "serial {}<br><span class=\"muted\">{}</span>",
+                "serial {}<br><span class=\"muted\">{}<br>profile {}</span>",
                 esc(&c.serial),
-                esc(&c.issuer)
+                esc(&c.issuer),
+                esc(c.profile.as_deref().unwrap_or("(the CA's default)"))
             ),
             None => "<span class=\"bad\">self-signed placeholder</span>".into(),
         };

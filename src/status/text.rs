@@ -85,6 +85,11 @@ pub fn render(s: &Snapshot) -> String {
                 c.failures
             );
         }
+        let _ = writeln!(
+            o,
+            "    profile      {}",
+            c.profile.as_deref().unwrap_or("the CA's default")
+        );
         let _ = writeln!(o, "    dns provider {}", c.provider);
     }
     let _ = writeln!(o, "\nUpstreams (last minute)");

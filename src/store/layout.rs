@@ -51,6 +51,10 @@ pub struct RenewalState {
     pub ari_serial: Option<String>,
     #[serde(default)]
     pub ari_retry_after: Option<u64>,
+    /// The ACME profile the certificate was ordered with (none: the CA's
+    /// default), ordered again on renewal unless the config names another.
+    #[serde(default)]
+    pub profile: Option<String>,
 }
 
 /// Edge's state, over whichever storage backs it. Cloning shares it.

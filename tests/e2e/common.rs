@@ -301,13 +301,47 @@ fn on_fresh_ports<T>(what: &str, mut start: impl FnMut() -> Result<T, String>) -
     panic!("{what} did not start in {PORT_TRIES} tries; last:\n{why}")
 }
 
+/// Which Pebble: Debian's 2.4 (`/usr/bin`), or v2.10.1 from `../shared/pebble/`
+/// (profiles, ARI, dns-persist-01; `scripts/install-deps` builds it where
+/// `../shared` is missing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PebbleVersion {
+    Debian,
+    V2_10,
+}
+
+impl PebbleVersion {
+    fn bin(self, name: &str) -> PathBuf {
+        match self {
+            PebbleVersion::Debian => PathBuf::from("/usr/bin").join(name),
+            PebbleVersion::V2_10 => {
+                let p = repo().join("../shared/pebble").join(name);
+                assert!(
+                    p.exists(),
+                    "{}: Pebble v2.10.1 is missing; scripts/install-deps builds it",
+                    p.display()
+                );
+                p
+            }
+        }
+    }
+}
+
 /// pebble-challtestsrv on free ports: (process, DNS port, management port).
 pub fn challtestsrv() -> (Proc, u16, u16) {
+    challtestsrv_of(PebbleVersion::Debian)
+}
+
+pub fn challtestsrv_of(version: PebbleVersion) -> (Proc, u16, u16) {
     on_fresh_ports("challtestsrv", || {
         let (dns_port, cts_mgmt) = (free_port(), free_port());
-        let mut cmd = Command::new("/usr/bin/pebble-challtestsrv");
+        let mut cmd = Command::new(version.bin("pebble-challtestsrv"));
+        let dns_flag = match version {
+            PebbleVersion::Debian => "-dns01",
+            PebbleVersion::V2_10 => "-dnsserver",
+        };
         cmd.args([
-            "-dns01",
+            dns_flag,
             &format!("127.0.0.1:{dns_port}"),
             "-management",
             &format!("127.0.0.1:{cts_mgmt}"),
@@ -318,6 +352,9 @@ pub fn challtestsrv() -> (Proc, u16, u16) {
             "-tlsalpn01",
             "",
         ]);
+        if version == PebbleVersion::V2_10 {
+            cmd.args(["-doh", ""]);
+        }
         let mut cts = Proc::spawn("challtestsrv", cmd);
         cts.try_wait_for("Starting management server", Duration::from_secs(20))?;
         answers_dns(&mut cts, dns_port)?;
@@ -389,6 +426,22 @@ impl Pebble {
         Self::launch(None, validity_secs, env, &|_| {})
     }
 
+    /// Pebble v2.10.1 with these `profiles` (name -> validity in seconds).
+    pub fn current(profiles: &[(&str, u64)]) -> Pebble {
+        let profiles: serde_json::Map<String, serde_json::Value> = profiles
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.to_string(),
+                    serde_json::json!({"description": n, "validityPeriod": v}),
+                )
+            })
+            .collect();
+        Self::launch_of(PebbleVersion::V2_10, None, 0, &[], &|c| {
+            c["pebble"]["profiles"] = serde_json::Value::Object(profiles.clone());
+        })
+    }
+
     /// As `start`, letting the caller change Pebble's JSON config first.
     pub fn start_patched(patch: &dyn Fn(&mut serde_json::Value)) -> Pebble {
         Self::launch(None, 3600, &[], patch)
@@ -408,7 +461,17 @@ impl Pebble {
         env: &[(&str, &str)],
         patch: &dyn Fn(&mut serde_json::Value),
     ) -> Pebble {
-        let (cts, dns_port, cts_mgmt) = challtestsrv();
+        Self::launch_of(PebbleVersion::Debian, dnsserver, validity_secs, env, patch)
+    }
+
+    fn launch_of(
+        version: PebbleVersion,
+        dnsserver: Option<&str>,
+        validity_secs: u64,
+        env: &[(&str, &str)],
+        patch: &dyn Fn(&mut serde_json::Value),
+    ) -> Pebble {
+        let (cts, dns_port, cts_mgmt) = challtestsrv_of(version);
         let own_dns = format!("127.0.0.1:{dns_port}");
         let dnsserver = dnsserver.unwrap_or(&own_dns);
         let dir = tempfile::tempdir().unwrap();
@@ -433,7 +496,7 @@ impl Pebble {
             patch(&mut cfg);
             let cfg_path = dir.path().join("pebble.json");
             std::fs::write(&cfg_path, cfg.to_string()).unwrap();
-            let mut cmd = Command::new("/usr/bin/pebble");
+            let mut cmd = Command::new(version.bin("pebble"));
             cmd.arg("-config")
                 .arg(&cfg_path)
                 .arg("-dnsserver")

@@ -13,6 +13,7 @@ mod daemon;
 mod h2spec;
 mod hostile;
 mod http3;
+mod profiles;
 mod providers;
 mod redirect;
 mod reload;
