@@ -63,18 +63,7 @@ pub fn respond(
         s.latency.observe(took.as_secs_f64());
     }
     let mut ctx = ctx;
-    let record = std::mem::take(&mut ctx.log_pending).then(|| {
-        Box::new(Record {
-            client: ctx.conn.peer.ip(),
-            method: ctx.method.clone(),
-            host: ctx.host.take().unwrap_or_default(),
-            path: std::mem::take(&mut ctx.path),
-            status,
-            upstream: ctx.upstream.take(),
-            start: ctx.start,
-            version: ctx.version,
-        })
-    });
+    let record = ctx.take_record(status);
     let inflight = ctx.inflight.take();
     let (parts, body) = response.into_parts();
     Response::from_parts(parts, Logged::new(body, record, inflight).holding(up_guard))

@@ -114,7 +114,19 @@ impl Drop for Ctx {
             } else {
                 (CLIENT_CLOSED, End::Abandoned)
             };
-            let record = Record {
+            if let Some(record) = self.take_record(status) {
+                access_log::emit(&record, 0, end);
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// The request's access-log line with `status`, once: `None` when
+    /// logging is off or the line was taken already.
+    pub fn take_record(&mut self, status: u16) -> Option<Box<Record>> {
+        std::mem::take(&mut self.log_pending).then(|| {
+            Box::new(Record {
                 client: self.conn.peer.ip(),
                 method: self.method.clone(),
                 host: self.host.take().unwrap_or_default(),
@@ -123,13 +135,10 @@ impl Drop for Ctx {
                 upstream: self.upstream.take(),
                 start: self.start,
                 version: self.version,
-            };
-            access_log::emit(&record, 0, end);
-        }
+            })
+        })
     }
-}
 
-impl Ctx {
     pub fn new(s: &Session, logging: bool) -> Ctx {
         Ctx {
             conn: s.conn.clone(),
