@@ -210,7 +210,11 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
             stop_rx.clone(),
         ))
     });
-    let https_task = tokio::spawn(listener::serve_https(
+    // The listeners serve HTTP-01 and TLS-ALPN-01 answers from the moment
+    // they are bound (counted here, before the first order can look).
+    let https_answers = crate::acme::challenges::CHALLENGES.serving_https();
+    let http_answers = crate::acme::challenges::CHALLENGES.serving_http();
+    let serve_https = listener::serve_https(
         https,
         tls_cfg,
         certs,
@@ -218,14 +222,16 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
         limits.clone(),
         conns.clone(),
         stop_rx.clone(),
-    ));
-    let http_task = tokio::spawn(listener::serve_http(
-        http,
-        redirect,
-        limits,
-        conns,
-        stop_rx.clone(),
-    ));
+    );
+    let https_task = tokio::spawn(async move {
+        let _serving = https_answers;
+        serve_https.await
+    });
+    let serve_http = listener::serve_http(http, redirect, limits, conns, stop_rx.clone());
+    let http_task = tokio::spawn(async move {
+        let _serving = http_answers;
+        serve_http.await
+    });
     let certs_task = tokio::spawn(manager.clone().run(control, stop_rx.clone()));
     if let Some(every) = sdnotify::watchdog_interval() {
         let mut stop = stop_rx.clone();

@@ -247,6 +247,13 @@ struct Resolver(Certs);
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == crate::acme::challenges::ACME_TLS_ALPN))
+        {
+            // A TLS-ALPN-01 validation: its challenge certificate or nothing.
+            return crate::acme::listen_solver::challenge_for(&hello);
+        }
         let map = self.0.map.load();
         map.for_sni(hello.server_name()).map(|e| e.key.clone())
     }
@@ -308,7 +315,12 @@ pub fn server_config(certs: &Certs) -> Result<Arc<ServerConfig>, rustls::Error> 
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(Resolver(certs.clone())));
-    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // acme-tls/1 last: only TLS-ALPN-01 validations offer it (and only it).
+    cfg.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        crate::acme::challenges::ACME_TLS_ALPN.to_vec(),
+    ];
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
     cfg.session_storage = ServerSessionMemoryCache::new(10_240);
     // Our own suite order, not the client's (nginx: ssl_prefer_server_ciphers on).

@@ -8,7 +8,9 @@
 
 pub mod account;
 pub mod ari;
+pub mod challenges;
 pub mod http;
+pub mod listen_solver;
 pub mod order;
 pub mod renew;
 pub mod solver;

@@ -18,8 +18,9 @@ use std::sync::Arc;
 use instant_acme::ChallengeType;
 use tokio::sync::OnceCell;
 
+use super::listen_solver::{Kind, ListenSolver};
 use super::AcmeError;
-use crate::config::{Config, Dns};
+use crate::config::{Challenge, Config, Dns};
 use crate::dns::{propagation, BoxFuture, Publisher, TxtRecord};
 use crate::names;
 use crate::ui::Ui;
@@ -200,18 +201,42 @@ impl Solver for Dns01 {
 #[derive(Clone)]
 pub struct Solvers {
     dns01: Arc<Dns01>,
+    http01: Arc<ListenSolver>,
+    tls_alpn01: Arc<ListenSolver>,
+    /// Each site's names and challenge.
+    sites: Vec<(Vec<String>, Challenge)>,
 }
 
 impl Solvers {
     pub fn new(cfg: &Config) -> Solvers {
         Solvers {
             dns01: Arc::new(Dns01::new(&cfg.dns)),
+            http01: Arc::new(ListenSolver::new(Kind::Http01, cfg.listen.http)),
+            tls_alpn01: Arc::new(ListenSolver::new(Kind::TlsAlpn01, cfg.listen.https)),
+            sites: cfg
+                .sites
+                .iter()
+                .map(|s| (s.domains.clone(), s.challenge))
+                .collect(),
         }
     }
 
-    /// The solver for an order of these names (DNS-01, the only one today).
-    pub fn for_names(&self, _names: &[String]) -> Arc<dyn Solver> {
-        self.dns01.clone()
+    /// The challenge of the site that lists these names (dns-01 for names
+    /// no site lists).
+    pub fn challenge_for(&self, names: &[String]) -> Challenge {
+        self.sites
+            .iter()
+            .find(|(domains, _)| names.iter().any(|n| domains.contains(n)))
+            .map_or(Challenge::Dns01, |(_, c)| *c)
+    }
+
+    /// The solver for an order of these names: their site's challenge.
+    pub fn for_names(&self, names: &[String]) -> Arc<dyn Solver> {
+        match self.challenge_for(names) {
+            Challenge::Dns01 => self.dns01.clone(),
+            Challenge::Http01 => self.http01.clone(),
+            Challenge::TlsAlpn01 => self.tls_alpn01.clone(),
+        }
     }
 
     /// Starts every solver that serves answers itself; a failure is logged and
@@ -227,6 +252,7 @@ impl Solvers {
 
     /// Whether every order can run with nobody at the keyboard.
     pub fn unattended(&self) -> bool {
-        !self.dns01.needs_person()
+        let dns = self.sites.iter().any(|(_, c)| *c == Challenge::Dns01) || self.sites.is_empty();
+        !(dns && self.dns01.needs_person())
     }
 }

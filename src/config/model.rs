@@ -271,6 +271,29 @@ pub struct Site {
     pub health_check: Option<HealthCheck>,
     /// This site's ACME profile, over `[acme] profile`.
     pub profile: Option<String>,
+    /// How the CA checks this site's names.
+    pub challenge: Challenge,
+}
+
+/// The ACME challenge a site's certificate is validated by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Challenge {
+    /// A TXT record through `[dns] provider` (the tutorial's; wildcards).
+    Dns01,
+    /// `/.well-known/acme-challenge/` on the plain-HTTP listener (port 80).
+    Http01,
+    /// A certificate for ALPN `acme-tls/1` on the HTTPS listener (port 443).
+    TlsAlpn01,
+}
+
+impl Challenge {
+    pub fn name(self) -> &'static str {
+        match self {
+            Challenge::Dns01 => "dns-01",
+            Challenge::Http01 => "http-01",
+            Challenge::TlsAlpn01 => "tls-alpn-01",
+        }
+    }
 }
 
 impl Site {

@@ -13,8 +13,8 @@ use super::provider_keys::{dns_server, ProviderKeys};
 use super::values::Dur;
 use super::{defaults, wire, ConfigError};
 use super::{
-    AccessLog, Acme, Balance, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen, Log,
-    MetricsAuth, Site, Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
+    AccessLog, Acme, Balance, Challenge, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen,
+    Log, MetricsAuth, Site, Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
 };
 use crate::dns::PROVIDERS;
 use crate::names;
@@ -540,6 +540,31 @@ impl V<'_> {
                 })?;
             error_pages.insert(code, PathBuf::from(file));
         }
+        let challenge = match raw.challenge.as_deref() {
+            None | Some("dns-01") => Challenge::Dns01,
+            Some("http-01") => Challenge::Http01,
+            Some("tls-alpn-01") => Challenge::TlsAlpn01,
+            Some("dns-persist-01") => {
+                return Err(self.err(
+                    k("challenge"),
+                    "\"dns-persist-01\" is not available in this version of edge yet; use \"dns-01\" (the record changes per order) for now",
+                ))
+            }
+            Some(other) => {
+                return Err(self.err(
+                    k("challenge"),
+                    format!("{other:?}: expected \"dns-01\" (default), \"http-01\" or \"tls-alpn-01\""),
+                ))
+            }
+        };
+        if challenge != Challenge::Dns01 {
+            if let Some(w) = valid.iter().find(|d| d.starts_with("*.")) {
+                return Err(self.err(
+                    k("challenge"),
+                    format!("{w:?} is a wildcard, which only dns-01 can validate; set challenge = \"dns-01\" for this site, or list the names without the wildcard"),
+                ));
+            }
+        }
         Ok(Site {
             domains: valid,
             upstreams,
@@ -553,6 +578,7 @@ impl V<'_> {
             max_tries,
             health_check,
             profile: self.profile(&k("profile"), raw.profile)?,
+            challenge,
         })
     }
 

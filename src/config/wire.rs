@@ -128,6 +128,7 @@ pub struct Site {
     pub max_tunnels: Option<i64>,
     pub health_check: Option<HealthCheck>,
     pub profile: Option<String>,
+    pub challenge: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

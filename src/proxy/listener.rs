@@ -133,6 +133,13 @@ async fn accept(
             }
         };
     let (_, session) = tls.get_ref();
+    if session.alpn_protocol() == Some(crate::acme::challenges::ACME_TLS_ALPN) {
+        // A TLS-ALPN-01 validation: the handshake was the answer.
+        tracing::debug!(client = %peer, "tls-alpn-01 validation handshake answered");
+        let mut tls = tls;
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+        return None;
+    }
     let served = certs.current().for_sni(session.server_name()).cloned();
     let h2 = session.alpn_protocol() == Some(b"h2");
     let inflight = Arc::new(AtomicUsize::new(0));

@@ -312,10 +312,33 @@ impl Redirect {
                 out.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
                 (self.status, 0, end)
             }
-            (Some(_), Some(_)) => {
+            (Some((_, pq)), Some(_)) => {
                 let with_body = head.method != "HEAD";
-                let sent = write_page(out, StatusCode::NOT_FOUND, end, ka10, with_body, start);
-                (StatusCode::NOT_FOUND, sent, end)
+                let token = pq.strip_prefix(ACME_HTTP01_PREFIX).unwrap_or_default();
+                match crate::acme::challenges::CHALLENGES.http01(token) {
+                    // An HTTP-01 answer of an order in progress.
+                    Some(ka) => {
+                        write_head(out, StatusCode::OK, end, ka10, start);
+                        let _ = write!(
+                            out,
+                            "content-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+                            ka.len()
+                        );
+                        if with_body {
+                            out.extend_from_slice(ka.as_bytes());
+                        }
+                        (
+                            StatusCode::OK,
+                            if with_body { ka.len() as u64 } else { 0 },
+                            end,
+                        )
+                    }
+                    None => {
+                        let sent =
+                            write_page(out, StatusCode::NOT_FOUND, end, ka10, with_body, start);
+                        (StatusCode::NOT_FOUND, sent, end)
+                    }
+                }
             }
             _ => {
                 // No usable host or target: 400, and the connection ends, as

@@ -9,6 +9,7 @@ mod common;
 
 mod acme;
 mod balance;
+mod challenges;
 mod daemon;
 mod h2spec;
 mod hostile;

@@ -6,6 +6,7 @@
 mod harness;
 
 mod certs;
+mod challenges;
 mod corpus;
 mod hostile;
 mod http3;

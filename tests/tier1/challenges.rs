@@ -1,0 +1,129 @@
+//! HTTP-01 and TLS-ALPN-01 answers on edge's own listeners: a pending
+//! answer is served, nothing is proxied for it, and every other request
+//! and handshake is untouched.
+
+use std::sync::Arc;
+
+use edge::acme::challenges::{tls_alpn01_cert, ACME_TLS_ALPN, CHALLENGES};
+use tokio::io::AsyncWriteExt;
+use tokio_rustls::TlsConnector;
+
+use crate::harness::*;
+
+const HOST: &str = "alpn.example.test";
+
+/// A validation authority's client: it reads the certificate's extension
+/// itself, so it does not verify the handshake signature with webpki (which
+/// refuses the critical acmeIdentifier extension, as it should for a server
+/// certificate).
+#[derive(Debug)]
+struct Va;
+
+impl rustls::client::danger::ServerCertVerifier for Va {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+fn va_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
+    let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(Va))
+    .with_no_client_auth();
+    c.alpn_protocols = vec![alpn.to_vec()];
+    Arc::new(c)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tls_alpn01_handshake_gets_the_challenge_certificate_and_is_closed() {
+    let up = Upstream::named("v1").await;
+    let edge = Edge::start(&site(&[HOST], &[&up.addr()], "")).await;
+    let cert = tls_alpn01_cert(HOST, "token.thumbprint").unwrap();
+    let want = cert.cert[0].clone();
+    CHALLENGES.put_tls_alpn01(HOST, Arc::new(cert));
+
+    let handshake = |alpn: &'static [u8]| {
+        let edge_addr = edge.https();
+        async move {
+            let tcp = connect(edge_addr).await;
+            let name = rustls::pki_types::ServerName::try_from(HOST).unwrap();
+            TlsConnector::from(va_config(alpn)).connect(name, tcp).await
+        }
+    };
+    let mut tls = handshake(ACME_TLS_ALPN)
+        .await
+        .expect("the validation handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(ACME_TLS_ALPN));
+    assert_eq!(tls.get_ref().1.peer_certificates().unwrap()[0], want);
+    let _ = tls
+        .write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes())
+        .await;
+    assert!(
+        read_to_close(&mut tls).await.is_empty(),
+        "closed after the handshake"
+    );
+    // Other handshakes are untouched.
+    assert_eq!(get(edge.https(), HOST, "/").await.text(), "v1");
+    assert_eq!(up.count(), 1, "the validation reached the upstream");
+    // No pending challenge for a name: no certificate for acme-tls/1.
+    CHALLENGES.remove_tls_alpn01(HOST);
+    assert!(handshake(ACME_TLS_ALPN).await.is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_plain_listener_answers_a_pending_http01_token_and_redirects_the_rest() {
+    let up = Upstream::named("v1").await;
+    let edge = Edge::start(&site(&[HOST], &[&up.addr()], "")).await;
+    CHALLENGES.put_http01("tok-tier1", "tok-tier1.thumbprint");
+    let ask = |path: &str| {
+        let req = format!("GET {path} HTTP/1.1\r\nhost: {HOST}\r\n\r\n");
+        let addr = edge.http();
+        async move {
+            let mut c = connect(addr).await;
+            exchange(&mut c, req.as_bytes()).await.unwrap()
+        }
+    };
+    let a = ask("/.well-known/acme-challenge/tok-tier1").await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.text(), "tok-tier1.thumbprint");
+    assert_eq!(ask("/.well-known/acme-challenge/other").await.status, 404);
+    assert_eq!(ask("/page").await.status, 308);
+    CHALLENGES.remove_http01("tok-tier1");
+    assert_eq!(
+        ask("/.well-known/acme-challenge/tok-tier1").await.status,
+        404
+    );
+    assert_eq!(up.count(), 0);
+}
