@@ -1,11 +1,46 @@
 //! Domain-name rules shared by the config, the CLI and the certificate store.
 //!
 //! Certificate names become directory names under `state_dir/live/`, so they are
-//! checked before anything is sent to a CA or written to disk: no IP addresses, no
-//! path separators, no `..`, only valid DNS labels.
+//! checked before anything is sent to a CA or written to disk: no path
+//! separators, no `..`, only valid DNS labels, or an IP address (RFC 8738) in
+//! its canonical form.
 
-/// Checks one certificate name (`example.org` or `*.example.org`) and returns it
-/// lower-cased. The error says what is wrong in words a user can act on.
+/// Checks one certificate name: a DNS name (`validate_domain`) or an IP
+/// address, which comes back in its canonical form (`::1`, not `0::1`).
+pub fn validate_name(name: &str) -> Result<String, String> {
+    match name.trim().parse::<std::net::IpAddr>() {
+        Ok(ip) => Ok(ip.to_string()),
+        Err(_) => validate_domain(name),
+    }
+}
+
+/// Whether a certificate name is an IP address.
+pub fn is_ip(name: &str) -> bool {
+    name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The name a TLS-ALPN-01 validation of an IP address sends as SNI (RFC 8738
+/// §6: the reverse-DNS name), back to the address; `None` for other names.
+pub fn ip_of_reverse_name(sni: &str) -> Option<std::net::IpAddr> {
+    let lower = sni.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(v4) = lower.strip_suffix(".in-addr.arpa") {
+        let mut parts: Vec<&str> = v4.split('.').collect();
+        parts.reverse();
+        return parts.join(".").parse().ok();
+    }
+    let v6 = lower.strip_suffix(".ip6.arpa")?;
+    let nibbles: Vec<&str> = v6.split('.').collect();
+    if nibbles.len() != 32 || nibbles.iter().any(|n| n.len() != 1) {
+        return None;
+    }
+    let hex: String = nibbles.iter().rev().copied().collect();
+    let groups: Vec<&str> = (0..8).map(|i| &hex[i * 4..i * 4 + 4]).collect();
+    groups.join(":").parse().ok()
+}
+
+/// Checks one DNS certificate name (`example.org` or `*.example.org`) and
+/// returns it lower-cased. The error says what is wrong in words a user can
+/// act on.
 pub fn validate_domain(name: &str) -> Result<String, String> {
     let lower = name.trim().trim_end_matches('.').to_ascii_lowercase();
     if lower.is_empty() {
@@ -16,7 +51,7 @@ pub fn validate_domain(name: &str) -> Result<String, String> {
     }
     if lower.parse::<std::net::IpAddr>().is_ok() {
         return Err(format!(
-            "{name:?} is an IP address; certificates here are for DNS names only"
+            "{name:?} is an IP address; a DNS name is needed here"
         ));
     }
     if lower.contains('/') || lower.contains('\\') || lower.contains("..") {
@@ -112,6 +147,21 @@ pub fn host_without_port(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_addresses_are_names_in_canonical_form() {
+        assert_eq!(validate_name("127.0.0.1").unwrap(), "127.0.0.1");
+        assert_eq!(validate_name("0:0::1").unwrap(), "::1");
+        assert!(validate_domain("127.0.0.1").is_err());
+        assert!(is_ip("2001:db8::7") && !is_ip("a.test"));
+        assert_eq!(
+            ip_of_reverse_name("1.0.0.127.in-addr.arpa."),
+            Some("127.0.0.1".parse().unwrap())
+        );
+        let v6 = "1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.ip6.arpa";
+        assert_eq!(ip_of_reverse_name(v6), Some("::1".parse().unwrap()));
+        assert_eq!(ip_of_reverse_name("a.test"), None);
+    }
 
     #[test]
     fn accepts_names_and_wildcards() {

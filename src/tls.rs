@@ -177,9 +177,15 @@ pub fn build_map(
             }
         }
     }
-    map.default = sites
-        .first()
-        .and_then(|s| s.domains.first())
+    // A client that sends no SNI connects by address (SNI cannot carry
+    // one): an IP-address certificate is its answer when there is one, else
+    // the first site's, as nginx's default server.
+    let ip_site = sites
+        .iter()
+        .flat_map(|s| &s.domains)
+        .find(|d| crate::names::is_ip(d));
+    map.default = ip_site
+        .or_else(|| sites.first().and_then(|s| s.domains.first()))
         .and_then(|d| map.lookup(d).cloned())
         .or_else(|| map.entries.first().cloned());
     (map, report)

@@ -147,7 +147,12 @@ pub fn challenge_for(
     if alpn.next() != Some(ACME_TLS_ALPN) || alpn.next().is_some() {
         return None;
     }
-    CHALLENGES.tls_alpn01(hello.server_name()?)
+    let sni = hello.server_name()?;
+    CHALLENGES.tls_alpn01(sni).or_else(|| {
+        // An IP address's validation names it by its reverse-DNS name.
+        let ip = crate::names::ip_of_reverse_name(sni)?;
+        CHALLENGES.tls_alpn01(&ip.to_string())
+    })
 }
 
 /// One HTTP-01 request on the stand-in: the key authorization for a token

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use instant_acme::{AuthorizationStatus, Identifier, NewOrder, OrderStatus, RetryPolicy};
+use instant_acme::{
+    AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
 use rcgen::{CertificateParams, DistinguishedName, KeyPair};
 
 use super::account::{self, Ca};
@@ -31,7 +33,7 @@ pub struct Obtained {
 pub fn clean_names(requested: &[String]) -> Result<Vec<String>, AcmeError> {
     let mut out = Vec::new();
     for n in requested {
-        let v = names::validate_domain(n).map_err(AcmeError::InvalidName)?;
+        let v = names::validate_name(n).map_err(AcmeError::InvalidName)?;
         if !out.contains(&v) {
             out.push(v);
         }
@@ -67,12 +69,25 @@ pub async fn obtain(
     ui: &Ui,
 ) -> Result<Obtained, AcmeError> {
     let start = Instant::now();
+    if solver.challenge_type() == ChallengeType::Dns01 {
+        if let Some(ip) = names.iter().find(|n| names::is_ip(n)) {
+            return Err(AcmeError::InvalidName(format!(
+                "{ip:?} is an IP address, which a CA validates only over http-01 or tls-alpn-01 (RFC 8738); list it in a [[site]] with challenge = \"http-01\" or \"tls-alpn-01\""
+            )));
+        }
+    }
     ui.step(&format!(
         "Requesting a certificate for {}",
         names.join(", ")
     ));
     let mut ca = account::load_or_create(&cfg.acme, store, ui).await?;
-    let ids: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let ids: Vec<Identifier> = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => Identifier::Ip(ip),
+            Err(_) => Identifier::Dns(n.clone()),
+        })
+        .collect();
     let wanted = wanted_profile(cfg, names, &store.renewal_state(lineage).await);
     let profile = choose_profile(cfg, &ca, wanted.as_deref(), ui)?;
     let order = {

@@ -70,7 +70,13 @@ fn errors_name_the_key() {
     ))
     .contains("site[0].upstreams"));
     assert!(err(&with_dns("provider = \"manual\"\nurl = \"http://x\"")).contains("dns.url"));
-    assert!(err(&GOOD.replace("flask.example.org", "1.2.3.4")).contains("site[0].domains"));
+    assert!(err(&GOOD.replace("flask.example.org", "a..b")).contains("site[0].domains"));
+    // An IP address is a name only for http-01 and tls-alpn-01 (RFC 8738).
+    let e = err(&GOOD.replace("flask.example.org", "1.2.3.4"));
+    assert!(
+        e.contains("site[0].challenge") && e.contains("http-01"),
+        "{e}"
+    );
 }
 
 /// A value serde reads (a duration, a size, an address) names its key path,

@@ -433,7 +433,7 @@ impl V<'_> {
         }
         let mut valid = Vec::with_capacity(domains.len());
         for d in &domains {
-            let name = names::validate_domain(d).map_err(|m| self.err(k("domains"), m))?;
+            let name = names::validate_name(d).map_err(|m| self.err(k("domains"), m))?;
             if !valid.contains(&name) {
                 valid.push(name);
             }
@@ -557,6 +557,14 @@ impl V<'_> {
                 ))
             }
         };
+        if challenge == Challenge::Dns01 {
+            if let Some(ip) = valid.iter().find(|d| names::is_ip(d)) {
+                return Err(self.err(
+                    k("challenge"),
+                    format!("{ip:?} is an IP address, which a CA validates only over http-01 or tls-alpn-01 (RFC 8738); set challenge = \"http-01\" or \"tls-alpn-01\" for this site"),
+                ));
+            }
+        }
         if challenge != Challenge::Dns01 {
             if let Some(w) = valid.iter().find(|d| d.starts_with("*.")) {
                 return Err(self.err(

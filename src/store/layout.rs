@@ -182,7 +182,7 @@ impl Store {
                 let (name, file) = rest.split_once('/')?;
                 (file == "fullchain.pem" || file == "privkey.pem").then_some(name)
             })
-            .filter(|n| names::validate_domain(n).is_ok())
+            .filter(|n| names::validate_name(n).is_ok())
             .map(str::to_string)
             .collect();
         out.sort();

@@ -152,3 +152,52 @@ fn a_wildcard_with_http01_is_a_config_error_naming_the_fix() {
         "{t}"
     );
 }
+
+/// An IP-address certificate (RFC 8738) for 127.0.0.1 over http-01, served
+/// to a client that sends no SNI (it connects by address), and the site
+/// answers requests for that address.
+#[test]
+fn an_ip_certificate_is_obtained_and_served_without_sni() {
+    let flask = Flask::start(1);
+    let (http, https) = (free_port(), free_port());
+    let p = pebble_for(http, https);
+    let sites = format!(
+        "{}challenge = \"http-01\"\n",
+        site(&["127.0.0.1"], &[flask.addr()])
+    );
+    let (dir, cfg) = config_for(&p, http, https, &sites);
+    let edge = Edge::serve(&cfg);
+    let cert = dir.path().join("state/live/127.0.0.1/cert.pem");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !cert.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "no certificate; edge:\n{}",
+            edge.proc.output()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{https} -noservername </dev/null 2>/dev/null | openssl x509 -noout -issuer -ext subjectAltName"
+        ))
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("Pebble") && t.contains("IP Address:127.0.0.1"),
+        "{t}"
+    );
+    let o = std::process::Command::new("curl")
+        .args(["-sk", "--max-time", "10"])
+        .arg(format!("https://127.0.0.1:{https}/"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("Version1"),
+        "{}",
+        text(&o)
+    );
+}
