@@ -118,7 +118,7 @@ pub async fn obtain(
         }
     };
     let mut order = order;
-    solve(&ca, &mut order, solver, ui).await?;
+    solve(cfg, &ca, &mut order, solver, ui).await?;
     let ordered = Ordered { names, profile };
     finalize_and_store(
         cfg, &ca, store, lock, lineage, &ordered, &mut order, ui, start,
@@ -179,8 +179,38 @@ fn choose_profile(
     Ok(None)
 }
 
-/// Answers every pending authorization of the order through `solver`.
+/// The dns-persist-01 record's value for an order (draft-ietf-acme-dns-
+/// persist): the CA's issuer domain (its directory's first caaIdentities),
+/// this account's URL, and `policy=wildcard` when the order has a wildcard.
+async fn persist_value(cfg: &Config, ca: &Ca, wildcard: bool) -> Result<String, AcmeError> {
+    let client =
+        super::http::ca_client(cfg.acme.ca_bundle.as_deref(), Duration::from_secs(30)).await?;
+    let dir: serde_json::Value = client
+        .get(&ca.directory)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| AcmeError::Other(format!("reading the ACME directory {}: {e}", ca.directory)))?
+        .json()
+        .await
+        .map_err(|e| AcmeError::Other(format!("the ACME directory {}: {e}", ca.directory)))?;
+    let issuer = dir["meta"]["caaIdentities"][0].as_str().ok_or_else(|| {
+        AcmeError::Problem(format!(
+            "the CA's directory {} names no caaIdentities, which a dns-persist-01 record needs; use challenge = \"dns-01\"",
+            ca.directory
+        ))
+    })?;
+    let mut v = format!("{issuer}; accounturi={}", ca.account.id());
+    if wildcard {
+        v.push_str("; policy=wildcard");
+    }
+    Ok(v)
+}
+
+/// Answers every pending authorization of the order through `solver` (or
+/// its fallback, when the CA does not offer its challenge for a name).
 async fn solve(
+    cfg: &Config,
     ca: &Ca,
     order: &mut instant_acme::Order,
     solver: &dyn Solver,
@@ -188,7 +218,9 @@ async fn solve(
 ) -> Result<(), AcmeError> {
     let kind = solver.challenge_type();
     fetch_authorizations(order).await.map_err(|e| ca.err(e))?;
+    let persist = kind == super::solver::dns_persist_01();
     let mut pending = Vec::new();
+    let mut unoffered = None;
     {
         let mut auths = order.authorizations();
         while let Some(a) = auths.next().await {
@@ -204,9 +236,10 @@ async fn solve(
                 }
             }
             let domain = a.identifier().to_string();
-            let ch = a.challenge(kind.clone()).ok_or_else(|| {
-                AcmeError::Problem(format!("the CA offers no {kind:?} challenge for {domain}"))
-            })?;
+            let Some(ch) = a.challenge(kind.clone()) else {
+                unoffered = Some(domain);
+                break;
+            };
             let key_authorization = ch.key_authorization();
             pending.push(Pending {
                 token: ch.token.clone(),
@@ -214,6 +247,33 @@ async fn solve(
                 dns_value: key_authorization.dns_value(),
                 domain,
             });
+        }
+    }
+    if let Some(domain) = unoffered {
+        let name = match &kind {
+            ChallengeType::Unknown(n) => n.clone(),
+            k => format!("{k:?}"),
+        };
+        return match solver.fallback() {
+            Some(fallback) => {
+                let msg = format!(
+                    "the CA does not offer {name} for {domain}; using {:?} with the same provider for this order",
+                    fallback.challenge_type()
+                );
+                tracing::warn!("{msg}");
+                ui.step(&msg);
+                Box::pin(solve(cfg, ca, order, fallback, ui)).await
+            }
+            None => Err(AcmeError::Problem(format!(
+                "the CA offers no {name} challenge for {domain}"
+            ))),
+        };
+    }
+    if persist && !pending.is_empty() {
+        let wildcard = pending.iter().any(|p| p.domain.starts_with("*."));
+        let value = persist_value(cfg, ca, wildcard).await?;
+        for p in &mut pending {
+            p.dns_value = value.clone();
         }
     }
     if pending.is_empty() {

@@ -72,6 +72,112 @@ pub trait Solver: Send + Sync {
         placed: &'a Placed,
         ui: &'a Ui,
     ) -> BoxFuture<'a, Result<(), AcmeError>>;
+
+    /// The solver to use instead when the CA does not offer this one's
+    /// challenge for an order.
+    fn fallback(&self) -> Option<&dyn Solver> {
+        None
+    }
+}
+
+/// The challenge type of dns-persist-01 (instant-acme has no variant).
+pub fn dns_persist_01() -> ChallengeType {
+    ChallengeType::Unknown("dns-persist-01".into())
+}
+
+/// dns-persist-01: the `_validation-persist.<name>` record (its value made
+/// by the order: the CA's issuer domain and the account URL) is published
+/// through the DNS provider only when it is not already visible, and never
+/// taken away: after the first order, orders make no DNS change at all.
+/// Where the CA does not offer it, dns-01 with the same provider.
+pub struct DnsPersist01 {
+    dns01: Arc<Dns01>,
+}
+
+impl Solver for DnsPersist01 {
+    fn challenge_type(&self) -> ChallengeType {
+        dns_persist_01()
+    }
+
+    fn needs_person(&self) -> bool {
+        // Once, for the first order; not for renewals.
+        false
+    }
+
+    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>> {
+        self.dns01.start()
+    }
+
+    fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed> {
+        Box::pin(async move {
+            let mut records: Vec<TxtRecord> = Vec::new();
+            for p in &pending {
+                let base = p.domain.strip_prefix("*.").unwrap_or(&p.domain);
+                let name = format!("_validation-persist.{base}");
+                let fqdn = propagation::follow_cname(&name, &self.dns01.dns.resolvers).await;
+                // The apex and its wildcard share one record.
+                if !records
+                    .iter()
+                    .any(|r| r.fqdn == fqdn && r.value == p.dns_value)
+                {
+                    records.push(TxtRecord {
+                        fqdn,
+                        value: p.dns_value.clone(),
+                        domain: p.domain.clone(),
+                    });
+                }
+            }
+            Placed { pending, records }
+        })
+    }
+
+    fn present<'a>(
+        &'a self,
+        placed: &'a Placed,
+        ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async move {
+            let mut missing = Vec::new();
+            for r in &placed.records {
+                if !propagation::visible_now(r, &self.dns01.dns).await {
+                    missing.push(r.clone());
+                }
+            }
+            if missing.is_empty() {
+                ui.step("dns-persist-01 record(s) already in place: no DNS change for this order");
+                return Ok(());
+            }
+            for r in &missing {
+                ui.say(&format!(
+                    "Setting the dns-persist-01 record once (it stays; later orders need no DNS change):\n  {}. TXT \"{}\"",
+                    r.fqdn, r.value
+                ));
+            }
+            Ok(self.dns01.publisher().await?.present(&missing, ui).await?)
+        })
+    }
+
+    fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async move {
+            if self.dns01.dns.provider.serves_records() {
+                return Ok(());
+            }
+            self.dns01.wait_visible(&placed.records, ui).await
+        })
+    }
+
+    fn cleanup<'a>(
+        &'a self,
+        _placed: &'a Placed,
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        // Set once: nothing to take away.
+        Box::pin(async { Ok(()) })
+    }
+
+    fn fallback(&self) -> Option<&dyn Solver> {
+        Some(self.dns01.as_ref())
+    }
 }
 
 /// DNS-01 through the configured DNS provider.
@@ -201,6 +307,7 @@ impl Solver for Dns01 {
 #[derive(Clone)]
 pub struct Solvers {
     dns01: Arc<Dns01>,
+    dns_persist01: Arc<DnsPersist01>,
     http01: Arc<ListenSolver>,
     tls_alpn01: Arc<ListenSolver>,
     /// Each site's names and challenge.
@@ -209,8 +316,12 @@ pub struct Solvers {
 
 impl Solvers {
     pub fn new(cfg: &Config) -> Solvers {
+        let dns01 = Arc::new(Dns01::new(&cfg.dns));
         Solvers {
-            dns01: Arc::new(Dns01::new(&cfg.dns)),
+            dns_persist01: Arc::new(DnsPersist01 {
+                dns01: dns01.clone(),
+            }),
+            dns01,
             http01: Arc::new(ListenSolver::new(Kind::Http01, cfg.listen.http)),
             tls_alpn01: Arc::new(ListenSolver::new(Kind::TlsAlpn01, cfg.listen.https)),
             sites: cfg
@@ -234,6 +345,7 @@ impl Solvers {
     pub fn for_names(&self, names: &[String]) -> Arc<dyn Solver> {
         match self.challenge_for(names) {
             Challenge::Dns01 => self.dns01.clone(),
+            Challenge::DnsPersist01 => self.dns_persist01.clone(),
             Challenge::Http01 => self.http01.clone(),
             Challenge::TlsAlpn01 => self.tls_alpn01.clone(),
         }
@@ -253,6 +365,7 @@ impl Solvers {
     /// Whether every order can run with nobody at the keyboard.
     pub fn unattended(&self) -> bool {
         let dns = self.sites.iter().any(|(_, c)| *c == Challenge::Dns01) || self.sites.is_empty();
+        // dns-persist-01 needs a person once at most (the first record).
         !(dns && self.dns01.needs_person())
     }
 }

@@ -284,6 +284,9 @@ pub enum Challenge {
     Http01,
     /// A certificate for ALPN `acme-tls/1` on the HTTPS listener (port 443).
     TlsAlpn01,
+    /// One `_validation-persist` TXT record, set once, for every order
+    /// (draft-ietf-acme-dns-persist); dns-01 where the CA lacks it.
+    DnsPersist01,
 }
 
 impl Challenge {
@@ -292,7 +295,13 @@ impl Challenge {
             Challenge::Dns01 => "dns-01",
             Challenge::Http01 => "http-01",
             Challenge::TlsAlpn01 => "tls-alpn-01",
+            Challenge::DnsPersist01 => "dns-persist-01",
         }
+    }
+
+    /// Validated through DNS (wildcards allowed, IP addresses not).
+    pub fn through_dns(self) -> bool {
+        matches!(self, Challenge::Dns01 | Challenge::DnsPersist01)
     }
 }
 

@@ -544,20 +544,15 @@ impl V<'_> {
             None | Some("dns-01") => Challenge::Dns01,
             Some("http-01") => Challenge::Http01,
             Some("tls-alpn-01") => Challenge::TlsAlpn01,
-            Some("dns-persist-01") => {
-                return Err(self.err(
-                    k("challenge"),
-                    "\"dns-persist-01\" is not available in this version of edge yet; use \"dns-01\" (the record changes per order) for now",
-                ))
-            }
+            Some("dns-persist-01") => Challenge::DnsPersist01,
             Some(other) => {
                 return Err(self.err(
                     k("challenge"),
-                    format!("{other:?}: expected \"dns-01\" (default), \"http-01\" or \"tls-alpn-01\""),
+                    format!("{other:?}: expected \"dns-01\" (default), \"dns-persist-01\", \"http-01\" or \"tls-alpn-01\""),
                 ))
             }
         };
-        if challenge == Challenge::Dns01 {
+        if challenge.through_dns() {
             if let Some(ip) = valid.iter().find(|d| names::is_ip(d)) {
                 return Err(self.err(
                     k("challenge"),
@@ -565,7 +560,7 @@ impl V<'_> {
                 ));
             }
         }
-        if challenge != Challenge::Dns01 {
+        if !challenge.through_dns() {
             if let Some(w) = valid.iter().find(|d| d.starts_with("*.")) {
                 return Err(self.err(
                     k("challenge"),

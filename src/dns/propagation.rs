@@ -139,6 +139,27 @@ async fn authoritative_servers(name: &str) -> Result<Vec<SocketAddr>, DnsError> 
     }
 }
 
+/// Whether `record` is visible now at every server it would be checked at
+/// (one look, no waiting): a record set once (dns-persist-01) needs no
+/// change when it is.
+pub async fn visible_now(record: &TxtRecord, cfg: &Dns) -> bool {
+    let (list, recursion) = if cfg.resolvers.is_empty() {
+        match authoritative_servers(&record.fqdn).await {
+            Ok(l) => (l, false),
+            Err(_) => return false,
+        }
+    } else {
+        (cfg.resolvers.clone(), true)
+    };
+    for server in list {
+        match query_txt(server, &record.fqdn, recursion).await {
+            Ok(v) if v.contains(&record.value) => {}
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// Waits until every record is visible at every server, up to the timeout.
 pub async fn wait(records: &[TxtRecord], cfg: &Dns, ui: &Ui) -> Result<(), DnsError> {
     if !cfg.propagation_delay.is_zero() {

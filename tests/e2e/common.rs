@@ -428,6 +428,12 @@ impl Pebble {
 
     /// Pebble v2.10.1 with these `profiles` (name -> validity in seconds).
     pub fn current(profiles: &[(&str, u64)]) -> Pebble {
+        Self::current_env(profiles, &[])
+    }
+
+    /// As `current`, with extra environment (PEBBLE_AUTHZREUSE=0: every
+    /// order validates again).
+    pub fn current_env(profiles: &[(&str, u64)], env: &[(&str, &str)]) -> Pebble {
         let profiles: serde_json::Map<String, serde_json::Value> = profiles
             .iter()
             .map(|(n, v)| {
@@ -437,7 +443,7 @@ impl Pebble {
                 )
             })
             .collect();
-        Self::launch_of(PebbleVersion::V2_10, None, 0, &[], &|c| {
+        Self::launch_of(PebbleVersion::V2_10, None, 0, env, &|c| {
             c["pebble"]["profiles"] = serde_json::Value::Object(profiles.clone());
         })
     }

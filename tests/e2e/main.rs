@@ -14,6 +14,7 @@ mod daemon;
 mod h2spec;
 mod hostile;
 mod http3;
+mod persist;
 mod profiles;
 mod providers;
 mod redirect;

@@ -1,0 +1,114 @@
+//! dns-persist-01 against Pebble v2.10.1: the `_validation-persist` record
+//! is set once through the DNS provider, and renewals after it make no DNS
+//! change at all; a wildcard gets `policy=wildcard`; a CA without the
+//! challenge (Debian's Pebble 2.4) falls back to dns-01 and says so.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::common::*;
+
+/// An exec hook that logs every call and sets the record in challtestsrv.
+fn hook(dir: &Path, cts: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let log = dir.join("hook.log");
+    let path = dir.join("hook.sh");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $3\" >> {log}\nif [ \"$1\" = present ]; then\n  curl -sSf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" {cts}/set-txt >/dev/null\nelse\n  curl -sSf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" {cts}/clear-txt >/dev/null\nfi\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (path, log)
+}
+
+fn persist_config(
+    p: &Pebble,
+    domains: &[&str],
+) -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let (dir, cfg) = config(&format!(
+        "{}{}{}challenge = \"dns-persist-01\"\n",
+        listen_any(),
+        p.acme_toml("provider = \"exec\"\ncommand = \"HOOK\""),
+        site(domains, &["127.0.0.1:9".to_string()])
+    ));
+    let (script, log) = hook(dir.path(), &p.cts_url);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"HOOK\"", &format!("{:?}", script.display().to_string()));
+    std::fs::write(&cfg, text).unwrap();
+    (dir, cfg, log)
+}
+
+fn calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn the_record_is_set_once_and_renewals_make_no_dns_change() {
+    // No reused authorizations: every renewal is validated again.
+    let p = Pebble::current_env(&[("default", 90 * 86400)], &[("PEBBLE_AUTHZREUSE", "0")]);
+    let (dir, cfg, log) = persist_config(&p, &["persist.test"]);
+    let o = edge(&["obtain", "--domain", "persist.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = calls(&log);
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        first[0].starts_with(
+            "present _validation-persist.persist.test. pebble.letsencrypt.org; accounturi=https://"
+        ),
+        "{first:?}"
+    );
+    let serial =
+        |d: &Path| std::fs::read_to_string(d.join("state/live/persist.test/cert.pem")).unwrap();
+    let mut seen = vec![serial(dir.path())];
+    for i in 0..3 {
+        let o = edge(&["renew", "--force"], &cfg);
+        let t = text(&o);
+        assert!(o.status.success(), "renewal {i}: {t}");
+        assert!(t.contains("already in place: no DNS change"), "{t}");
+        let s = serial(dir.path());
+        assert!(!seen.contains(&s), "renewal {i} stored no new certificate");
+        seen.push(s);
+    }
+    assert_eq!(calls(&log), first, "a renewal changed DNS");
+}
+
+#[test]
+fn a_wildcard_gets_policy_wildcard() {
+    let p = Pebble::current(&[("default", 90 * 86400)]);
+    let (_dir, cfg, log) = persist_config(&p, &["wild.test", "*.wild.test"]);
+    let o = edge(
+        &["obtain", "--domain", "wild.test", "--domain", "*.wild.test"],
+        &cfg,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let c = calls(&log);
+    assert_eq!(c.len(), 1, "{c:?}");
+    assert!(c[0].ends_with("; policy=wildcard"), "{c:?}");
+}
+
+#[test]
+fn a_ca_without_dns_persist_01_falls_back_to_dns_01_and_says_so() {
+    let p = Pebble::start();
+    let (_dir, cfg, log) = persist_config(&p, &["old.test"]);
+    let o = edge(&["obtain", "--domain", "old.test"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("does not offer dns-persist-01 for old.test; using Dns01"),
+        "{t}"
+    );
+    let c = calls(&log);
+    assert!(
+        c.iter()
+            .any(|l| l.starts_with("present _acme-challenge.old.test.")),
+        "{c:?}"
+    );
+}
