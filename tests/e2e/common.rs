@@ -434,6 +434,15 @@ impl Pebble {
     /// As `current`, with extra environment (PEBBLE_AUTHZREUSE=0: every
     /// order validates again).
     pub fn current_env(profiles: &[(&str, u64)], env: &[(&str, &str)]) -> Pebble {
+        Self::current_dns(profiles, None, env)
+    }
+
+    /// As `current_env`, its VA asking `dnsserver` (Knot) for DNS.
+    pub fn current_dns(
+        profiles: &[(&str, u64)],
+        dnsserver: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Pebble {
         let profiles: serde_json::Map<String, serde_json::Value> = profiles
             .iter()
             .map(|(n, v)| {
@@ -443,7 +452,7 @@ impl Pebble {
                 )
             })
             .collect();
-        Self::launch_of(PebbleVersion::V2_10, None, 0, env, &|c| {
+        Self::launch_of(PebbleVersion::V2_10, dnsserver, 0, env, &|c| {
             c["pebble"]["profiles"] = serde_json::Value::Object(profiles.clone());
         })
     }

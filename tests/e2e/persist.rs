@@ -112,3 +112,62 @@ fn a_ca_without_dns_persist_01_falls_back_to_dns_01_and_says_so() {
         "{c:?}"
     );
 }
+
+/// Through a real Knot with RFC 2136: the record is added once (one signed
+/// update, one serial step), Pebble validates every order against Knot, and
+/// three renewals leave the zone's serial where it was.
+#[test]
+fn through_knot_the_zone_serial_stays_after_the_first_order() {
+    let knot = Knot::start("example.test");
+    let p = Pebble::current_dns(
+        &[("default", 90 * 86400)],
+        Some(&knot.addr.to_string()),
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let provider = format!(
+        "provider = \"rfc2136\"\nserver = \"{}\"\ntsig_key = \"{}\"\ntsig_secret_file = \"SECRET\"",
+        knot.addr, knot.key_name
+    );
+    let (dir, cfg) = config(&format!(
+        "{}{}{}challenge = \"dns-persist-01\"\n",
+        listen_any(),
+        p.acme_toml(&provider),
+        site(&["k.example.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let secret = dir.path().join("tsig.secret");
+    std::fs::write(&secret, &knot.secret).unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("\"SECRET\"", &format!("{:?}", secret.display().to_string()));
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let serial = || knot.dig("example.test", "SOA");
+    let o = edge(&["obtain", "--domain", "k.example.test"], &cfg);
+    assert!(
+        o.status.success(),
+        "{}\nknot:\n{}",
+        text(&o),
+        knot.proc.output()
+    );
+    assert_eq!(
+        knot.proc.count("DDNS, finished, serial"),
+        1,
+        "{}",
+        knot.proc.output()
+    );
+    assert!(knot
+        .dig("_validation-persist.k.example.test", "TXT")
+        .contains("accounturi="));
+    let after_first = serial();
+    for i in 0..3 {
+        let o = edge(&["renew", "--force"], &cfg);
+        assert!(o.status.success(), "renewal {i}: {}", text(&o));
+    }
+    assert_eq!(serial(), after_first, "a renewal changed the zone");
+    assert_eq!(
+        knot.proc.count("DDNS, finished, serial"),
+        1,
+        "{}",
+        knot.proc.output()
+    );
+}
