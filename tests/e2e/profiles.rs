@@ -111,3 +111,84 @@ fn the_chosen_profile_sets_the_lifetime_and_renewals_keep_it() {
     let t = text(&o);
     assert!(t.contains("Next renewal: 20"), "{t}");
 }
+
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
+
+/// `edge serve` under a clock moved ahead (libfaketime preloaded into the
+/// edge process itself, so killing it stops edge; no 3-day wait).
+fn serve_shifted(cfg: &Path, shift: &str) -> (Proc, u16) {
+    let mut cmd = Command::new(edge_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .env("LD_PRELOAD", LIBFAKETIME)
+        .env("FAKETIME", shift);
+    let proc = Proc::spawn("edge", cmd);
+    let line = proc.wait_for("edge ready", std::time::Duration::from_secs(20));
+    let port = line
+        .split("https=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    (proc, port)
+}
+
+/// A 6-day certificate is renewed by the daemon on its own once half its
+/// life has passed, not before: at +2 days it is left alone; at +5 days the
+/// daemon asks the CA's ARI endpoint, renews (replacing the old one, which
+/// Pebble checks), and serves the new certificate without a restart.
+#[test]
+fn a_six_day_certificate_is_renewed_by_the_daemon_at_half_its_life() {
+    assert!(
+        Path::new(LIBFAKETIME).exists(),
+        "libfaketime missing: scripts/install-deps installs it (faketime)"
+    );
+    let p = Pebble::current(&[("default", 90 * 86400), ("shortlived", 6 * 86400)]);
+    let (dir, cfg) = profile_config(&p, "profile = \"shortlived\"");
+    let o = edge(&["obtain", "--domain", "flask.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let live = dir.path().join("state/live/flask.test/cert.pem");
+    let first = std::fs::read_to_string(&live).unwrap();
+
+    let (mut early, _) = serve_shifted(&cfg, "+2d");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    early.kill();
+    assert_eq!(
+        std::fs::read_to_string(&live).unwrap(),
+        first,
+        "renewed at +2 days"
+    );
+    assert!(
+        !early.output().contains("renewal succeeded"),
+        "{}",
+        early.output()
+    );
+
+    let (late, port) = serve_shifted(&cfg, "+5d");
+    let line = late.wait_for("renewal succeeded", std::time::Duration::from_secs(30));
+    assert!(line.contains("flask.test"), "{line}");
+    let out = late.output();
+    assert!(
+        out.contains("inside the CA's renewal window (ARI)"),
+        "{out}"
+    );
+    let renewed = std::fs::read_to_string(&live).unwrap();
+    assert_ne!(renewed, first);
+    assert!(
+        (5.9..=6.1).contains(&lifetime_days(&live)),
+        "the renewal kept the profile"
+    );
+    let served = served_serial(port, "flask.test");
+    let serial = Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&live)
+        .output()
+        .unwrap();
+    assert!(
+        served.contains(String::from_utf8_lossy(&serial.stdout).trim()),
+        "not swapped in: {served}"
+    );
+}
