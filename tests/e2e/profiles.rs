@@ -192,3 +192,43 @@ fn a_six_day_certificate_is_renewed_by_the_daemon_at_half_its_life() {
         "not swapped in: {served}"
     );
 }
+
+/// Real ARI (Pebble v2.10.1 instead of a double): the CA moves a
+/// certificate's renewal window into the past through its management API;
+/// the next plain `edge renew` (not forced) renews it at once, and
+/// its order carries `replaces`, which Pebble checks (same account, a shared
+/// name); the renewed certificate is not due again.
+#[test]
+fn a_renewal_window_the_ca_moves_into_the_past_renews_with_replaces() {
+    let p = Pebble::current(&[("default", 90 * 86400)]);
+    let (dir, cfg) = profile_config(&p, "profile = \"default\"");
+    let o = edge(&["obtain", "--domain", "flask.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    // (Before the CA moves it, a renew would skip it, and then respect the
+    // CA's Retry-After of 6 hours before asking again.)
+    let cert = std::fs::read_to_string(dir.path().join("state/live/flask.test/cert.pem")).unwrap();
+    let ari = serde_json::json!({"suggestedWindow": {
+        "start": "2020-01-01T00:00:00Z", "end": "2020-01-02T00:00:00Z"}});
+    let body = serde_json::json!({"Certificate": cert, "ARIResponse": ari.to_string()}).to_string();
+    let st = Command::new("curl")
+        .args(["-sS", "-f", "-X", "POST", "--cacert"])
+        .arg(&p.ca_bundle)
+        .args(["-d", &body])
+        .arg(format!("{}/set-renewal-info/", p.mgmt))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", text(&st));
+
+    let o = edge(&["renew"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("flask.test: renewed"), "{t}");
+    // Pebble took the order as the replacement of the old certificate.
+    p.pebble
+        .wait_for("is a replacement of", std::time::Duration::from_secs(5));
+    let renewed =
+        std::fs::read_to_string(dir.path().join("state/live/flask.test/cert.pem")).unwrap();
+    assert_ne!(renewed, cert);
+    let o = edge(&["renew"], &cfg);
+    assert!(text(&o).contains("not due"), "{}", text(&o));
+}
