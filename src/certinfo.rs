@@ -52,8 +52,21 @@ pub fn inspect(der: &CertificateDer<'_>) -> Result<CertInfo, String> {
     let mut names = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
         for n in &san.value.general_names {
-            if let GeneralName::DNSName(d) = n {
-                names.push(d.to_ascii_lowercase());
+            match n {
+                GeneralName::DNSName(d) => names.push(d.to_ascii_lowercase()),
+                // An address certificate (RFC 8738): the address in its
+                // canonical form, as the config and the Host header have it.
+                GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
             }
         }
     }

@@ -6,6 +6,7 @@
 //! new one and never a moment with no certificate.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -73,6 +74,15 @@ impl CertMap {
         match sni {
             Some(name) => self.lookup(name).or(self.default.as_ref()),
             None => self.default.as_ref(),
+        }
+    }
+
+    /// As `for_sni`; a client without SNI connected by address, so the
+    /// certificate for the `local` address it reached, if there is one.
+    pub fn for_client(&self, sni: Option<&str>, local: Option<IpAddr>) -> Option<&Arc<Entry>> {
+        match (sni, local) {
+            (None, Some(ip)) => self.lookup(&ip.to_string()).or(self.default.as_ref()),
+            _ => self.for_sni(sni),
         }
     }
 
@@ -251,6 +261,13 @@ pub fn log_report(report: &BuildReport) {
 #[derive(Debug)]
 struct Resolver(Certs);
 
+tokio::task_local! {
+    /// The local address the TLS handshake in progress was reached at (set by
+    /// the listener around the handshake): a client that sends no SNI
+    /// connected by address and gets that address's certificate.
+    pub static LOCAL_IP: IpAddr;
+}
+
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         if hello
@@ -261,7 +278,12 @@ impl ResolvesServerCert for Resolver {
             return crate::acme::listen_solver::challenge_for(&hello);
         }
         let map = self.0.map.load();
-        map.for_sni(hello.server_name()).map(|e| e.key.clone())
+        let sni = hello.server_name();
+        let local = sni
+            .is_none()
+            .then(|| LOCAL_IP.try_with(|ip| *ip).ok())
+            .flatten();
+        map.for_client(sni, local).map(|e| e.key.clone())
     }
 }
 

@@ -115,23 +115,31 @@ async fn accept(
     peer: SocketAddr,
 ) -> Option<(Box<h1::Conn<TlsConn>>, Accepted)> {
     let hs = &METRICS.handshakes;
-    let tls =
-        match tokio::time::timeout(handshake_timeout, acceptor.accept(ClientSock(stream))).await {
-            Ok(Ok(s)) => {
-                hs.get_or_create(&ResultLabel { result: "ok" }).inc();
-                s
-            }
-            Ok(Err(e)) => {
-                hs.get_or_create(&ResultLabel { result: "failed" }).inc();
-                tracing::debug!(client = %peer, "TLS handshake failed: {e}");
-                return None;
-            }
-            Err(_) => {
-                hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
-                tracing::debug!(client = %peer, "TLS handshake timed out");
-                return None;
-            }
-        };
+    // The resolver reads it for a client without SNI (`tls::LOCAL_IP`).
+    let local = stream.local_addr().map(|a| a.ip()).ok();
+    let handshake = acceptor.accept(ClientSock(stream));
+    let handshake = async move {
+        match local {
+            Some(ip) => crate::tls::LOCAL_IP.scope(ip, handshake).await,
+            None => handshake.await,
+        }
+    };
+    let tls = match tokio::time::timeout(handshake_timeout, handshake).await {
+        Ok(Ok(s)) => {
+            hs.get_or_create(&ResultLabel { result: "ok" }).inc();
+            s
+        }
+        Ok(Err(e)) => {
+            hs.get_or_create(&ResultLabel { result: "failed" }).inc();
+            tracing::debug!(client = %peer, "TLS handshake failed: {e}");
+            return None;
+        }
+        Err(_) => {
+            hs.get_or_create(&ResultLabel { result: "timeout" }).inc();
+            tracing::debug!(client = %peer, "TLS handshake timed out");
+            return None;
+        }
+    };
     let (_, session) = tls.get_ref();
     if session.alpn_protocol() == Some(crate::acme::challenges::ACME_TLS_ALPN) {
         // A TLS-ALPN-01 validation: the handshake was the answer.
@@ -140,7 +148,10 @@ async fn accept(
         let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
         return None;
     }
-    let served = certs.current().for_sni(session.server_name()).cloned();
+    let served = certs
+        .current()
+        .for_client(session.server_name(), local)
+        .cloned();
     let h2 = session.alpn_protocol() == Some(b"h2");
     let inflight = Arc::new(AtomicUsize::new(0));
     let io = Timed::new(tls, Some(deadlines(limits, !h2, &inflight, peer)));

@@ -127,3 +127,36 @@ async fn the_plain_listener_answers_a_pending_http01_token_and_redirects_the_res
     );
     assert_eq!(up.count(), 0);
 }
+
+/// Two address sites: a client without SNI gets the certificate of the
+/// address it connected to, and its requests for that address are served.
+#[tokio::test(start_paused = true)]
+async fn a_client_without_sni_gets_the_certificate_of_the_address_it_reached() {
+    let (one, two) = (Upstream::named("one").await, Upstream::named("two").await);
+    let body = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\nhttps = \"0.0.0.0:0\"\nhttp3 = false\n{}challenge = \"http-01\"\n{}challenge = \"http-01\"\n",
+        site(&["127.0.0.1"], &[&one.addr()], ""),
+        site(&["127.0.0.2"], &[&two.addr()], "")
+    );
+    let edge = Edge::start(&body).await;
+    let port = edge.https().port();
+    for (ip, body) in [("127.0.0.1", "one"), ("127.0.0.2", "two")] {
+        let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let tcp = connect(addr).await;
+        let name = rustls::pki_types::ServerName::IpAddress(
+            ip.parse::<std::net::IpAddr>().unwrap().into(),
+        );
+        let mut tls = TlsConnector::from(client_config(&[b"http/1.1"]))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        assert_eq!(served_names(&tls), [ip], "the certificate for {ip}");
+        let a = exchange(
+            &mut tls,
+            format!("GET / HTTP/1.1\r\nhost: {ip}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(a.text(), body);
+    }
+}
