@@ -92,6 +92,42 @@ pub fn dns_persist_01() -> ChallengeType {
 /// Where the CA does not offer it, dns-01 with the same provider.
 pub struct DnsPersist01 {
     dns01: Arc<Dns01>,
+    /// Records this process published and not yet seen visible, by name:
+    /// `ready` waits for these only (a record already in place may differ
+    /// in text, e.g. carry a `persistUntil` someone set).
+    published: std::sync::Mutex<Vec<TxtRecord>>,
+}
+
+/// Warn this long ahead of a record's `persistUntil`.
+const PERSIST_WARNING: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
+/// Whether a TXT value `seen` is a dns-persist-01 record that authorizes
+/// what `want` asks for (same issuer and account; `policy=wildcard` when
+/// `want` has it), and its `persistUntil` (unix seconds) if it has one.
+pub fn persist_match(seen: &str, want: &str) -> Option<Option<u64>> {
+    let parts = |v: &str| -> (String, Vec<(String, String)>) {
+        let mut it = v.split(';').map(str::trim);
+        let issuer = it.next().unwrap_or_default().to_ascii_lowercase();
+        let params = it
+            .filter_map(|p| p.split_once('='))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        (issuer, params)
+    };
+    let (si, sp) = parts(seen);
+    let (wi, wp) = parts(want);
+    let get =
+        |ps: &[(String, String)], k: &str| ps.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    if si != wi || get(&sp, "accounturi") != get(&wp, "accounturi") {
+        return None;
+    }
+    let wildcard = |ps: &[(String, String)]| {
+        get(ps, "policy").is_some_and(|p| p.eq_ignore_ascii_case("wildcard"))
+    };
+    if wildcard(&wp) && !wildcard(&sp) {
+        return None;
+    }
+    Some(get(&sp, "persistuntil").and_then(|t| t.parse().ok()))
 }
 
 impl Solver for DnsPersist01 {
@@ -137,10 +173,39 @@ impl Solver for DnsPersist01 {
         ui: &'a Ui,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(async move {
+            let now = crate::clock::now();
             let mut missing = Vec::new();
             for r in &placed.records {
-                if !propagation::visible_now(r, &self.dns01.dns).await {
+                let everywhere = propagation::txt_everywhere(&r.fqdn, &self.dns01.dns).await;
+                // In place: every server has a record for this issuer and
+                // account that has not run out.
+                let mut until = None;
+                let in_place = everywhere.is_some_and(|servers| {
+                    servers.iter().all(|values| {
+                        values.iter().any(|v| match persist_match(v, &r.value) {
+                            Some(Some(t)) if crate::store::from_unix(t) > now => {
+                                until = Some(t);
+                                true
+                            }
+                            Some(Some(_)) => false,
+                            Some(None) => true,
+                            None => false,
+                        })
+                    })
+                });
+                if !in_place {
                     missing.push(r.clone());
+                } else if let Some(t) = until {
+                    let at = crate::store::from_unix(t);
+                    if at < now + PERSIST_WARNING {
+                        let msg = format!(
+                            "the dns-persist-01 record {} stops validating at {} (persistUntil): move persistUntil later or remove it, or orders will need a new record",
+                            r.fqdn,
+                            crate::certinfo::rfc3339(at)
+                        );
+                        tracing::warn!("{msg}");
+                        ui.say(&msg);
+                    }
                 }
             }
             if missing.is_empty() {
@@ -148,30 +213,59 @@ impl Solver for DnsPersist01 {
                 return Ok(());
             }
             for r in &missing {
-                ui.say(&format!(
-                    "Setting the dns-persist-01 record once (it stays; later orders need no DNS change):\n  {}. TXT \"{}\"",
-                    r.fqdn, r.value
-                ));
+                if self.dns01.dns.provider.serves_records() {
+                    // The built-in zone: served from memory behind the one
+                    // CNAME; nothing changes in anyone's zone.
+                    ui.step(&format!("Serving the dns-persist-01 record at {}", r.fqdn));
+                } else {
+                    ui.say(&format!(
+                        "Setting the dns-persist-01 record once (it stays; later orders need no DNS change):\n  {}. TXT \"{}\"",
+                        r.fqdn, r.value
+                    ));
+                }
             }
-            Ok(self.dns01.publisher().await?.present(&missing, ui).await?)
+            self.dns01.publisher().await?.present(&missing, ui).await?;
+            self.published
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(missing);
+            Ok(())
         })
     }
 
     fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(async move {
-            if self.dns01.dns.provider.serves_records() {
+            // Only what this order published; what was in place is visible.
+            let ours: Vec<TxtRecord> = {
+                let published = self.published.lock().unwrap_or_else(|e| e.into_inner());
+                placed
+                    .records
+                    .iter()
+                    .filter(|r| {
+                        published
+                            .iter()
+                            .any(|p| p.fqdn == r.fqdn && p.value == r.value)
+                    })
+                    .cloned()
+                    .collect()
+            };
+            if ours.is_empty() || self.dns01.dns.provider.serves_records() {
                 return Ok(());
             }
-            self.dns01.wait_visible(&placed.records, ui).await
+            self.dns01.wait_visible(&ours, ui).await
         })
     }
 
     fn cleanup<'a>(
         &'a self,
-        _placed: &'a Placed,
+        placed: &'a Placed,
         _ui: &'a Ui,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
-        // Set once: nothing to take away.
+        // Set once: nothing to take away from DNS.
+        self.published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p| !placed.records.iter().any(|r| r.fqdn == p.fqdn));
         Box::pin(async { Ok(()) })
     }
 
@@ -320,6 +414,7 @@ impl Solvers {
         Solvers {
             dns_persist01: Arc::new(DnsPersist01 {
                 dns01: dns01.clone(),
+                published: Default::default(),
             }),
             dns01,
             http01: Arc::new(ListenSolver::new(Kind::Http01, cfg.listen.http)),
@@ -367,5 +462,42 @@ impl Solvers {
         let dns = self.sites.iter().any(|(_, c)| *c == Challenge::Dns01) || self.sites.is_empty();
         // dns-persist-01 needs a person once at most (the first record).
         !(dns && self.dns01.needs_person())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::persist_match;
+
+    #[test]
+    fn a_persist_record_matches_by_issuer_account_and_wildcard_policy() {
+        let want = "pebble.letsencrypt.org; accounturi=https://ca/acct/1";
+        assert_eq!(persist_match(want, want), Some(None));
+        assert_eq!(
+            persist_match(
+                "Pebble.LetsEncrypt.org;accounturi=https://ca/acct/1; persistUntil=1900000000",
+                want
+            ),
+            Some(Some(1_900_000_000))
+        );
+        assert_eq!(
+            persist_match("pebble.letsencrypt.org; accounturi=https://ca/acct/2", want),
+            None
+        );
+        assert_eq!(
+            persist_match("other.ca; accounturi=https://ca/acct/1", want),
+            None
+        );
+        let wild = format!("{want}; policy=wildcard");
+        assert_eq!(
+            persist_match(want, &wild),
+            None,
+            "a wildcard needs the policy"
+        );
+        assert_eq!(
+            persist_match(&wild, want),
+            Some(None),
+            "the policy covers the apex too"
+        );
     }
 }

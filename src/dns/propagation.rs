@@ -139,25 +139,19 @@ async fn authoritative_servers(name: &str) -> Result<Vec<SocketAddr>, DnsError> 
     }
 }
 
-/// Whether `record` is visible now at every server it would be checked at
-/// (one look, no waiting): a record set once (dns-persist-01) needs no
-/// change when it is.
-pub async fn visible_now(record: &TxtRecord, cfg: &Dns) -> bool {
+/// The TXT values at `fqdn` as each server it would be checked at has
+/// them now (one look, no waiting); `None` when a server cannot be asked.
+pub async fn txt_everywhere(fqdn: &str, cfg: &Dns) -> Option<Vec<Vec<String>>> {
     let (list, recursion) = if cfg.resolvers.is_empty() {
-        match authoritative_servers(&record.fqdn).await {
-            Ok(l) => (l, false),
-            Err(_) => return false,
-        }
+        (authoritative_servers(fqdn).await.ok()?, false)
     } else {
         (cfg.resolvers.clone(), true)
     };
+    let mut out = Vec::with_capacity(list.len());
     for server in list {
-        match query_txt(server, &record.fqdn, recursion).await {
-            Ok(v) if v.contains(&record.value) => {}
-            _ => return false,
-        }
+        out.push(query_txt(server, fqdn, recursion).await.ok()?);
     }
-    true
+    Some(out)
 }
 
 /// Waits until every record is visible at every server, up to the timeout.

@@ -974,3 +974,27 @@ impl Knot {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 }
+
+/// A recursive resolver (Unbound) on a free port that sends each zone of
+/// `stubs` (zone, server address) to its server: the path a real CA's
+/// resolver takes. Returns the process, its port and its directory.
+pub fn unbound(stubs: &[(&str, String)]) -> (Proc, u16, tempfile::TempDir) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut conf = format!(
+        "server:\n  interface: 127.0.0.1\n  port: {port}\n  do-daemonize: no\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n  chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n  qname-minimisation: no\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  local-zone: \"test.\" nodefault\n  infra-host-ttl: 1\n  infra-keep-probing: yes\n  domain-insecure: \"test.\"\n",
+        d = dir.path().display(),
+    );
+    for (zone, addr) in stubs {
+        conf.push_str(&format!(
+            "stub-zone:\n  name: \"{zone}\"\n  stub-addr: {}\n",
+            addr.replace(':', "@")
+        ));
+    }
+    std::fs::write(dir.path().join("unbound.conf"), conf).unwrap();
+    let mut cmd = Command::new("/usr/sbin/unbound");
+    cmd.arg("-d").arg("-c").arg(dir.path().join("unbound.conf"));
+    let proc = Proc::spawn("unbound", cmd);
+    proc.wait_for("start of service", Duration::from_secs(20));
+    (proc, port, dir)
+}

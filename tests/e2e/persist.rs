@@ -171,3 +171,100 @@ fn through_knot_the_zone_serial_stays_after_the_first_order() {
         knot.proc.output()
     );
 }
+
+/// A record someone gave a `persistUntil`: still in place (no DNS change)
+/// and warned about when it runs out within 30 days; once it has run out,
+/// edge publishes its own again.
+#[test]
+fn a_persist_until_is_warned_about_and_a_lapsed_record_replaced() {
+    let p = Pebble::current_env(&[("default", 90 * 86400)], &[("PEBBLE_AUTHZREUSE", "0")]);
+    let (_dir, cfg, log) = persist_config(&p, &["until.test"]);
+    let o = edge(&["obtain", "--domain", "until.test"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    let first = calls(&log);
+    let value = first[0]
+        .strip_prefix("present _validation-persist.until.test. ")
+        .unwrap()
+        .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let set = |v: String| {
+        cts_post(
+            &p.cts_url,
+            "/clear-txt",
+            serde_json::json!({"host": "_validation-persist.until.test."}),
+        );
+        cts_post(
+            &p.cts_url,
+            "/set-txt",
+            serde_json::json!({"host": "_validation-persist.until.test.", "value": v}),
+        );
+    };
+    set(format!("{value}; persistUntil={}", now + 10 * 86400));
+    let o = edge(&["renew", "--force"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("stops validating at") && t.contains("persistUntil"),
+        "{t}"
+    );
+    assert_eq!(calls(&log), first, "a record in place was set again");
+
+    set(format!("{value}; persistUntil={}", now - 60));
+    let o = edge(&["renew", "--force"], &cfg);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(
+        calls(&log).len(),
+        2,
+        "a lapsed record was not replaced: {:?}",
+        calls(&log)
+    );
+}
+
+/// Through the built-in zone: the site's zone (Knot) gets one CNAME for
+/// `_validation-persist` into edge's delegated zone, once; Pebble v2.10.1
+/// asks a real recursive resolver (Unbound); renewals change nothing in
+/// the site's zone (its serial stays).
+#[test]
+fn through_the_built_in_zone_behind_one_cname() {
+    let label = edge::dns::builtin::label_for("flask.other.test");
+    let knot = Knot::start_with(
+        "other.test",
+        &format!("_validation-persist.flask CNAME {label}.acme.other.test.\n"),
+    );
+    let edge_dns = free_port();
+    let (unbound, unbound_port, _udir) = unbound(&[
+        ("other.test", knot.addr.to_string()),
+        ("acme.other.test", format!("127.0.0.1:{edge_dns}")),
+    ]);
+    let p = Pebble::current_dns(
+        &[("default", 90 * 86400)],
+        Some(&format!("127.0.0.1:{unbound_port}")),
+        &[("PEBBLE_AUTHZREUSE", "0")],
+    );
+    let provider = format!(
+        "provider = \"builtin\"\nlisten = \"127.0.0.1:{edge_dns}\"\nzone = \"acme.other.test\""
+    );
+    let (_dir, cfg) = config(&format!(
+        "{}{}{}challenge = \"dns-persist-01\"\n",
+        listen_any(),
+        p.acme_toml(&provider),
+        site(&["flask.other.test"], &["127.0.0.1:9".to_string()])
+    ));
+    let serial = knot.dig("other.test", "SOA");
+    let o = edge(&["obtain", "--domain", "flask.other.test"], &cfg);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}\nunbound:\n{}", unbound.output());
+    assert!(t.contains(&format!("{label}.acme.other.test")), "{t}");
+    for i in 0..3 {
+        let o = edge(&["renew", "--force"], &cfg);
+        assert!(o.status.success(), "renewal {i}: {}", text(&o));
+    }
+    assert_eq!(
+        knot.dig("other.test", "SOA"),
+        serial,
+        "the site's zone changed"
+    );
+}

@@ -416,23 +416,10 @@ fn builtin_after_the_one_time_cname_through_a_recursive_resolver() {
     let www = edge::dns::builtin::label_for("www.other.test");
     let knot = Knot::start_with("other.test", &format!("_acme-challenge.flask CNAME {label}.acme.other.test.\n_acme-challenge.www CNAME {www}.acme.other.test.\n"));
     let edge_dns = free_port();
-    let unbound_port = free_port();
-    let udir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        udir.path().join("unbound.conf"),
-        format!(
-            "server:\n  interface: 127.0.0.1\n  port: {unbound_port}\n  do-daemonize: no\n  use-syslog: no\n  logfile: \"\"\n  verbosity: 1\n  chroot: \"\"\n  username: \"\"\n  directory: \"{d}\"\n  pidfile: \"{d}/unbound.pid\"\n  access-control: 127.0.0.0/8 allow\n  do-not-query-localhost: no\n  module-config: \"iterator\"\n  qname-minimisation: no\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  local-zone: \"test.\" nodefault\n  infra-host-ttl: 1\n  infra-keep-probing: yes\n  domain-insecure: \"test.\"\nstub-zone:\n  name: \"other.test\"\n  stub-addr: {knot}\nstub-zone:\n  name: \"acme.other.test\"\n  stub-addr: 127.0.0.1@{edge_dns}\n",
-            d = udir.path().display(),
-            knot = knot.addr.to_string().replace(':', "@"),
-        ),
-    )
-    .unwrap();
-    let mut cmd = std::process::Command::new("/usr/sbin/unbound");
-    cmd.arg("-d")
-        .arg("-c")
-        .arg(udir.path().join("unbound.conf"));
-    let unbound = Proc::spawn("unbound", cmd);
-    unbound.wait_for("start of service", std::time::Duration::from_secs(20));
+    let (unbound, unbound_port, _udir) = unbound(&[
+        ("other.test", knot.addr.to_string()),
+        ("acme.other.test", format!("127.0.0.1:{edge_dns}")),
+    ]);
 
     let p = Pebble::with_dnsserver(
         &format!("127.0.0.1:{unbound_port}"),
