@@ -294,21 +294,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn answer(mut s: tokio::net::TcpStream, site: &Site) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let mut buf = Vec::with_capacity(1024);
     let mut fields = Vec::new();
-    let head = loop {
-        match crate::http1::head::request(&buf, MAX_HEAD, &mut fields) {
-            Ok(Some(h)) => break Some(h),
-            Ok(None) => {}
-            Err(_) => break None,
-        }
-        let mut chunk = [0u8; 1024];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let head = match crate::http1::head::read_one(&mut s, MAX_HEAD, &mut buf, &mut fields).await? {
+        None => return Ok(()),
+        Some(h) => h.ok(),
     };
     const TEXT: &str = "text/plain; charset=utf-8";
     let (status, ctype, body, extra): (&str, &str, String, &str) = match head {

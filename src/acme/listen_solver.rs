@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use instant_acme::ChallengeType;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 
 use super::challenges::{tls_alpn01_cert, ACME_TLS_ALPN, CHALLENGES};
@@ -160,18 +160,10 @@ pub fn challenge_for(
 async fn answer_http01(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut fields = Vec::new();
-    let target = loop {
-        match crate::http1::head::request(&buf, 8 * 1024, &mut fields) {
-            Ok(Some(h)) => break Some(h.target.get(&buf).to_vec()),
-            Ok(None) => {}
-            Err(_) => break None,
-        }
-        let mut chunk = [0u8; 1024];
-        let n = s.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+    let target = match crate::http1::head::read_one(&mut s, 8 * 1024, &mut buf, &mut fields).await?
+    {
+        None => return Ok(()),
+        Some(h) => h.ok().map(|h| h.target.get(&buf).to_vec()),
     };
     let answer = target
         .as_deref()

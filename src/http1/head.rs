@@ -74,6 +74,32 @@ fn version(minor: Option<u8>) -> Version {
     }
 }
 
+/// Reads one request head off `io` into `buf`, for the small servers that
+/// answer one request per connection (the metrics listener, the stand-in
+/// ACME answerer): `Ok(None)` when the peer closes first, `Ok(Some(Err))`
+/// for a head that cannot be read.
+pub async fn read_one<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    max: usize,
+    buf: &mut Vec<u8>,
+    fields: &mut Vec<Field>,
+) -> std::io::Result<Option<Result<RequestHead, HeadError>>> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        match request(buf, max, fields) {
+            Ok(Some(h)) => return Ok(Some(Ok(h))),
+            Ok(None) => {}
+            Err(e) => return Ok(Some(Err(e))),
+        }
+        let mut chunk = [0u8; 1024];
+        let n = io.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 /// Parses the request head at the front of `buf`: `Ok(None)` while it is
 /// incomplete and under `max` bytes. `fields` is filled (and first cleared).
 /// httparse is strict where leniency lets two parsers disagree: a field line
