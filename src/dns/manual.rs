@@ -32,8 +32,15 @@ impl DnsProvider for Settings {
         true
     }
 
-    fn check(&self, _sites: &[Site], report: &mut Report) {
-        report.notes.push("dns.provider = \"manual\": renewals need a person to set the TXT record; choose exec, rfc2136, builtin or an API provider for unattended renewal".into());
+    fn check(&self, sites: &[Site], report: &mut Report) {
+        // Only dns-01 needs the provider at every renewal (dns-persist-01
+        // once; http-01 and tls-alpn-01 never).
+        let per_order = sites
+            .iter()
+            .any(|s| s.challenge == crate::config::Challenge::Dns01);
+        if per_order {
+            report.notes.push("dns.provider = \"manual\": renewals need a person to set the TXT record; choose exec, rfc2136, builtin or an API provider for unattended renewal, or a challenge that needs no DNS change per order (dns-persist-01, http-01, tls-alpn-01)".into());
+        }
     }
 }
 
