@@ -146,23 +146,9 @@ impl Solver for DnsPersist01 {
 
     fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed> {
         Box::pin(async move {
-            let mut records: Vec<TxtRecord> = Vec::new();
-            for p in &pending {
-                let base = p.domain.strip_prefix("*.").unwrap_or(&p.domain);
-                let name = format!("_validation-persist.{base}");
-                let fqdn = propagation::follow_cname(&name, &self.dns01.dns.resolvers).await;
-                // The apex and its wildcard share one record.
-                if !records
-                    .iter()
-                    .any(|r| r.fqdn == fqdn && r.value == p.dns_value)
-                {
-                    records.push(TxtRecord {
-                        fqdn,
-                        value: p.dns_value.clone(),
-                        domain: p.domain.clone(),
-                    });
-                }
-            }
+            let name =
+                |d: &str| format!("_validation-persist.{}", d.strip_prefix("*.").unwrap_or(d));
+            let records = txt_records(&pending, name, &self.dns01.dns.resolvers).await;
             Placed { pending, records }
         })
     }
@@ -274,6 +260,31 @@ impl Solver for DnsPersist01 {
     }
 }
 
+/// The TXT records for `pending`, each at `name(domain)` or the end of its
+/// CNAME chain; one record where two names (an apex and its wildcard) need
+/// the same value at the same place.
+async fn txt_records(
+    pending: &[Pending],
+    name: impl Fn(&str) -> String,
+    resolvers: &[std::net::SocketAddr],
+) -> Vec<TxtRecord> {
+    let mut records: Vec<TxtRecord> = Vec::with_capacity(pending.len());
+    for p in pending {
+        let fqdn = propagation::follow_cname(&name(&p.domain), resolvers).await;
+        if !records
+            .iter()
+            .any(|r| r.fqdn == fqdn && r.value == p.dns_value)
+        {
+            records.push(TxtRecord {
+                fqdn,
+                value: p.dns_value.clone(),
+                domain: p.domain.clone(),
+            });
+        }
+    }
+    records
+}
+
 /// DNS-01 through the configured DNS provider.
 pub struct Dns01 {
     dns: Dns,
@@ -347,15 +358,7 @@ impl Solver for Dns01 {
 
     fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed> {
         Box::pin(async move {
-            let mut records = Vec::with_capacity(pending.len());
-            for p in &pending {
-                let name = names::challenge_name(&p.domain);
-                records.push(TxtRecord {
-                    fqdn: propagation::follow_cname(&name, &self.dns.resolvers).await,
-                    value: p.dns_value.clone(),
-                    domain: p.domain.clone(),
-                });
-            }
+            let records = txt_records(&pending, names::challenge_name, &self.dns.resolvers).await;
             Placed { pending, records }
         })
     }
