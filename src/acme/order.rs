@@ -91,16 +91,23 @@ pub async fn obtain(
     let wanted = wanted_profile(cfg, names, &store.renewal_state(lineage).await);
     let profile = choose_profile(cfg, &ca, wanted.as_deref(), ui)?;
     let order = {
-        let mut new = NewOrder::new(&ids);
-        if let Some(p) = profile.as_deref() {
-            new = new.profile(p);
-        }
+        // The order without `replaces`: what a CA that refuses the
+        // replacement gets instead.
+        let order_of = || {
+            let o = NewOrder::new(&ids);
+            match profile.as_deref() {
+                Some(p) => o.profile(p),
+                None => o,
+            }
+        };
+        let plain = order_of();
         let replaces_id = replaces
             .as_deref()
             .and_then(crate::certinfo::ari_identifier);
-        if let Some(r) = replaces_id.clone() {
-            new = new.replaces(r);
-        }
+        let new = match replaces_id.clone() {
+            Some(r) => order_of().replaces(r),
+            None => order_of(),
+        };
         match again_on_bad_nonce!(ca.account.new_order(&new).await) {
             Ok(o) => o,
             Err(e) if account::account_gone(&e) => {
@@ -108,11 +115,24 @@ pub async fn obtain(
                     "the CA does not know the stored account any more; registering a new one"
                 );
                 ca = account::create(&cfg.acme, store, ui).await?;
-                again_on_bad_nonce!(ca.account.new_order(&new).await).map_err(|e| ca.err(e))?
+                // A new account replaces nothing it did not order.
+                again_on_bad_nonce!(ca.account.new_order(&plain).await).map_err(|e| ca.err(e))?
             }
             Err(instant_acme::Error::Unsupported(_)) => {
-                again_on_bad_nonce!(ca.account.new_order(&NewOrder::new(&ids)).await)
-                    .map_err(|e| ca.err(e))?
+                again_on_bad_nonce!(ca.account.new_order(&plain).await).map_err(|e| ca.err(e))?
+            }
+            // ARI (RFC 9773 section 5): a CA that refuses the order as a
+            // replacement (already replaced, an old certificate it does not
+            // know) gets the same order without `replaces`; the renewal
+            // must not fail on it.
+            Err(instant_acme::Error::Api(problem)) if replaces_id.is_some() => {
+                let msg = format!(
+                    "the CA refused the order as a replacement of the current certificate ({}); ordering without `replaces`",
+                    problem.detail.as_deref().unwrap_or("no detail")
+                );
+                tracing::warn!("{msg}");
+                ui.step(&msg);
+                again_on_bad_nonce!(ca.account.new_order(&plain).await).map_err(|e| ca.err(e))?
             }
             Err(e) => return Err(ca.err(e)),
         }

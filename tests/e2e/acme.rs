@@ -630,9 +630,13 @@ fn ari_window_in_the_past_renews_and_sends_replaces() {
         t.contains("ari.test: FAILED") && t.contains("ARI double issues no certificates"),
         "{t}"
     );
+    // The order as a replacement first; refused, the same order without
+    // `replaces` (a renewal must not fail on it, RFC 9773).
     let orders = double.orders.lock().unwrap();
-    assert_eq!(orders.len(), 1, "{t}");
+    assert_eq!(orders.len(), 2, "{t}");
     assert!(orders[0].contains("\"replaces\""), "{}", orders[0]);
+    assert!(!orders[1].contains("\"replaces\""), "{}", orders[1]);
+    assert!(t.contains("ordering without `replaces`"), "{t}");
 }
 
 /// External Account Binding against a Pebble that requires it.
