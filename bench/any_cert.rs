@@ -1,6 +1,8 @@
-//! The bench clients' certificate check: none. They measure proxies on
-//! loopback with a throwaway certificate; what they must not skip is the
-//! handshake's work, and they do not.
+//! A certificate check that checks nothing, for clients that must not:
+//! the bench clients (loopback, a throwaway certificate; the handshake's
+//! work is still done) and the tier-1 TLS-ALPN-01 validation client (an ACME
+//! validator reads the challenge certificate itself; webpki refuses its
+//! critical acmeIdentifier extension, as it should for a server).
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};

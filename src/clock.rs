@@ -29,15 +29,18 @@ pub fn now() -> SystemTime {
 /// taken from the first reader's clock would put a test whose clock ran
 /// ahead in the future of every other test's.
 pub fn since_anchor() -> std::time::Duration {
+    since_anchor_at(tokio::time::Instant::now())
+}
+
+/// `since_anchor` for a time the caller has read already.
+pub fn since_anchor_at(at: tokio::time::Instant) -> std::time::Duration {
     static ANCHOR: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     let anchor = *ANCHOR.get_or_init(|| {
         let now = Instant::now();
         now.checked_sub(std::time::Duration::from_secs(3600))
             .unwrap_or(now)
     });
-    tokio::time::Instant::now()
-        .into_std()
-        .saturating_duration_since(anchor)
+    at.into_std().saturating_duration_since(anchor)
 }
 
 #[cfg(test)]

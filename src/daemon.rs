@@ -144,7 +144,10 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
                     a.password_file.display()
                 )));
             }
-            Some(Arc::from(crate::metrics::basic_auth(&a.username, password)))
+            Some(Arc::from(crate::status::listener::basic_auth(
+                &a.username,
+                password,
+            )))
         }
     };
     let https_addr = https.local_addr().unwrap_or(cfg.listen.https);
@@ -252,12 +255,12 @@ pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
     });
     manager.set_status(status.clone());
     if let Some(l) = metrics {
-        let site = crate::metrics::Site {
+        let site = crate::status::listener::Site {
             status,
             manager: manager.clone(),
             auth: metrics_auth,
         };
-        tokio::spawn(crate::metrics::serve(l, site, stop_rx.clone()));
+        tokio::spawn(crate::status::listener::serve(l, site, stop_rx.clone()));
     }
     tracing::info!(https = %bound.https, http = %bound.http, http3 = %bound.http3.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), metrics = %bound.metrics.map(|a| a.to_string()).unwrap_or_else(|| "off".into()), sites = cfg.sites.len(), "edge ready");
     sdnotify::notify("READY=1");

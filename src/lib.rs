@@ -13,11 +13,11 @@ pub mod http1; // the one HTTP/1 implementation: heads, framing, bodies, both ro
 pub mod http2; // the HTTP/2 session: hyper's server, streams in the connection's task
 pub mod http3; // the HTTP/3 session: QUIC (quinn) on the HTTPS port's UDP twin, h3 framing
 pub mod log_limit; // peer-caused log lines: one per kind and key per minute, with a count
-pub mod metrics; // Prometheus metrics and their endpoint
+pub mod metrics; // Prometheus metrics (served by status::listener)
 pub mod names; // domain-name rules shared by config, CLI and store
 pub mod proxy; // the HTTPS request path, upstream pool, redirect listener
 pub mod sdnotify; // systemd Type=notify readiness and watchdog
-pub mod status; // what the running daemon says about itself: page, `edge status`, JSON
+pub mod status; // what the running daemon says about itself: page, `edge status`, JSON; the metrics listener
 pub mod store; // the storage interface and its file backend; certbot layout
 pub mod tls; // rustls config and the hot-swappable SNI resolver
 pub mod ui; // steps and spinners for a person at a terminal

@@ -4,6 +4,7 @@
 //! were held back. The journal is where operators look for renewal failures;
 //! no peer may flood it.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -41,27 +42,22 @@ impl LogLimit {
         } else {
             key.to_string()
         };
-        match slots.get_mut(&(kind, key.clone())) {
-            Some(s) if now.duration_since(s.since) < WINDOW => {
-                s.held += 1;
-                None
+        let fresh = Slot {
+            since: now,
+            held: 0,
+        };
+        match slots.entry((kind, key)) {
+            Entry::Occupied(mut o) => {
+                let s = o.get_mut();
+                if now.duration_since(s.since) < WINDOW {
+                    s.held += 1;
+                    None
+                } else {
+                    Some(std::mem::replace(s, fresh).held)
+                }
             }
-            Some(s) => {
-                let held = s.held;
-                *s = Slot {
-                    since: now,
-                    held: 0,
-                };
-                Some(held)
-            }
-            None => {
-                slots.insert(
-                    (kind, key),
-                    Slot {
-                        since: now,
-                        held: 0,
-                    },
-                );
+            Entry::Vacant(v) => {
+                v.insert(fresh);
                 Some(0)
             }
         }

@@ -1,13 +1,12 @@
-//! Prometheus metrics, served on `[metrics] listen` when configured.
+//! Prometheus metrics; `status::listener` serves them on `[metrics] listen`.
 //!
 //! One process-wide set, because metrics describe the process: requests by site,
 //! status class and upstream, latency, upstream health, open connections, TLS
 //! handshakes, certificate expiry and renewal outcomes. prometheus-client does
 //! the text encoding; edge only records.
 
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,7 +14,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -174,9 +172,12 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[class_index(status)]
 }
 
-/// Counts a connection refused at a cap (`which` is its config key).
-pub fn refused(which: &'static str) {
-    hit(which);
+/// Counts a connection or a request refused at a limit (its config key).
+pub fn refused(limit: &'static str) {
+    METRICS
+        .limits_hit
+        .get_or_create(&LimitLabel { limit })
+        .inc();
 }
 
 /// Counts an answer that says a limit was reached: 408, 413, 431.
@@ -187,7 +188,7 @@ pub fn limit_answer(status: u16) {
         431 => "limits.max_header_bytes",
         _ => return,
     };
-    hit(limit);
+    refused(limit);
 }
 
 /// The limits the status page lists, by config key (the `limit` label).
@@ -199,28 +200,16 @@ const LIMITS: [&str; 6] = [
     "limits.max_body_bytes",
     "limits.timeouts",
 ];
-/// The same counts as `limits_hit`, readable without encoding the registry.
-static HITS: [std::sync::atomic::AtomicU64; LIMITS.len()] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; LIMITS.len()];
-
-fn hit(limit: &'static str) {
-    if let Some(i) = LIMITS.iter().position(|l| *l == limit) {
-        HITS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-    METRICS
-        .limits_hit
-        .get_or_create(&LimitLabel { limit })
-        .inc();
-}
-
 /// The limits reached since start, by config key, for the status page.
 pub fn limits_hit() -> Vec<crate::status::LimitHit> {
     LIMITS
         .iter()
-        .zip(&HITS)
-        .map(|(l, n)| crate::status::LimitHit {
-            limit: l.to_string(),
-            count: n.load(std::sync::atomic::Ordering::Relaxed),
+        .map(|&limit| crate::status::LimitHit {
+            limit: limit.to_string(),
+            count: METRICS
+                .limits_hit
+                .get_or_create(&LimitLabel { limit })
+                .get(),
         })
         .collect()
 }
@@ -245,122 +234,4 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         METRICS.open_connections.dec();
     }
-}
-
-/// Longest request head the metrics endpoint reads.
-const MAX_HEAD: usize = 8 * 1024;
-/// A client has this long to send its request head.
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What the metrics listener serves beside `/metrics`: the status page
-/// (`/`, `/status`) and its JSON (`/status.json`), and the basic auth all
-/// of them need when `[metrics] username` is set.
-#[derive(Clone)]
-pub struct Site {
-    pub status: Arc<crate::status::Source>,
-    pub manager: crate::certs::Manager,
-    /// The `Authorization` value a request must carry, when auth is on.
-    pub auth: Option<Arc<str>>,
-}
-
-/// The `Authorization` header value for `user` and `password`.
-pub fn basic_auth(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
-/// Serves `/metrics`, the status page and its JSON until `stop` fires: one
-/// request per connection, read with edge's HTTP/1 head reader, answered
-/// and closed.
-pub async fn serve(listener: tokio::net::TcpListener, site: Site, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (stream, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
-            _ = stop.changed() => return,
-        };
-        let site = site.clone();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(HEAD_TIMEOUT, answer(stream, &site)).await;
-        });
-    }
-}
-
-/// Compares in time independent of where the first difference is.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn answer(mut s: tokio::net::TcpStream, site: &Site) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let mut buf = Vec::with_capacity(1024);
-    let mut fields = Vec::new();
-    let head = match crate::http1::head::read_one(&mut s, MAX_HEAD, &mut buf, &mut fields).await? {
-        None => return Ok(()),
-        Some(h) => h.ok(),
-    };
-    const TEXT: &str = "text/plain; charset=utf-8";
-    let (status, ctype, body, extra): (&str, &str, String, &str) = match head {
-        None => ("400 Bad Request", TEXT, "bad request\n".into(), ""),
-        Some(h) => {
-            let target = h.target.get(&buf);
-            let path = target.split(|&b| b == b'?').next().unwrap_or_default();
-            let authorized = site.auth.as_deref().is_none_or(|want| {
-                fields.iter().any(|f| {
-                    f.name.get(&buf).eq_ignore_ascii_case(b"authorization")
-                        && same(f.value.get(&buf), want.as_bytes())
-                })
-            });
-            if !authorized {
-                (
-                    "401 Unauthorized",
-                    TEXT,
-                    "authentication required\n".into(),
-                    "www-authenticate: Basic realm=\"edge\", charset=\"UTF-8\"\r\n",
-                )
-            } else {
-                match path {
-                    b"/metrics" => (
-                        "200 OK",
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        METRICS.encode(),
-                        "",
-                    ),
-                    b"/" | b"/status" => {
-                        let snap = site.status.snapshot(&site.manager).await;
-                        (
-                            "200 OK",
-                            "text/html; charset=utf-8",
-                            crate::status::page::render(&snap),
-                            "cache-control: no-store\r\n",
-                        )
-                    }
-                    b"/status.json" => {
-                        let snap = site.status.snapshot(&site.manager).await;
-                        (
-                            "200 OK",
-                            "application/json",
-                            serde_json::to_string_pretty(&snap).unwrap_or_default(),
-                            "cache-control: no-store\r\n",
-                        )
-                    }
-                    _ => (
-                        "404 Not Found",
-                        TEXT,
-                        "not found: try /, /status, /status.json or /metrics\n".into(),
-                        "",
-                    ),
-                }
-            }
-        }
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n{extra}connection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(body.as_bytes()).await?;
-    s.shutdown().await
 }

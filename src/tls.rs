@@ -47,9 +47,17 @@ pub struct CertMap {
     /// Served when the client sends no SNI (IP-address clients), like nginx's default server.
     default: Option<Arc<Entry>>,
     entries: Vec<Arc<Entry>>,
+    /// Some certificate names an IP address: only then does a handshake
+    /// without SNI need the local address it reached (`for_client`).
+    has_ip: bool,
 }
 
 impl CertMap {
+    /// Whether any certificate here names an IP address.
+    pub fn has_ip_names(&self) -> bool {
+        self.has_ip
+    }
+
     pub fn lookup(&self, host: &str) -> Option<&Arc<Entry>> {
         let host = host.trim_end_matches('.');
         if let Some(e) = self.exact.get(host) {
@@ -91,6 +99,7 @@ impl CertMap {
     }
 
     fn insert(&mut self, entry: Arc<Entry>) {
+        self.has_ip |= entry.names.iter().any(|n| crate::names::is_ip(n));
         for n in &entry.names {
             match n.strip_prefix("*.") {
                 Some(suffix) => {

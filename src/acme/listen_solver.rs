@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::challenges::{tls_alpn01_cert, ACME_TLS_ALPN, CHALLENGES};
 use super::solver::{Pending, Placed, Solver};
 use super::AcmeError;
+use crate::config::Challenge;
 use crate::dns::BoxFuture;
 use crate::proxy::redirect::ACME_HTTP01_PREFIX;
 use crate::ui::Ui;
@@ -31,9 +32,10 @@ pub enum Kind {
 impl Kind {
     fn name(self) -> &'static str {
         match self {
-            Kind::Http01 => "http-01",
-            Kind::TlsAlpn01 => "tls-alpn-01",
+            Kind::Http01 => Challenge::Http01,
+            Kind::TlsAlpn01 => Challenge::TlsAlpn01,
         }
+        .name()
     }
 
     fn key(self) -> &'static str {

@@ -30,10 +30,14 @@ pub enum Decision {
     BackingOff(SystemTime),
 }
 
+/// Certificates shorter-lived than this renew at half their lifetime, the
+/// rest at a third left.
+const SHORT_LIFETIME: Duration = Duration::from_secs(10 * 86400);
+
 /// The renewal time by the lifetime rule.
 pub fn lifetime_due(info: &CertInfo) -> SystemTime {
     let life = info.lifetime();
-    let left = if life < Duration::from_secs(10 * 86400) {
+    let left = if life < SHORT_LIFETIME {
         life / 2
     } else {
         life / 3
@@ -46,6 +50,17 @@ pub fn due_time(info: &CertInfo, state: &RenewalState) -> SystemTime {
     match (state.ari_chosen, &state.ari_serial) {
         (Some(t), Some(serial)) if *serial == info.serial => store::from_unix(t),
         _ => lifetime_due(info),
+    }
+}
+
+/// Why `due_time` is when it is: the CA's ARI window, or the lifetime rule.
+pub fn due_reason(info: &CertInfo, state: &RenewalState) -> &'static str {
+    if state.ari_chosen.is_some() && state.ari_serial.as_deref() == Some(info.serial.as_str()) {
+        "inside the CA's renewal window (ARI)"
+    } else if info.lifetime() < SHORT_LIFETIME {
+        "at half its lifetime"
+    } else {
+        "at a third of its lifetime left"
     }
 }
 
@@ -62,12 +77,7 @@ pub fn decide(info: &CertInfo, state: &RenewalState, now: SystemTime, force: boo
     if now >= info.not_after {
         Decision::Due("expired".into())
     } else if now >= due {
-        let why = if state.ari_serial.as_deref() == Some(info.serial.as_str()) {
-            "inside the CA's renewal window (ARI)"
-        } else {
-            "less than a third of its lifetime left"
-        };
-        Decision::Due(why.into())
+        Decision::Due(due_reason(info, state).into())
     } else {
         Decision::NotYet(due)
     }

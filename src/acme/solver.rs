@@ -459,13 +459,6 @@ impl Solvers {
             tracing::error!("{e}");
         }
     }
-
-    /// Whether every order can run with nobody at the keyboard.
-    pub fn unattended(&self) -> bool {
-        let dns = self.sites.iter().any(|(_, c)| *c == Challenge::Dns01) || self.sites.is_empty();
-        // dns-persist-01 needs a person once at most (the first record).
-        !(dns && self.dns01.needs_person())
-    }
 }
 
 #[cfg(test)]

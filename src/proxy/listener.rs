@@ -115,8 +115,13 @@ async fn accept(
     peer: SocketAddr,
 ) -> Option<(Box<h1::Conn<TlsConn>>, Accepted)> {
     let hs = &METRICS.handshakes;
-    // The resolver reads it for a client without SNI (`tls::LOCAL_IP`).
-    let local = stream.local_addr().map(|a| a.ip()).ok();
+    // The resolver reads it for a client without SNI (`tls::LOCAL_IP`); a
+    // syscall, so only when some certificate names an address.
+    let local = certs
+        .current()
+        .has_ip_names()
+        .then(|| stream.local_addr().map(|a| a.ip()).ok())
+        .flatten();
     let handshake = acceptor.accept(ClientSock(stream));
     let handshake = async move {
         match local {

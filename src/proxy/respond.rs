@@ -37,11 +37,13 @@ pub fn respond(
     }
     let status = response.status().as_u16();
     crate::metrics::limit_answer(status);
-    let took = ctx.start.elapsed();
+    // One clock read for the latency metric and the upstream's window.
+    let now = tokio::time::Instant::now();
+    let took = now.into_std().saturating_duration_since(ctx.start);
     match (&up_guard, &ctx.site) {
         (Some(g), _) => {
             g.upstream().count(status, ctx.protocol);
-            g.upstream().window.record(took);
+            g.upstream().window.record(now, took);
         }
         (None, site) => {
             // Edge-made answers (errors, 4xx) are rarer: a label lookup is fine here.

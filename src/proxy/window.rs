@@ -53,8 +53,12 @@ pub struct Minute {
     pub p99: Option<Duration>,
 }
 
+fn second_at(at: tokio::time::Instant) -> u64 {
+    crate::clock::since_anchor_at(at).as_secs() + 1
+}
+
 fn second_now() -> u64 {
-    crate::clock::since_anchor().as_secs() + 1
+    second_at(tokio::time::Instant::now())
 }
 
 impl Default for Window {
@@ -70,9 +74,9 @@ impl Default for Window {
 }
 
 impl Window {
-    /// One answer, its head `took` after the request came.
-    pub fn record(&self, took: Duration) {
-        let now = second_now();
+    /// One answer, its head `took` after the request came, sent `at`.
+    pub fn record(&self, at: tokio::time::Instant, took: Duration) {
+        let now = second_at(at);
         let slot = &self.slots[(now % SLOTS as u64) as usize];
         if slot.second.load(Ordering::Relaxed) != now {
             slot.second.store(now, Ordering::Relaxed);
@@ -138,7 +142,10 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         for i in 0..100u64 {
             // 99 fast answers and one slow.
-            w.record(Duration::from_micros(if i == 99 { 3_000_000 } else { 800 }));
+            w.record(
+                tokio::time::Instant::now(),
+                Duration::from_micros(if i == 99 { 3_000_000 } else { 800 }),
+            );
         }
         tokio::time::advance(Duration::from_secs(1)).await;
         let m = w.minute();

@@ -2,11 +2,12 @@
 //! their renewals, upstreams and their health over the last minute,
 //! listeners, limits reached, version and uptime. One [`Snapshot`], built
 //! here from the live state (not from the disk alone, as `edge certs` is),
-//! shown three ways: the HTML page on the metrics listener (`page`), the
-//! text of `edge status` (`text`), and JSON for scripts (`--json`,
-//! `/status.json`). [`Snapshot::problems`] is what needs a person, and
-//! decides `edge status`'s exit code.
+//! shown three ways: the HTML page (`page`), the text of `edge status`
+//! (`text`), and JSON for scripts (`--json`, `/status.json`); `listener`
+//! serves the page and the JSON beside `/metrics`. [`Snapshot::problems`] is
+//! what needs a person, and decides `edge status`'s exit code.
 
+pub mod listener;
 pub mod page;
 pub mod text;
 
@@ -199,19 +200,11 @@ impl Source {
                         issuer: e.issuer.clone(),
                         ari_id: None,
                     };
-                    let ari = state.ari_serial.as_deref() == Some(e.serial.as_str());
                     match renew::decide(&info, &state, now, false) {
                         Decision::Due(why) => (Some(rfc3339(now)), format!("due now: {why}")),
-                        Decision::NotYet(t) => (
-                            Some(rfc3339(t)),
-                            if ari {
-                                "in the CA's renewal window (ARI)".into()
-                            } else if lifetime < Duration::from_secs(10 * 86400) {
-                                "half its lifetime left".into()
-                            } else {
-                                "a third of its lifetime left".into()
-                            },
-                        ),
+                        Decision::NotYet(t) => {
+                            (Some(rfc3339(t)), renew::due_reason(&info, &state).into())
+                        }
                         Decision::BackingOff(t) => (
                             Some(rfc3339(t)),
                             format!("backing off after {} failure(s)", state.failures),

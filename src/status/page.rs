@@ -5,7 +5,7 @@
 
 use std::fmt::Write;
 
-use super::text::duration;
+use super::text::{duration, opt_ms};
 use super::Snapshot;
 
 /// Seconds between the page's own refreshes.
@@ -48,10 +48,6 @@ fn days_bar(left: f64, lifetime: f64) -> String {
         "\u{2588}".repeat(filled),
         "\u{2591}".repeat(WIDTH - filled)
     )
-}
-
-fn opt_ms(v: Option<f64>) -> String {
-    v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
 }
 
 pub fn render(s: &Snapshot) -> String {

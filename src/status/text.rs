@@ -27,7 +27,8 @@ pub fn bar(part: f64, whole: f64, width: usize) -> String {
     format!("{}{}", "#".repeat(filled), ".".repeat(width - filled))
 }
 
-fn opt_ms(v: Option<f64>) -> String {
+/// A latency in milliseconds, `-` when there is none.
+pub(crate) fn opt_ms(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.1} ms"))
 }
 

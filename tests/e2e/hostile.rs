@@ -591,11 +591,17 @@ fn an_http2_stream_with_a_closed_window_is_reset_and_frees_the_upstream() {
             );
             // The upstream's only slot is free, and the same connection still works.
             h2_get(&mut h2c, port, "/", 3).await;
-            // Said once: the second is the same client within a minute,
-            // which the log holds back (a client must not write it at will).
             edge.proc
                 .wait_for("resetting 1 HTTP/2 stream(s)", Duration::from_secs(5));
         }
+        // Said once: the second reset is the same client within a minute,
+        // which the log holds back (a client must not write it at will).
+        assert_eq!(
+            edge.proc.count("resetting 1 HTTP/2 stream(s)"),
+            1,
+            "{}",
+            edge.proc.output()
+        );
     });
 }
 

@@ -12,46 +12,12 @@ use crate::harness::*;
 
 const HOST: &str = "alpn.example.test";
 
-/// A validation authority's client: it reads the certificate's extension
-/// itself, so it does not verify the handshake signature with webpki (which
-/// refuses the critical acmeIdentifier extension, as it should for a server
-/// certificate).
-#[derive(Debug)]
-struct Va;
-
-impl rustls::client::danger::ServerCertVerifier for Va {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
+// A validation authority's client reads the certificate's extension itself
+// and does not verify the handshake signature with webpki (which refuses the
+// critical acmeIdentifier extension, as it should for a server certificate):
+// the bench clients' verifier that checks nothing.
+#[path = "../../bench/any_cert.rs"]
+mod any_cert;
 
 fn va_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     let mut c = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -60,7 +26,7 @@ fn va_config(alpn: &[u8]) -> Arc<rustls::ClientConfig> {
     .with_safe_default_protocol_versions()
     .unwrap()
     .dangerous()
-    .with_custom_certificate_verifier(Arc::new(Va))
+    .with_custom_certificate_verifier(Arc::new(any_cert::AnyCert))
     .with_no_client_auth();
     c.alpn_protocols = vec![alpn.to_vec()];
     Arc::new(c)

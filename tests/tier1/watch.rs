@@ -425,13 +425,13 @@ async fn the_status_page_takes_basic_auth_when_set() {
     let edge = Edge::start(&body).await;
     for path in ["/", "/status.json", "/metrics"] {
         assert_eq!(metrics_get(&edge, path, None).await.0, 401, "{path}");
-        let wrong = edge::metrics::basic_auth("ops", "guess");
+        let wrong = edge::status::listener::basic_auth("ops", "guess");
         assert_eq!(
             metrics_get(&edge, path, Some(&wrong)).await.0,
             401,
             "{path}"
         );
-        let right = edge::metrics::basic_auth("ops", "s3cret");
+        let right = edge::status::listener::basic_auth("ops", "s3cret");
         assert_eq!(
             metrics_get(&edge, path, Some(&right)).await.0,
             200,
