@@ -5,9 +5,10 @@ WORKDIR /src
 # edge is trained on real traffic from wrk and h2load in front of nginx
 # backends, which only this stage installs. llvm-tools gives the llvm-profdata
 # that matches this rustc; the script would add it itself, but in this layer it
-# is not downloaded again for every change to the sources.
+# is not downloaded again for every change to the sources. protoc compiles
+# etcd's gRPC definitions for etcd-client (the fleet store).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends nginx wrk nghttp2-client python3 openssl \
+ && apt-get install -y --no-install-recommends nginx wrk nghttp2-client python3 openssl protobuf-compiler \
  && rm -rf /var/lib/apt/lists/* \
  && rustup component add llvm-tools
 COPY Cargo.toml Cargo.lock ./

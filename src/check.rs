@@ -18,8 +18,15 @@ pub struct Report {
 
 pub async fn run(cfg: &Config) -> Report {
     let mut r = Report::default();
-    match Store::open(&cfg.state_dir).await {
-        Ok(store) => certs(cfg, &store, &mut r).await,
+    match Store::open_for(cfg).await {
+        Ok(store) => {
+            if let Some(c) = store.backend().cluster() {
+                cluster(c, &mut r).await;
+            }
+            certs(cfg, &store, &mut r).await;
+            store.backend().close().await;
+        }
+        Err(e) if cfg.cluster.is_some() => r.problems.push(e.to_string()),
         Err(e) => r.problems.push(format!("state_dir: {e}")),
     }
     if let Some(ca) = &cfg.acme.ca_bundle {
@@ -80,6 +87,56 @@ pub(crate) fn executable(path: &std::path::Path, key: &str, r: &mut Report) {
             path.display()
         )),
         Err(e) => r.problems.push(format!("{key}: {}: {e}", path.display())),
+    }
+}
+
+/// The fleet's store: each endpoint, the quorum, and whether this node's
+/// key-encryption key opens every sealed value.
+async fn cluster(c: &crate::store::cluster::Cluster, r: &mut Report) {
+    let p = c.probe().await;
+    let mut reachable = 0;
+    for (ep, res) in &p.endpoints {
+        match res {
+            Ok(s) => {
+                reachable += 1;
+                r.notes
+                    .push(format!("cluster.endpoints {ep}: reachable, {s}"));
+            }
+            Err(e) => r
+                .problems
+                .push(format!("cluster.endpoints {ep}: not reachable: {e}")),
+        }
+    }
+    match &p.quorum {
+        Ok(n) => r.notes.push(format!(
+            "cluster: etcd answers through a quorum ({reachable} of {} endpoints reachable); {n} values under the prefix, node {:?}",
+            p.endpoints.len(),
+            c.node()
+        )),
+        Err(e) => r.problems.push(format!(
+            "cluster: etcd does not answer through a quorum ({reachable} of {} endpoints reachable): {e}; nodes keep serving their local copies and renewals wait until it does",
+            p.endpoints.len()
+        )),
+    }
+    if p.quorum.is_ok() {
+        if p.unopened.is_empty() {
+            r.notes.push(format!(
+                "cluster.key_encryption_key_file: opens all {} sealed values",
+                p.sealed
+            ));
+        } else {
+            r.problems.push(format!(
+                "cluster.key_encryption_key_file: does not open {} of {} sealed values (first: {}); copy the fleet's key file to this node",
+                p.unopened.len(),
+                p.sealed,
+                p.unopened[0]
+            ));
+        }
+    }
+    for k in &p.plain_keys {
+        r.problems.push(format!(
+            "cluster: {k} holds a private key unsealed in etcd; delete it (edge never writes one)"
+        ));
     }
 }
 

@@ -13,8 +13,12 @@ use edge::store::Store;
 use edge::ui::Ui;
 
 async fn open_store(cfg: &Config) -> Result<Store, ExitCode> {
-    Store::open(&cfg.state_dir).await.map_err(|e| {
-        eprintln!("edge: error: state_dir: {e}");
+    Store::open_for(cfg).await.map_err(|e| {
+        if cfg.cluster.is_some() {
+            eprintln!("edge: error: {e}");
+        } else {
+            eprintln!("edge: error: state_dir: {e}");
+        }
         ExitCode::FAILURE
     })
 }
@@ -49,7 +53,7 @@ pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match order::obtain(
+    let code = match order::obtain(
         cfg,
         &store,
         solver.as_ref(),
@@ -69,7 +73,10 @@ pub async fn obtain(cfg: &Config, domains: &[String]) -> ExitCode {
             eprintln!("edge: error: {e}");
             ExitCode::FAILURE
         }
-    }
+    };
+    drop(lock);
+    store.backend().close().await;
+    code
 }
 
 fn print_saved(o: &Obtained) {
@@ -117,6 +124,7 @@ pub async fn renew(cfg: &Config, force: bool, domain: Option<&str>) -> ExitCode 
     let solvers = Solvers::new(cfg);
     let (lines, failed, _) =
         renew::renew_many(cfg, &store, &solvers, &lineages, force, &Ui::detect()).await;
+    store.backend().close().await;
     println!();
     for l in &lines {
         println!("{l}");
@@ -155,6 +163,16 @@ pub async fn certs(cfg: &Config) -> ExitCode {
         .is_ok()
     {
         println!("edge serve is running on this state_dir: it renews these on its own.\n");
+    }
+    let fleet = store.backend().cluster();
+    if let Some(c) = fleet {
+        match c.health() {
+            Ok(()) => println!("Fleet: node {:?}, following etcd.\n", c.node()),
+            Err(e) => println!(
+                "Fleet: node {:?}; etcd cannot be read now ({e}); showing this node's copy.\n",
+                c.node()
+            ),
+        }
     }
     for l in lineages {
         println!("Certificate Name: {l}");
@@ -198,6 +216,28 @@ pub async fn certs(cfg: &Config) -> ExitCode {
                     "  Private Key Path: {}",
                     store.live_path(&l, "privkey.pem").display()
                 );
+                if let Some(c) = fleet {
+                    let f = c.facts(&l);
+                    println!(
+                        "  Renewed by: {}",
+                        f.written
+                            .map_or("unknown (stored before the fleet)".into(), |w| {
+                                format!(
+                                    "{} at {}",
+                                    w.node,
+                                    rfc3339(
+                                        std::time::UNIX_EPOCH
+                                            + std::time::Duration::from_millis(w.at_ms)
+                                    )
+                                )
+                            })
+                    );
+                    println!(
+                        "  Lock: {}",
+                        f.lock_holder
+                            .map_or("free".into(), |h| format!("held by {h} (renewing now)"))
+                    );
+                }
             }
             Err(e) => {
                 bad = true;

@@ -114,7 +114,7 @@ async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, Daemon
 /// Starts the daemon: state, certificates, listeners, the certificate
 /// manager. Returns once it is serving.
 pub async fn start(cfg: Config) -> Result<Running, DaemonError> {
-    let store = Store::open(&cfg.state_dir).await?;
+    let store = Store::open_for(&cfg).await?;
     let certs = Certs::default();
     let manager = Manager::start(cfg.clone(), store, certs.clone()).await;
     let routes = Routes::build(&cfg.sites).map_err(DaemonError::Config)?;
@@ -333,6 +333,9 @@ async fn apply(m: &Manager, proxy: &Proxy, next: Config) {
     }
     if next.state_dir != current.state_dir {
         tracing::warn!("state_dir changed; it takes effect at the next restart");
+    }
+    if next.cluster != current.cluster {
+        tracing::warn!("[cluster] changed; it takes effect at the next restart");
     }
     proxy.replace_routes(routes);
     let sites = next.sites.len();

@@ -71,6 +71,11 @@ pub struct Metrics {
     pub cert_expiry: Family<NameLabel, Gauge<f64, AtomicU64>>,
     pub renewals: Family<ResultLabel, Counter>,
     pub limits_hit: Family<LimitLabel, Counter>,
+    /// Shown only when this process follows a fleet store.
+    cluster: Registry,
+    pub cluster_store_up: Gauge,
+    pub cluster_locks_held: Family<NameLabel, Gauge>,
+    pub cluster_swap_seconds: Histogram,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
@@ -140,8 +145,32 @@ impl Metrics {
             "Connections refused and requests answered 408, 413 or 431, by the limit reached",
             limits_hit.clone(),
         );
+        let mut cluster = Registry::with_prefix("edge_cluster");
+        let cluster_store_up = Gauge::default();
+        let cluster_locks_held = Family::<NameLabel, Gauge>::default();
+        let cluster_swap_seconds =
+            Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0]);
+        cluster.register(
+            "store_up",
+            "1 while the fleet's store (etcd) is followed; 0 while the node serves its local copy",
+            cluster_store_up.clone(),
+        );
+        cluster.register(
+            "locks_held",
+            "1 for each certificate lock this node holds in the fleet's store",
+            cluster_locks_held.clone(),
+        );
+        cluster.register(
+            "swap_seconds",
+            "From another node's write of a certificate to its use here",
+            cluster_swap_seconds.clone(),
+        );
         Metrics {
             registry,
+            cluster,
+            cluster_store_up,
+            cluster_locks_held,
+            cluster_swap_seconds,
             limits_hit,
             requests,
             latency,
@@ -157,6 +186,13 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut s = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut s, &self.registry);
+        if crate::store::cluster::Cluster::current().is_some() {
+            // One exposition, one `# EOF` at its end.
+            if let Some(body) = s.strip_suffix("# EOF\n") {
+                s = body.to_string();
+            }
+            let _ = prometheus_client::encoding::text::encode(&mut s, &self.cluster);
+        }
         s
     }
 }

@@ -73,6 +73,10 @@ impl AcmeError {
         match self {
             AcmeError::RateLimited { until: Some(t), .. } => Retry::At(*t),
             AcmeError::Unreachable { .. } => Retry::Backoff(PASSING_BASE),
+            // The fleet's store is down or another node took over: soon again.
+            AcmeError::Store(StoreError::Unavailable { .. } | StoreError::LockLost { .. }) => {
+                Retry::Backoff(PASSING_BASE)
+            }
             _ => Retry::Backoff(DEFAULT_BASE),
         }
     }

@@ -446,6 +446,7 @@ async fn finalize_and_store(
     state.ari_serial = None;
     state.ari_retry_after = None;
     state.profile = ordered.profile.clone();
+    state.requested = None;
     store.save_renewal_state(lineage, &state).await?;
     Ok(Obtained {
         lineage: lineage.to_string(),

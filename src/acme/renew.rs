@@ -153,10 +153,33 @@ pub fn apply_window(
     state.ari_retry_after = Some(retry_after);
 }
 
+/// Who started a forced renewal of this certificate that never finished
+/// (the process died holding the lock), when there is one.
+pub fn unfinished(state: &RenewalState, info: &CertInfo) -> Option<String> {
+    state
+        .requested
+        .as_ref()
+        .filter(|r| r.serial == info.serial)
+        .map(|r| r.by.clone())
+}
+
+/// The name this process goes by in renewal records: its fleet node name,
+/// else this host.
+pub fn this_node(store: &Store) -> String {
+    store
+        .backend()
+        .cluster()
+        .map_or_else(|| "this host".to_string(), |c| c.node().to_string())
+}
+
 /// One certificate's outcome, for the summary line.
 #[derive(Debug)]
 pub enum Outcome {
     Renewed(Obtained),
+    /// A forced renewal that waited for the lock found a certificate newer
+    /// than its request (another process or node renewed it): that one is
+    /// taken, and nothing is ordered.
+    RenewedElsewhere(CertInfo),
     Skipped(Decision),
     Failed(AcmeError),
 }
@@ -170,6 +193,8 @@ pub async fn renew_lineage(
     force: bool,
     ui: &Ui,
 ) -> Outcome {
+    // The certificate this request is about, before any wait for the lock.
+    let asked_about = store.load_live(lineage).await.ok().map(|l| l.info.serial);
     // Decided under the lock: a renewal that another process (or task) made
     // while this one waited is seen, and not made twice.
     let lock = match store.lock(lineage).await {
@@ -181,6 +206,9 @@ pub async fn renew_lineage(
         Ok(l) => l,
         Err(e) => return Outcome::Failed(AcmeError::Store(e)),
     };
+    if force && asked_about.is_some_and(|s| s != loaded.info.serial) {
+        return Outcome::RenewedElsewhere(loaded.info);
+    }
     let mut state = store.renewal_state(lineage).await;
     refresh_ari(cfg, store, lineage, &loaded.info, &mut state, now).await;
     let decision = decide(&loaded.info, &state, now, force);
@@ -194,6 +222,17 @@ pub async fn renew_lineage(
     };
     let replaces = loaded.info.ari_id.clone();
     let solver = solvers.for_names(&names);
+    if force {
+        // Recorded, so that if this process dies mid-order another one
+        // (another node of a fleet) finishes what was asked.
+        state.requested = Some(store::Requested {
+            by: this_node(store),
+            serial: loaded.info.serial.clone(),
+        });
+        if let Err(e) = store.save_renewal_state(lineage, &state).await {
+            return Outcome::Failed(AcmeError::Store(e));
+        }
+    }
     let result = order::obtain(
         cfg,
         store,
@@ -227,7 +266,13 @@ pub async fn record_failure(
     not_after: SystemTime,
 ) -> SystemTime {
     let now = crate::clock::now();
+    if matches!(e, AcmeError::Store(store::StoreError::LockLost { .. })) {
+        // The lineage is another holder's now: its record is not this one's to touch.
+        tracing::error!(lineage, "renewal abandoned: {e}");
+        return now + BACKOFF_FLOOR;
+    }
     let mut state = store.renewal_state(lineage).await;
+    state.requested = None;
     state.failures = state.failures.saturating_add(1);
     state.last_attempt = Some(store::unix(now));
     state.last_error = Some(e.to_string());
@@ -312,7 +357,7 @@ pub async fn renew_many(
         match outcome {
             Outcome::Failed(_) => failed += 1,
             Outcome::Renewed(o) => renewed.push(o),
-            Outcome::Skipped(_) => {}
+            Outcome::Skipped(_) | Outcome::RenewedElsewhere(_) => {}
         }
     }
     (lines, failed, renewed)
@@ -323,7 +368,7 @@ pub fn count(outcome: &Outcome) {
     let result = match outcome {
         Outcome::Renewed(_) => "success",
         Outcome::Failed(_) => "failure",
-        Outcome::Skipped(_) => return,
+        Outcome::Skipped(_) | Outcome::RenewedElsewhere(_) => return,
     };
     crate::metrics::METRICS
         .renewals
@@ -349,6 +394,11 @@ pub fn summary_line(lineage: &str, outcome: &Outcome) -> String {
             certinfo::rfc3339(*t)
         ),
         Outcome::Skipped(Decision::Due(_)) => format!("{lineage}: due"),
+        Outcome::RenewedElsewhere(info) => format!(
+            "{lineage}: renewed by another node while this one waited for the lock; serial {}, expires {} (taken, nothing ordered)",
+            info.serial,
+            certinfo::rfc3339(info.not_after)
+        ),
         Outcome::Failed(e) => format!("{lineage}: FAILED: {e}"),
     }
 }

@@ -377,14 +377,24 @@ impl Solver for Dns01 {
             if self.needs_person() {
                 ui.say("Note: with dns.provider = \"manual\" renewals need you again; choose exec, rfc2136, builtin or an API provider for unattended renewal.");
             }
-            Ok(self.publisher().await?.present(&placed.records, ui).await?)
+            self.publisher().await?.present(&placed.records, ui).await?;
+            // In a fleet the records are the fleet's: every node's built-in
+            // responder answers them, and a node that takes over sees them.
+            if let Some(c) = crate::store::cluster::Cluster::current() {
+                c.share_txt(&shared(&placed.records)).await?;
+            }
+            Ok(())
         })
     }
 
     fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(async move {
-            if self.dns.provider.serves_records() {
-                // edge serves these itself, from memory: visible the moment they are set.
+            if self.dns.provider.serves_records()
+                && crate::store::cluster::Cluster::current().is_none()
+            {
+                // edge serves these itself, from memory: visible the moment
+                // they are set. In a fleet another node may be the one asked,
+                // and it learns them through etcd: checked like any provider's.
                 return Ok(());
             }
             self.wait_visible(&placed.records, ui).await
@@ -396,8 +406,28 @@ impl Solver for Dns01 {
         placed: &'a Placed,
         ui: &'a Ui,
     ) -> BoxFuture<'a, Result<(), AcmeError>> {
-        Box::pin(async move { Ok(self.publisher().await?.cleanup(&placed.records, ui).await?) })
+        Box::pin(async move {
+            if let Some(c) = crate::store::cluster::Cluster::current() {
+                if let Err(e) = c.unshare_txt(&shared(&placed.records)).await {
+                    tracing::warn!("{e}; the records go with this node's lease");
+                }
+            }
+            Ok(self.publisher().await?.cleanup(&placed.records, ui).await?)
+        })
     }
+}
+
+/// Records as the fleet's store keeps them: lower-case name, no final dot.
+fn shared(records: &[TxtRecord]) -> Vec<(String, String)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.fqdn.trim_end_matches('.').to_ascii_lowercase(),
+                r.value.clone(),
+            )
+        })
+        .collect()
 }
 
 /// The solvers a config asks for, owned together.

@@ -175,6 +175,9 @@ impl Manager {
             }
         }
         self.inner.certs.replace(map);
+        if let Some(c) = store.backend().cluster() {
+            c.note_published();
+        }
         *self
             .inner
             .published

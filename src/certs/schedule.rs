@@ -25,6 +25,10 @@ use crate::ui::Ui;
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Never spin: at least this long between two passes.
 const MIN_SLEEP: Duration = Duration::from_millis(500);
+/// When a due certificate's lock is held elsewhere (or the store cannot be
+/// reached), the longest before looking again; a store that pushes wakes
+/// the schedule sooner, when the lock is let go.
+const LOCK_RETRY: Duration = Duration::from_secs(10);
 
 /// What one site needs now.
 enum Need {
@@ -54,24 +58,32 @@ async fn pass(m: &Manager) -> Duration {
     let mut changed = false;
     for site in &cfg.sites {
         let lineage = site.cert_name();
-        // Decided under the lineage's lock, so a certificate another process
-        // (or a control job) made while this waited is seen, not made again.
-        let lock = match m.store().lock(&lineage).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(lineage, "cannot lock the certificate: {e}");
-                continue;
-            }
-        };
+        // Decided first from what is stored (no lock, so a fleet at rest
+        // asks its store nothing), then again under the lineage's lock, so a
+        // certificate another process or node made meanwhile is seen, not
+        // made again.
         let outcome = match need(m, &cfg, site, &lineage, crate::clock::now()).await {
             Need::Wait(t) => Err(t),
-            Need::Obtain(why) => {
-                if m.solvers().for_names(&site.domains).needs_person() {
-                    tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
+            _ => match m.store().try_lock(&lineage).await {
+                Err(e) => {
+                    tracing::error!(lineage, retry_in = ?LOCK_RETRY, "cannot lock the certificate: {e}");
+                    Err(crate::clock::now() + LOCK_RETRY)
                 }
-                attempt(m, &cfg, site, &lock, &lineage, why).await
-            }
-            Need::Renew(why) => attempt(m, &cfg, site, &lock, &lineage, &why).await,
+                Ok(None) => {
+                    tracing::debug!(lineage, "another process holds the certificate's lock");
+                    Err(crate::clock::now() + LOCK_RETRY)
+                }
+                Ok(Some(lock)) => match need(m, &cfg, site, &lineage, crate::clock::now()).await {
+                    Need::Wait(t) => Err(t),
+                    Need::Obtain(why) => {
+                        if m.solvers().for_names(&site.domains).needs_person() {
+                            tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
+                        }
+                        attempt(m, &cfg, site, &lock, &lineage, why).await
+                    }
+                    Need::Renew(why) => attempt(m, &cfg, site, &lock, &lineage, &why).await,
+                },
+            },
         };
         // A success is looked at again on the next pass, soon; a failure or
         // a wait counts with its time.
@@ -127,6 +139,9 @@ async fn need(m: &Manager, cfg: &Config, site: &Site, lineage: &str, now: System
             Some(t) => Need::Wait(t),
             None => Need::Obtain("the stored certificate does not cover every site name"),
         };
+    }
+    if let Some(by) = renew::unfinished(&state, &loaded.info) {
+        return Need::Renew(format!("a forced renewal {by} started did not finish"));
     }
     renew::refresh_ari(cfg, store, lineage, &loaded.info, &mut state, now).await;
     match renew::decide(&loaded.info, &state, now, false) {

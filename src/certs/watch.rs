@@ -9,6 +9,10 @@
 //! second. The manager's own writes are published by the manager as it makes
 //! them, which records their fingerprint, so they are not picked up twice.
 //! Publishing validates each pair; a bad one is refused and the old one stays.
+//!
+//! A backend that pushes (the fleet's etcd) says when another node stored
+//! something: that is published at once, with no wait for a poll, and the
+//! schedule looks again (a lock let go, a renewal another node left unfinished).
 
 use std::time::Duration;
 
@@ -20,9 +24,22 @@ pub const POLL: Duration = Duration::from_millis(500);
 
 pub(super) async fn run(m: Manager, mut stop: watch::Receiver<bool>) {
     let mut pending: Option<u64> = None;
+    let mut pushed = m.store().backend().changes();
     loop {
+        let push = async {
+            match pushed.as_mut() {
+                Some(rx) => rx.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
+            true = push => {
+                m.publish().await;
+                m.inner.wake.notify_one();
+                pending = None;
+                continue;
+            }
             _ = stop.changed() => return,
         }
         let now = match m.store().live_fingerprint().await {

@@ -38,6 +38,12 @@ pub const DNS_PROVIDER: &str = "manual";
 pub const PROPAGATION_TIMEOUT: Duration = secs(600);
 pub const PROPAGATION_DELAY: Duration = Duration::ZERO;
 
+// [cluster]
+pub const CLUSTER_PREFIX: &str = "/edge/";
+/// Long enough that a GC pause or a slow disk does not cost a lock, short
+/// enough that a renewal a dead node held resumes within a quarter minute.
+pub const CLUSTER_LEASE: Duration = secs(15);
+
 // [log]
 pub const ACCESS_LOG: AccessLog = AccessLog::Text;
 pub const LOG_LEVEL: &str = "info";

@@ -32,7 +32,26 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// Basic auth for everything on the metrics listener, when set.
     pub metrics_auth: Option<MetricsAuth>,
+    /// `[cluster]`: the fleet's shared store; `None` is a single node.
+    pub cluster: Option<Cluster>,
     pub sites: Vec<Site>,
+}
+
+/// `[cluster]`: several edge nodes sharing certificates through etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub endpoints: Vec<String>,
+    /// Ends in `/`; every key edge writes is under it.
+    pub prefix: String,
+    pub node: String,
+    /// How long a lock outlives a node that died holding it.
+    pub lease: Duration,
+    pub key_encryption_key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key, both or neither.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// etcd's own users: the name and the file whose first line is the password.
+    pub auth: Option<(String, PathBuf)>,
 }
 
 /// `[metrics] username` and `password_file` (read when the daemon starts).

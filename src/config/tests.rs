@@ -306,3 +306,34 @@ fn profiles_proxy_protocol_and_status_auth_are_checked() {
     assert!(err(&m("password_file = \"/p\"")).contains("metrics.username"));
     assert!(err(&m("username = \"a:b\"\npassword_file = \"/p\"")).contains("metrics.username"));
 }
+
+#[test]
+fn the_cluster_table_names_each_bad_key() {
+    let with = |c: &str| format!("{GOOD}\n[cluster]\n{c}\n");
+    let ok = with(
+        "store = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\", \"http://10.0.0.2:2379\"]\nnode = \"edge-1\"\nkey_encryption_key_file = \"/etc/edge/kek\"",
+    );
+    let c = parse(Path::new("t.toml"), &ok).unwrap().cluster.unwrap();
+    assert_eq!(c.prefix, "/edge/");
+    assert_eq!(c.lease, Duration::from_secs(15));
+    assert_eq!(c.node, "edge-1");
+    assert!(parse(Path::new("t.toml"), GOOD).unwrap().cluster.is_none());
+    let base = "store = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379\"]\nkey_encryption_key_file = \"k\"\nnode = \"n\"";
+    for (extra, key, hint) in [
+        ("store = \"consul\"\nendpoints = [\"http://a:1\"]\nkey_encryption_key_file = \"k\"", "cluster.store", "\"etcd\""),
+        ("store = \"etcd\"\nkey_encryption_key_file = \"k\"", "cluster.endpoints", "2379"),
+        ("store = \"etcd\"\nendpoints = [\"10.0.0.1\"]\nkey_encryption_key_file = \"k\"", "cluster.endpoints", "with a port"),
+        ("store = \"etcd\"\nendpoints = [\"http://a:1\", \"https://b:1\"]\nkey_encryption_key_file = \"k\"", "cluster.endpoints", "mixes"),
+        ("store = \"etcd\"\nendpoints = [\"http://a:1\"]", "cluster.key_encryption_key_file", "head -c 32 /dev/urandom"),
+        (&format!("{base}\nprefix = \"edge\""), "cluster.prefix", "starts and ends with '/'"),
+        (&format!("{base}\nlease = \"1s\""), "cluster.lease", "2s"),
+        (&format!("{base}\ncert_file = \"c\""), "cluster.key_file", "private key"),
+        (&format!("{base}\nusername = \"u\""), "cluster.password_file", "password"),
+        (&format!("{base}\nca_file = \"ca\""), "cluster.endpoints", "https://"),
+    ] {
+        let e = err(&with(extra));
+        assert!(e.contains(key) && e.contains(hint), "{extra}: {e}");
+    }
+    let e = err(&with(&base.replace("node = \"n\"", "node = \"a b\"")));
+    assert!(e.contains("cluster.node"), "{e}");
+}

@@ -13,8 +13,8 @@ use super::provider_keys::{dns_server, ProviderKeys};
 use super::values::Dur;
 use super::{defaults, wire, ConfigError};
 use super::{
-    AccessLog, Acme, Balance, Challenge, Config, Dns, Eab, HealthCheck, KeyType, Limits, Listen,
-    Log, MetricsAuth, Site, Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
+    AccessLog, Acme, Balance, Challenge, Cluster, Config, Dns, Eab, HealthCheck, KeyType, Limits,
+    Listen, Log, MetricsAuth, Site, Upstream, LETSENCRYPT, LETSENCRYPT_STAGING,
 };
 use crate::dns::PROVIDERS;
 use crate::names;
@@ -66,6 +66,7 @@ pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError
             v.metrics_auth(m.username, m.password_file)?,
         ),
     };
+    let cluster = raw.cluster.map(|c| v.cluster(c)).transpose()?;
     if raw.site.is_empty() {
         return Err(v.err(
             "site",
@@ -103,6 +104,7 @@ pub(super) fn config(path: &Path, raw: wire::File) -> Result<Config, ConfigError
         limits,
         metrics,
         metrics_auth,
+        cluster,
         sites,
     })
 }
@@ -148,6 +150,163 @@ impl V<'_> {
                 "set metrics.username too (basic auth needs both)",
             )),
         }
+    }
+
+    fn cluster(&self, raw: wire::Cluster) -> Result<Cluster, ConfigError> {
+        match raw.store.as_deref() {
+            Some("etcd") => {}
+            Some(other) => {
+                return Err(self.err(
+                    "cluster.store",
+                    format!("{other:?} is not a store edge knows; expected \"etcd\""),
+                ))
+            }
+            None => {
+                return Err(self.err(
+                    "cluster.store",
+                    "missing; set store = \"etcd\" (or remove [cluster] for a single node)",
+                ))
+            }
+        }
+        let endpoints = raw.endpoints.unwrap_or_default();
+        if endpoints.is_empty() {
+            return Err(self.err(
+                "cluster.endpoints",
+                "missing or empty; expected etcd's client URLs, e.g. [\"http://10.0.0.1:2379\"]",
+            ));
+        }
+        let mut tls = None;
+        for e in &endpoints {
+            let uri: Option<http::Uri> = e.parse().ok();
+            let https = match uri.as_ref() {
+                Some(u)
+                    if u.port_u16().is_some()
+                        && u.host().is_some()
+                        && matches!(u.path(), "" | "/") =>
+                {
+                    match u.scheme_str() {
+                        Some("http") => Some(false),
+                        Some("https") => Some(true),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            let Some(https) = https else {
+                return Err(self.err(
+                    "cluster.endpoints",
+                    format!("{e:?}: expected a URL with a port, e.g. \"http://10.0.0.1:2379\" or \"https://etcd-1:2379\""),
+                ));
+            };
+            if tls.is_some_and(|t| t != https) {
+                return Err(self.err(
+                    "cluster.endpoints",
+                    "mixes http:// and https://; etcd's members all speak TLS or none does",
+                ));
+            }
+            tls = Some(https);
+        }
+        let prefix = raw
+            .prefix
+            .unwrap_or_else(|| defaults::CLUSTER_PREFIX.to_string());
+        let prefix_ok = prefix.starts_with('/')
+            && prefix.ends_with('/')
+            && prefix.len() > 1
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+            && !prefix.contains("//");
+        if !prefix_ok {
+            return Err(self.err(
+                "cluster.prefix",
+                format!("{prefix:?}: expected a path that starts and ends with '/', e.g. \"/edge/\" (letters, digits, '.', '_', '-')"),
+            ));
+        }
+        let node = match raw.node {
+            Some(n) => n,
+            None => host_name().ok_or_else(|| {
+                self.err(
+                    "cluster.node",
+                    "not set and the host name could not be read; set node = \"edge-1\"",
+                )
+            })?,
+        };
+        let node_ok = !node.is_empty()
+            && node.len() <= 63
+            && node
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+        if !node_ok {
+            return Err(self.err(
+                "cluster.node",
+                format!("{node:?}: expected 1 to 63 letters, digits, '.', '_' or '-', unique in the fleet"),
+            ));
+        }
+        let lease = dur(raw.lease, defaults::CLUSTER_LEASE);
+        if !(Duration::from_secs(2)..=Duration::from_secs(300)).contains(&lease)
+            || lease.subsec_nanos() != 0
+        {
+            return Err(self.err(
+                "cluster.lease",
+                "expected whole seconds from \"2s\" to \"5m\" (default \"15s\"); etcd refuses shorter leases",
+            ));
+        }
+        let key_encryption_key_file = raw.key_encryption_key_file.map(PathBuf::from).ok_or_else(|| {
+            self.err(
+                "cluster.key_encryption_key_file",
+                "missing; private keys leave this host only encrypted. Make one with `head -c 32 /dev/urandom > /etc/edge/kek && chmod 600 /etc/edge/kek`, copy it to every node, and name it here",
+            )
+        })?;
+        let client_cert = match (raw.cert_file, raw.key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (Some(_), None) => {
+                return Err(self.err(
+                    "cluster.key_file",
+                    "missing; cluster.cert_file needs its private key",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "cluster.cert_file",
+                    "missing; cluster.key_file needs its certificate",
+                ))
+            }
+        };
+        let ca_file = raw.ca_file.map(PathBuf::from);
+        if tls == Some(false) && (ca_file.is_some() || client_cert.is_some()) {
+            return Err(self.err(
+                "cluster.endpoints",
+                "ca_file/cert_file are set but the endpoints are http://; use https:// URLs for TLS to etcd",
+            ));
+        }
+        let auth = match (raw.username, raw.password_file) {
+            (None, None) => None,
+            (Some(u), Some(f)) if !u.is_empty() => Some((u, PathBuf::from(f))),
+            (Some(_), Some(_)) => return Err(self.err("cluster.username", "empty")),
+            (Some(_), None) => {
+                return Err(self.err(
+                    "cluster.password_file",
+                    "missing; cluster.username needs the file whose first line is the password",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(
+                    "cluster.username",
+                    "missing; cluster.password_file needs the etcd user it belongs to",
+                ))
+            }
+        };
+        Ok(Cluster {
+            endpoints,
+            prefix,
+            node,
+            lease,
+            key_encryption_key_file,
+            ca_file,
+            client_cert,
+            auth,
+        })
     }
 
     fn err(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -640,4 +799,13 @@ pub(super) fn check_upstream_addr(addr: &str) -> Result<(), String> {
     } else {
         Err(bad())
     }
+}
+
+/// This host's name, the default `cluster.node`.
+fn host_name() -> Option<String> {
+    let n = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()?;
+    let n = n.trim();
+    (!n.is_empty()).then(|| n.to_string())
 }

@@ -25,8 +25,25 @@ pub struct File {
     #[serde(default)]
     pub limits: Limits,
     pub metrics: Option<Metrics>,
+    pub cluster: Option<Cluster>,
     #[serde(default)]
     pub site: Vec<Site>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub store: Option<String>,
+    pub endpoints: Option<Vec<String>>,
+    pub prefix: Option<String>,
+    pub node: Option<String>,
+    pub lease: Option<Dur>,
+    pub key_encryption_key_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -243,12 +243,22 @@ impl Responder {
         }
         a.set_authoritative(true);
         let key = name.to_ascii().trim_end_matches('.').to_ascii_lowercase();
-        let values = self
+        let mut values = self
             .txt
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
+        // In a fleet, what any node is validating: the zone's NS records may
+        // name every node, and the CA may ask any of them.
+        if let Some(c) = crate::store::cluster::Cluster::current() {
+            for v in c.shared_txt(&key) {
+                let list = values.get_or_insert_with(Vec::new);
+                if !list.contains(&v) {
+                    list.push(v);
+                }
+            }
+        }
         let apex = name == self.zone;
         match question.query_type() {
             RecordType::SOA if apex => {

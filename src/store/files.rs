@@ -271,6 +271,27 @@ impl Storage for Files {
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.path(key).ok()
     }
+
+    fn try_lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lock>, StoreError>> {
+        Box::pin(async move {
+            let path = self.path(&format!("locks/{name}.lock"))?;
+            let file = blocking(move || {
+                OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(io(&path))
+            })
+            .await?;
+            match file.try_lock() {
+                Ok(()) => Ok(Some(Lock::held(name, Box::new(file)))),
+                Err(fs::TryLockError::WouldBlock) => Ok(None),
+                Err(fs::TryLockError::Error(e)) => Err(io(&self.root.join("locks"))(e)),
+            }
+        })
+    }
 }
 
 #[cfg(test)]

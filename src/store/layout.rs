@@ -55,6 +55,18 @@ pub struct RenewalState {
     /// default), ordered again on renewal unless the config names another.
     #[serde(default)]
     pub profile: Option<String>,
+    /// A forced renewal under way: who started it and the serial it
+    /// replaces. Cleared when it ends either way; left set only by a process
+    /// that died mid-order, so another (another node) finishes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<Requested>,
+}
+
+/// A forced renewal that has begun.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Requested {
+    pub by: String,
+    pub serial: String,
 }
 
 /// Edge's state, over whichever storage backs it. Cloning shares it.
@@ -71,6 +83,22 @@ impl Store {
     /// The state directory as the storage (created 0700 if needed).
     pub async fn open(root: &Path) -> Result<Store, StoreError> {
         Ok(Store::new(Arc::new(Files::open(root).await?)))
+    }
+
+    /// The storage a config names: the fleet's etcd (mirrored in
+    /// `state_dir`) with `[cluster]`, else `state_dir` alone.
+    pub async fn open_for(cfg: &crate::config::Config) -> Result<Store, StoreError> {
+        match &cfg.cluster {
+            Some(c) => Ok(Store::new(Arc::new(
+                super::cluster::Cluster::open(c, &cfg.state_dir).await?,
+            ))),
+            None => Store::open(&cfg.state_dir).await,
+        }
+    }
+
+    /// Takes the lock for one lineage if nobody holds it.
+    pub async fn try_lock(&self, name: &str) -> Result<Option<Lock>, StoreError> {
+        self.backend.try_lock(name).await
     }
 
     pub fn new(backend: Backend) -> Store {

@@ -12,6 +12,7 @@
 //! `archive/<name>/`), the ACME account under `accounts/<directory host>/`,
 //! and the renewal state under `renewal/<name>.json`.
 
+pub mod cluster;
 pub mod files;
 mod layout;
 
@@ -21,7 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use layout::{certified_key, from_unix, unix, LoadedCert, RenewalState, Store};
+pub use layout::{certified_key, from_unix, unix, LoadedCert, RenewalState, Requested, Store};
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -42,6 +43,10 @@ pub enum StoreError {
     /// A write fenced by a lock whose lease ran out: someone else may hold it now.
     #[error("the lock on {name:?} was lost before the write; nothing was written")]
     LockLost { name: String },
+    /// The shared store cannot be reached or refuses this node now; the
+    /// operation may be tried again later.
+    #[error("{message}")]
+    Unavailable { message: String },
 }
 
 impl StoreError {
@@ -110,12 +115,41 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// Where `key` is on this host's filesystem, when it is there (for the
     /// paths edge prints and hands to hooks).
     fn local_path(&self, key: &str) -> Option<PathBuf>;
+
+    /// Takes the lock called `name` if nobody holds it; `None` if someone does.
+    fn try_lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lock>, StoreError>>;
+
+    /// A backend that pushes changes (another node stored a certificate, a
+    /// lock was let go) bumps this; `None` for one the caller must poll.
+    fn changes(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
+
+    /// The fleet store, when this is one.
+    fn cluster(&self) -> Option<&cluster::Cluster> {
+        None
+    }
+
+    /// Lets go of what the process holds in the backend (a lease), before
+    /// the process ends.
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// What a fenced write compares: the lock's key and the revision that
+/// created it (a lock taken again by someone else has another).
+#[derive(Debug, Clone)]
+pub struct Fence {
+    pub key: String,
+    pub revision: i64,
 }
 
 /// A held lock. Dropping it releases it.
 pub struct Lock {
     name: String,
     lost: watch::Receiver<bool>,
+    fence: Option<Fence>,
     _held: Box<dyn Send + Sync>,
 }
 
@@ -135,8 +169,26 @@ impl Lock {
         Lock {
             name: name.to_string(),
             lost,
+            fence: None,
             _held: held,
         }
+    }
+
+    /// A lock a write can be fenced by (`fence` is compared at the store).
+    pub fn fenced(
+        name: &str,
+        lost: watch::Receiver<bool>,
+        held: Box<dyn Send + Sync>,
+        fence: Fence,
+    ) -> Lock {
+        Lock {
+            fence: Some(fence),
+            ..Lock::new(name, lost, held)
+        }
+    }
+
+    pub fn fence(&self) -> Option<&Fence> {
+        self.fence.as_ref()
     }
 
     /// A lock that is never lost while held (an OS lock on this host).

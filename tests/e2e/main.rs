@@ -11,6 +11,7 @@ mod acme;
 mod balance;
 mod challenges;
 mod daemon;
+mod fleet;
 mod h2spec;
 mod hostile;
 mod http3;

@@ -1,0 +1,418 @@
+//! Keeps the mirror current: one read of the whole prefix, then one watch
+//! from the revision after it. Every event is applied to the mirror (secrets
+//! opened with the key-encryption key first; a certificate whose key does not
+//! open is not applied at all, so the mirror never pairs a new chain with an
+//! old key) or to the in-memory maps (locks, challenge records, last writers).
+//! When the watch ends (etcd down, no quorum, compaction), the store counts
+//! as down and the loop reads everything again once etcd answers.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use tokio::sync::oneshot;
+
+use super::{seal, Inner, Place, Written, REQUEST};
+use crate::store::{Entry, Storage};
+
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+pub(super) fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Starts following etcd; the future completes once the first attempt to
+/// read it has succeeded or failed.
+pub(super) fn start(inner: Arc<Inner>) -> impl std::future::Future<Output = ()> {
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(run(inner, tx));
+    async move {
+        let _ = rx.await;
+    }
+}
+
+async fn run(inner: Arc<Inner>, first: oneshot::Sender<()>) {
+    let mut first = Some(first);
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        match resync(&inner).await {
+            Ok(rev) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+                backoff = BACKOFF_MIN;
+                let why = follow(&inner, rev).await;
+                set_down(&inner, why);
+            }
+            Err(why) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(());
+                }
+                set_down(&inner, why);
+            }
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn set_up(inner: &Inner) {
+    let was_down = inner.up.borrow().is_err();
+    let _ = inner.up.send_replace(Ok(()));
+    crate::metrics::METRICS.cluster_store_up.set(1);
+    if was_down {
+        tracing::info!(endpoints = ?inner.cfg.endpoints, "following the fleet's store in etcd");
+        // Renewals that waited for the store look again.
+        inner.changes.send_modify(|n| *n += 1);
+    }
+}
+
+fn set_down(inner: &Inner, why: String) {
+    let was_up = inner.up.borrow().is_ok();
+    let changed = inner.up.borrow().as_ref().err() != Some(&why);
+    let _ = inner.up.send_replace(Err(why.clone()));
+    crate::metrics::METRICS.cluster_store_up.set(0);
+    if was_up {
+        tracing::error!(endpoints = ?inner.cfg.endpoints, "lost the fleet's store: {why}; serving the local copy, renewals wait until it is back");
+    } else if changed {
+        tracing::debug!("etcd still unreachable: {why}");
+    }
+}
+
+/// One stored change: a value, or `None` for a deletion.
+struct Change {
+    rel: String,
+    value: Option<Vec<u8>>,
+}
+
+/// Reads everything under the prefix and applies it; returns its revision.
+async fn resync(inner: &Arc<Inner>) -> Result<i64, String> {
+    let prefix = inner.prefix.clone();
+    let resp = inner
+        .call("reading the fleet's state", |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let rev = resp.header().map_or(0, |h| h.revision());
+    let mut changes = Vec::new();
+    let mut check = None;
+    for kv in resp.kvs() {
+        let Some(rel) = kv
+            .key_str()
+            .ok()
+            .and_then(|k| k.strip_prefix(&inner.prefix))
+        else {
+            continue;
+        };
+        if rel == "kek-check" {
+            check = Some(kv.value().to_vec());
+            continue;
+        }
+        changes.push(Change {
+            rel: rel.to_string(),
+            value: Some(kv.value().to_vec()),
+        });
+    }
+    check_kek(inner, check).await?;
+    {
+        // A full read replaces what the watch kept in memory: deletions
+        // missed while it was down are gone here too.
+        let mut s = inner.shared();
+        s.holders.clear();
+        s.txt.clear();
+        s.written.clear();
+    }
+    apply(inner, changes, true).await;
+    seed(inner).await;
+    inner.applied.send_modify(|a| *a = (*a).max(rev));
+    set_up(inner);
+    Ok(rev)
+}
+
+/// The first node stores the check value; every node after opens it, so a
+/// node with another key-encryption key knows before it writes anything.
+async fn check_kek(inner: &Inner, stored: Option<Vec<u8>>) -> Result<(), String> {
+    let ok = match stored {
+        Some(v) => inner
+            .kek
+            .open("kek-check", &v)
+            .is_ok_and(|p| p == seal::CHECK_PLAINTEXT),
+        None => {
+            let key = inner.key("kek-check");
+            let txn = Txn::new()
+                .when([Compare::create_revision(
+                    key.as_bytes(),
+                    CompareOp::Equal,
+                    0,
+                )])
+                .and_then([TxnOp::put(
+                    key.as_bytes(),
+                    inner.kek.seal("kek-check", seal::CHECK_PLAINTEXT),
+                    None,
+                )]);
+            inner
+                .call("storing the key check", |mut c| {
+                    let txn = txn.clone();
+                    async move { c.txn(txn).await }
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            true
+        }
+    };
+    let before = inner.shared().kek_ok.replace(ok);
+    if !ok && before != Some(false) {
+        tracing::error!(
+            file = %inner.cfg.key_encryption_key_file.display(),
+            "cluster.key_encryption_key_file does not open the keys the fleet stored (it differs from the other nodes'); this node keeps serving its local copy, loads no key from the fleet and writes nothing to it until the right file is in place"
+        );
+    }
+    Ok(())
+}
+
+/// Follows the prefix from `rev + 1` until the watch ends; returns why.
+async fn follow(inner: &Arc<Inner>, rev: i64) -> String {
+    let mut client = match inner.client().await {
+        Ok(c) => c,
+        Err(e) => return e.to_string(),
+    };
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(rev + 1);
+    let mut stream = match tokio::time::timeout(
+        REQUEST,
+        client.watch(inner.prefix.as_bytes(), Some(opts)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return format!("cannot watch {}: {e}", inner.prefix),
+        Err(_) => return "etcd did not answer the watch within 5 s".into(),
+    };
+    loop {
+        let resp = match stream.message().await {
+            Ok(Some(r)) => r,
+            Ok(None) => return "etcd ended the watch".into(),
+            Err(e) => return format!("the watch broke: {e}"),
+        };
+        if resp.canceled() {
+            return format!("etcd cancelled the watch: {}", resp.cancel_reason());
+        }
+        let mut changes = Vec::new();
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(rel) = kv
+                .key_str()
+                .ok()
+                .and_then(|k| k.strip_prefix(&inner.prefix))
+            else {
+                continue;
+            };
+            if rel == "kek-check" {
+                continue;
+            }
+            changes.push(Change {
+                rel: rel.to_string(),
+                value: (ev.event_type() == EventType::Put).then(|| kv.value().to_vec()),
+            });
+        }
+        if !changes.is_empty() {
+            apply(inner, changes, false).await;
+        }
+        let rev = resp.header().map_or(0, |h| h.revision());
+        inner.applied.send_modify(|a| *a = (*a).max(rev));
+    }
+}
+
+/// The lineage a `live/<name>/<file>` key belongs to.
+fn lineage_of(rel: &str) -> Option<&str> {
+    rel.strip_prefix("live/")?.split_once('/').map(|(n, _)| n)
+}
+
+/// Applies stored changes to the mirror and the in-memory maps.
+async fn apply(inner: &Arc<Inner>, changes: Vec<Change>, full: bool) {
+    let mut writes: Vec<Entry> = Vec::new();
+    let mut deletes: Vec<String> = Vec::new();
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    let mut notify = false;
+    {
+        let mut s = inner.shared();
+        for c in &changes {
+            let rel = c.rel.as_str();
+            if let Some(name) = rel.strip_prefix("locks/") {
+                match &c.value {
+                    Some(v) => {
+                        s.holders
+                            .insert(name.to_string(), super::lease::holder_of(v));
+                    }
+                    None => {
+                        s.holders.remove(name);
+                        notify = true;
+                    }
+                }
+            } else if let Some(rest) = rel.strip_prefix("challenges/") {
+                let Some((fqdn, _)) = rest.rsplit_once('/') else {
+                    continue;
+                };
+                let set = s.txt.entry(fqdn.to_string()).or_default();
+                match &c.value {
+                    Some(v) => {
+                        set.insert(rel.to_string(), String::from_utf8_lossy(v).into_owned());
+                    }
+                    None => {
+                        set.remove(rel);
+                    }
+                }
+                if set.is_empty() {
+                    s.txt.remove(fqdn);
+                }
+            } else if let Some(name) = rel.strip_prefix("written/") {
+                if let Some(w) = c
+                    .value
+                    .as_deref()
+                    .and_then(|v| serde_json::from_slice::<Written>(v).ok())
+                {
+                    if !full && w.node != inner.node {
+                        s.swaps.push((name.to_string(), w.node.clone(), w.at_ms));
+                    }
+                    s.written.insert(name.to_string(), w);
+                }
+            } else if super::place(rel) == Place::Shared
+                && (rel.starts_with("live/")
+                    || rel.starts_with("accounts/")
+                    || rel.starts_with("renewal/"))
+            {
+                let Some(v) = &c.value else {
+                    deletes.push(rel.to_string());
+                    continue;
+                };
+                if !seal::is_sealed(v) {
+                    if super::looks_like_pem_key(v) {
+                        // Never taken from the store: keys there are sealed.
+                        tracing::error!(
+                            key = rel,
+                            "a private key is stored in etcd unsealed; not used"
+                        );
+                        if let Some(n) = lineage_of(rel) {
+                            refused.insert(n.to_string());
+                        }
+                        continue;
+                    }
+                    writes.push(Entry {
+                        key: rel.to_string(),
+                        value: v.clone(),
+                        secret: false,
+                    });
+                    continue;
+                }
+                match inner.kek.open(rel, v) {
+                    Ok(plain) => {
+                        s.sealed_errors.remove(rel);
+                        writes.push(Entry {
+                            key: rel.to_string(),
+                            value: plain,
+                            secret: true,
+                        });
+                    }
+                    Err(e) => {
+                        if s.sealed_errors.insert(rel.to_string(), e.clone()).is_none() {
+                            tracing::error!("{e}; keeping what this node has");
+                        }
+                        if let Some(n) = lineage_of(rel) {
+                            refused.insert(n.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // A certificate whose key did not open is left as it was, whole.
+    writes.retain(|e| lineage_of(&e.key).is_none_or(|n| !refused.contains(n)));
+    // The key first, as `save_certificate` writes it.
+    writes.sort_by_key(|e| !e.key.ends_with("privkey.pem"));
+    let mut changed = Vec::new();
+    for e in writes {
+        let same = inner
+            .mirror
+            .load(&e.key)
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|old| old == e.value);
+        if !same {
+            changed.push(e);
+        }
+    }
+    if !changed.is_empty() {
+        notify = true;
+        if let Err(e) = inner.mirror.store(&changed, None).await {
+            tracing::error!("cannot write the fleet's state to the local copy: {e}");
+        }
+    }
+    for key in deletes {
+        notify = true;
+        if let Err(e) = inner.mirror.delete(&key).await {
+            tracing::error!("cannot update the local copy: {e}");
+        }
+    }
+    if notify {
+        inner.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// Uploads what this node has and the fleet does not (a node that ran
+/// alone before joining): certificates, accounts and renewal state, each
+/// only where etcd has nothing under that key.
+async fn seed(inner: &Arc<Inner>) {
+    if inner.shared().kek_ok != Some(true) {
+        return;
+    }
+    let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for top in ["live/", "accounts/", "renewal/"] {
+        for k in inner.mirror.list(top).await.unwrap_or_default() {
+            let group = match lineage_of(&k) {
+                Some(n) => format!("live/{n}/"),
+                None => k.clone(),
+            };
+            groups.entry(group).or_default().push(k);
+        }
+    }
+    for (group, keys) in groups {
+        let first = inner.key(&keys[0]);
+        let mut ops = Vec::new();
+        for k in &keys {
+            let Ok(Some(v)) = inner.mirror.load(k).await else {
+                continue;
+            };
+            let secret = k.ends_with("privkey.pem") || k.starts_with("accounts/");
+            let v = if secret { inner.kek.seal(k, &v) } else { v };
+            ops.push(TxnOp::put(inner.key(k), v, None));
+        }
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                first.as_bytes(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then(ops);
+        let r = inner
+            .call("storing this node's copy", |mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await;
+        match r {
+            Ok(r) if r.succeeded() => {
+                tracing::info!(what = %group, "stored this node's copy in the fleet's store (etcd had none)")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(what = %group, "cannot store this node's copy in etcd: {e}"),
+        }
+    }
+}
