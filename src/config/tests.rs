@@ -228,7 +228,7 @@ fn an_inline_secret_is_noted_and_never_printed() {
 #[test]
 fn shipped_configs_and_readme_examples_validate() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for f in ["config/edge.toml", "config/local.toml"] {
+    for f in ["config/edge.toml", "config/local.toml", "config/fleet.toml"] {
         let text = std::fs::read_to_string(root.join(f)).unwrap();
         parse(Path::new(f), &text).unwrap_or_else(|e| panic!("{e}"));
     }
