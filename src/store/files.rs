@@ -63,6 +63,21 @@ impl Files {
         .await
     }
 
+    /// The open file whose OS lock is the lock called `name`.
+    async fn lock_file(&self, name: &str) -> Result<File, StoreError> {
+        let path = self.path(&format!("locks/{name}.lock"))?;
+        blocking(move || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(io(&path))
+        })
+        .await
+    }
+
     /// The path of `key`, refusing keys that would leave the state directory.
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         let bad = key.is_empty()
@@ -214,17 +229,7 @@ impl Storage for Files {
 
     fn lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Lock, StoreError>> {
         Box::pin(async move {
-            let path = self.path(&format!("locks/{name}.lock"))?;
-            let file = blocking(move || {
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io(&path))
-            })
-            .await?;
+            let file = self.lock_file(name).await?;
             let mut announced = false;
             loop {
                 match file.try_lock() {
@@ -274,17 +279,7 @@ impl Storage for Files {
 
     fn try_lock<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Option<Lock>, StoreError>> {
         Box::pin(async move {
-            let path = self.path(&format!("locks/{name}.lock"))?;
-            let file = blocking(move || {
-                OpenOptions::new()
-                    .create(true)
-                    .truncate(false)
-                    .write(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(io(&path))
-            })
-            .await?;
+            let file = self.lock_file(name).await?;
             match file.try_lock() {
                 Ok(()) => Ok(Some(Lock::held(name, Box::new(file)))),
                 Err(fs::TryLockError::WouldBlock) => Ok(None),

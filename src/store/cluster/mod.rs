@@ -327,11 +327,7 @@ impl Cluster {
             Ok(resp) => {
                 out.quorum = Ok(resp.kvs().len());
                 for kv in resp.kvs() {
-                    let Some(rel) = kv
-                        .key_str()
-                        .ok()
-                        .and_then(|k| k.strip_prefix(&self.inner.prefix))
-                    else {
+                    let Some(rel) = self.inner.rel(kv) else {
                         continue;
                     };
                     if seal::is_sealed(kv.value()) {
@@ -437,6 +433,11 @@ impl Inner {
 
     fn key(&self, rel: &str) -> String {
         format!("{}{rel}", self.prefix)
+    }
+
+    /// A stored key relative to the prefix (`live/a/cert.pem`).
+    fn rel<'k>(&self, kv: &'k etcd_client::KeyValue) -> Option<&'k str> {
+        kv.key_str().ok()?.strip_prefix(self.prefix.as_str())
     }
 
     fn lock_key(&self, name: &str) -> String {

@@ -103,13 +103,7 @@ async fn resync(inner: &Arc<Inner>) -> Result<i64, String> {
     let mut changes = Vec::new();
     let mut check = None;
     for kv in resp.kvs() {
-        let Some(rel) = kv
-            .key_str()
-            .ok()
-            .and_then(|k| k.strip_prefix(&inner.prefix))
-        else {
-            continue;
-        };
+        let Some(rel) = inner.rel(kv) else { continue };
         if rel == "kek-check" {
             check = Some(kv.value().to_vec());
             continue;
@@ -207,16 +201,9 @@ async fn follow(inner: &Arc<Inner>, rev: i64) -> String {
         let mut changes = Vec::new();
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let Some(rel) = kv
-                .key_str()
-                .ok()
-                .and_then(|k| k.strip_prefix(&inner.prefix))
-            else {
+            let Some(rel) = inner.rel(kv).filter(|r| *r != "kek-check") else {
                 continue;
             };
-            if rel == "kek-check" {
-                continue;
-            }
             changes.push(Change {
                 rel: rel.to_string(),
                 value: (ev.event_type() == EventType::Put).then(|| kv.value().to_vec()),
