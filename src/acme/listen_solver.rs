@@ -192,14 +192,6 @@ impl Solver for ListenSolver {
         }
     }
 
-    fn needs_person(&self) -> bool {
-        false
-    }
-
-    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>> {
-        Box::pin(async { Ok(()) })
-    }
-
     fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed> {
         Box::pin(async move {
             Placed {
@@ -241,15 +233,6 @@ impl Solver for ListenSolver {
             }
             Ok(())
         })
-    }
-
-    fn ready<'a>(
-        &'a self,
-        _placed: &'a Placed,
-        _ui: &'a Ui,
-    ) -> BoxFuture<'a, Result<(), AcmeError>> {
-        // Served from memory: visible the moment they are set.
-        Box::pin(async { Ok(()) })
     }
 
     fn cleanup<'a>(

@@ -49,11 +49,15 @@ pub trait Solver: Send + Sync {
     fn challenge_type(&self) -> ChallengeType;
 
     /// A person takes part in every order (and so in every renewal).
-    fn needs_person(&self) -> bool;
+    fn needs_person(&self) -> bool {
+        false
+    }
 
     /// Starts what it serves answers from, if anything; called again, it does
     /// nothing. Whatever it started stops when the solver is dropped.
-    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>>;
+    fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     /// Where each answer goes.
     fn prepare(&self, pending: Vec<Pending>) -> BoxFuture<'_, Placed>;
@@ -64,8 +68,15 @@ pub trait Solver: Send + Sync {
         ui: &'a Ui,
     ) -> BoxFuture<'a, Result<(), AcmeError>>;
 
-    /// Returns once the CA can see every answer.
-    fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>>;
+    /// Returns once the CA can see every answer; at once by default, for
+    /// answers served from this process's memory.
+    fn ready<'a>(
+        &'a self,
+        _placed: &'a Placed,
+        _ui: &'a Ui,
+    ) -> BoxFuture<'a, Result<(), AcmeError>> {
+        Box::pin(async { Ok(()) })
+    }
 
     fn cleanup<'a>(
         &'a self,
@@ -88,7 +99,8 @@ pub fn dns_persist_01() -> ChallengeType {
 /// dns-persist-01: the `_validation-persist.<name>` record (its value made
 /// by the order: the CA's issuer domain and the account URL) is published
 /// through the DNS provider only when it is not already visible, and never
-/// taken away: after the first order, orders make no DNS change at all.
+/// taken away: after the first order, orders make no DNS change at all (so
+/// no renewal needs a person, whatever the provider).
 /// Where the CA does not offer it, dns-01 with the same provider.
 pub struct DnsPersist01 {
     dns01: Arc<Dns01>,
@@ -133,11 +145,6 @@ pub fn persist_match(seen: &str, want: &str) -> Option<Option<u64>> {
 impl Solver for DnsPersist01 {
     fn challenge_type(&self) -> ChallengeType {
         dns_persist_01()
-    }
-
-    fn needs_person(&self) -> bool {
-        // Once, for the first order; not for renewals.
-        false
     }
 
     fn start(&self) -> BoxFuture<'_, Result<(), AcmeError>> {

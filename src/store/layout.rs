@@ -152,28 +152,25 @@ impl Store {
         let archived = self.backend.list(&format!("archive/{name}/")).await?;
         let n = next_archive_number(&archived);
         let files = [
-            ("cert", cert_pem.into_bytes(), false),
-            ("chain", chain_pem.into_bytes(), false),
-            ("fullchain", fullchain_pem.as_bytes().to_vec(), false),
-            ("privkey", key_pem.as_bytes().to_vec(), true),
+            ("cert", cert_pem.into_bytes()),
+            ("chain", chain_pem.into_bytes()),
+            ("fullchain", fullchain_pem.as_bytes().to_vec()),
+            ("privkey", key_pem.as_bytes().to_vec()),
         ];
+        let entry = |key: String, data: &Vec<u8>| Entry {
+            secret: is_secret_key(&key),
+            key,
+            value: data.clone(),
+        };
         let mut entries: Vec<Entry> = files
             .iter()
-            .map(|(stem, data, secret)| Entry {
-                key: format!("archive/{name}/{stem}{n}.pem"),
-                value: data.clone(),
-                secret: *secret,
-            })
+            .map(|(stem, data)| entry(format!("archive/{name}/{stem}{n}.pem"), data))
             .collect();
         // The key goes first: a reader that sees a new key with the old chain
         // finds them mismatched and keeps what it has until fullchain lands.
         for i in [3, 0, 1, 2] {
-            let (stem, data, secret) = &files[i];
-            entries.push(Entry {
-                key: live_key(name, &format!("{stem}.pem")),
-                value: data.clone(),
-                secret: *secret,
-            });
+            let (stem, data) = &files[i];
+            entries.push(entry(live_key(name, &format!("{stem}.pem")), data));
         }
         self.backend.store(&entries, Some(lock)).await?;
         Ok(loaded.info)
@@ -277,13 +274,24 @@ impl Store {
     }
 
     pub async fn save_account(&self, directory_url: &str, json: Vec<u8>) -> Result<(), StoreError> {
+        let key = Self::account_key(directory_url);
         let entry = Entry {
-            key: Self::account_key(directory_url),
+            secret: is_secret_key(&key),
+            key,
             value: json,
-            secret: true,
         };
         self.backend.store(std::slice::from_ref(&entry), None).await
     }
+}
+
+/// Whether the value under `key` is a secret: a private key (live or
+/// archived) or an ACME account.
+pub fn is_secret_key(key: &str) -> bool {
+    key.starts_with("accounts/")
+        || key
+            .rsplit('/')
+            .next()
+            .is_some_and(|file| file.starts_with("privkey"))
 }
 
 /// Builds a rustls key from PEM, refusing a key that does not match the leaf.

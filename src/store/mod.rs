@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-pub use layout::{certified_key, from_unix, unix, LoadedCert, RenewalState, Requested, Store};
+pub use layout::{
+    certified_key, from_unix, is_secret_key, unix, LoadedCert, RenewalState, Requested, Store,
+};
 
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 

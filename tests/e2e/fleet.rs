@@ -170,6 +170,12 @@ impl Etcd {
             .output()
             .unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert!(
+            v["header"]["revision"].is_string(),
+            "etcd's range answer: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
         v["kvs"]
             .as_array()
             .cloned()
@@ -193,9 +199,11 @@ impl Etcd {
 enum Dns {
     /// Each node's built-in responder for `fleet.test`; Pebble asks node 0's.
     Builtin,
-    /// An exec hook that sets the record in challtestsrv; it waits
-    /// `slow_secs` (and leaves a marker) when the file `slow` exists in the
-    /// node's dir, so a test can act while an order is in flight.
+    /// An exec hook that adds the record in challtestsrv; it waits 4 s (and
+    /// leaves a marker) when the file `slow` exists in the node's dir, so a
+    /// test can act while an order is in flight. Cleanup leaves records in
+    /// place (challtestsrv keeps every value): an order resumed after a pause
+    /// still validates, so what stops its write is the fence alone.
     Exec,
 }
 
@@ -326,7 +334,7 @@ impl Fleet {
                     std::fs::write(
                         &hook,
                         format!(
-                            "#!/bin/sh\nif [ \"$1\" = present ]; then\n  curl -sSf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" {cts}/set-txt >/dev/null\n  if [ -e {d}/slow ]; then touch {d}/presented; sleep 4; fi\nelse\n  curl -sSf -X POST -d \"{{\\\"host\\\":\\\"$2\\\"}}\" {cts}/clear-txt >/dev/null\nfi\n",
+                            "#!/bin/sh\nif [ \"$1\" = present ]; then\n  curl -sSf -X POST -d \"{{\\\"host\\\":\\\"$2\\\",\\\"value\\\":\\\"$3\\\"}}\" {cts}/set-txt >/dev/null\n  if [ -e {d}/slow ]; then touch {d}/presented; sleep 4; fi\nfi\n",
                             cts = pebble.cts_url
                         ),
                     )
@@ -432,6 +440,24 @@ impl Fleet {
         s
     }
 
+    /// Starts `edge renew --force` on node `i` and returns once its order is
+    /// in flight: its exec hook has published the record and now waits.
+    fn renew_held_in_hook(&self, i: usize) -> std::thread::JoinHandle<std::process::Output> {
+        let marker = self.nodes[i].slow();
+        let cfg = self.nodes[i].cfg.clone();
+        let renew = std::thread::spawn(move || edge(&["renew", "--force"], &cfg));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !marker.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "node {i}'s order did not publish its record within 20 s\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        renew
+    }
+
     /// Runs `edge renew --force` on the given nodes at the same moment.
     fn renew_force_together(&self, which: &[usize]) -> Vec<std::process::Output> {
         let start = Arc::new(std::sync::Barrier::new(which.len()));
@@ -529,10 +555,6 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-fn waiting(n: &Node, needle: &str, within: Duration) {
-    n.edge.as_ref().unwrap().proc.wait_for(needle, within);
-}
-
 /// Started together with no certificate: one order between the three nodes,
 /// validated through node 0's built-in responder whichever node ordered.
 /// Then `edge renew --force` on all three at once: exactly one new
@@ -601,8 +623,13 @@ fn renew_force_on_every_node_orders_once_and_all_swap_within_a_second() {
     let t = text(&o);
     assert!(t.contains("Renewed by: edge-"), "{t}");
     assert!(t.contains("Lock: free"), "{t}");
-    // etcd holds no PEM private key.
-    for (k, v) in f.etcd.scan(PREFIX) {
+    // etcd holds the key, and no PEM private key.
+    let values = f.etcd.scan(PREFIX);
+    assert!(
+        values.iter().any(|(k, _)| k.ends_with("privkey.pem")),
+        "{values:?}"
+    );
+    for (k, v) in values {
         assert!(
             !String::from_utf8_lossy(&v).contains("PRIVATE KEY"),
             "{k} holds a private key in the clear"
@@ -627,14 +654,7 @@ fn a_renewing_node_killed_mid_order_is_finished_by_another() {
     let (first, _) = f.wait_same_serial(&[0, 1, 2], "", Duration::from_secs(60));
     let issued = f.issued();
     let load = f.load(&[0, 2]);
-    let marker = f.nodes[1].slow();
-    let cfg = f.nodes[1].cfg.clone();
-    let renew = std::thread::spawn(move || edge(&["renew", "--force"], &cfg));
-    wait_until(
-        "node 1's order to publish its record",
-        Duration::from_secs(20),
-        || marker.exists(),
-    );
+    let renew = f.renew_held_in_hook(1);
     f.nodes[1].edge.as_ref().unwrap().proc.signal("KILL");
     let _ = renew.join();
     let started = Instant::now();
@@ -795,14 +815,7 @@ fn a_paused_lock_holder_cannot_overwrite_and_a_skewed_clock_changes_nothing() {
         }
     });
     let (first, _) = f.wait_same_serial(&[0, 1, 2], "", Duration::from_secs(60));
-    let marker = f.nodes[1].slow();
-    let cfg = f.nodes[1].cfg.clone();
-    let renew = std::thread::spawn(move || edge(&["renew", "--force"], &cfg));
-    wait_until(
-        "node 1's order to publish its record",
-        Duration::from_secs(20),
-        || marker.exists(),
-    );
+    let renew = f.renew_held_in_hook(1);
     f.nodes[1].edge.as_ref().unwrap().proc.signal("STOP");
     let (second, _) = f.wait_same_serial(&[0, 2], &first, Duration::from_secs(30));
     f.nodes[1].edge.as_ref().unwrap().proc.signal("CONT");
@@ -812,10 +825,14 @@ fn a_paused_lock_holder_cannot_overwrite_and_a_skewed_clock_changes_nothing() {
         !out.status.success(),
         "the paused node's renewal claims success: {t}"
     );
-    wait_until(
-        "the paused node to learn it lost the lock",
-        Duration::from_secs(20),
-        || f.nodes[1].log().contains("lost"),
+    assert!(
+        t.contains("was lost before the write; nothing was written"),
+        "{t}"
+    );
+    assert!(
+        f.nodes[1].log().contains("the fleet refused the write"),
+        "{}",
+        f.logs()
     );
     // Every node serves the one certificate the fleet holds.
     f.wait_same_serial(&[0, 1, 2], &first, Duration::from_secs(10));
@@ -859,7 +876,12 @@ fn a_wrong_key_encryption_key_is_refused_and_nothing_leaks() {
         .join("\n");
     std::fs::write(&f.nodes[2].cfg, cfg).unwrap();
     f.nodes[2].start();
-    waiting(&f.nodes[2], "does not open", Duration::from_secs(10));
+    f.nodes[2]
+        .edge
+        .as_ref()
+        .unwrap()
+        .proc
+        .wait_for("does not open", Duration::from_secs(10));
     assert_eq!(f.serial(2), first);
     assert!(f.request_ok(2));
 

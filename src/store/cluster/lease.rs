@@ -12,7 +12,7 @@ use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOp
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Inner, REQUEST};
+use super::{absent, Inner, REQUEST};
 use crate::store::{Fence, Lock, StoreError};
 
 /// This node's lease, and whether it is still held.
@@ -130,11 +130,7 @@ pub(super) async fn acquire(
     loop {
         let (lease, lost) = inner.lease().await?;
         let txn = Txn::new()
-            .when([Compare::create_revision(
-                key.as_bytes(),
-                CompareOp::Equal,
-                0,
-            )])
+            .when([absent(&key)])
             .and_then([TxnOp::put(
                 key.as_bytes(),
                 value.as_bytes(),

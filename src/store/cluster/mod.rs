@@ -21,7 +21,7 @@ mod lease;
 mod seal;
 mod sync;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -98,8 +98,9 @@ struct Shared {
     written: BTreeMap<String, Written>,
     /// Challenge name -> storage key -> TXT value.
     txt: BTreeMap<String, BTreeMap<String, String>>,
-    /// Stored values the key-encryption key does not open: key -> why.
-    sealed_errors: BTreeMap<String, String>,
+    /// Stored keys whose value the key-encryption key does not open, so each
+    /// is logged once.
+    unopened: BTreeSet<String>,
     /// Certificates written by another node, not yet published here:
     /// (lineage, writer, written at).
     swaps: Vec<(String, String, u64)>,
@@ -107,21 +108,15 @@ struct Shared {
     kek_ok: Option<bool>,
 }
 
-/// Where a storage key lives.
-#[derive(Debug, PartialEq, Eq)]
-enum Place {
-    /// Only on this host (`archive/`).
-    Local,
-    /// In etcd, mirrored.
-    Shared,
+/// Whether a storage key goes to etcd: everything but `archive/`, which
+/// stays with the node that wrote it.
+fn shared(key: &str) -> bool {
+    !key.starts_with("archive/")
 }
 
-fn place(key: &str) -> Place {
-    if key.starts_with("archive/") {
-        Place::Local
-    } else {
-        Place::Shared
-    }
+/// The compare of a put-if-absent: `key` does not exist.
+fn absent(key: &str) -> Compare {
+    Compare::create_revision(key.as_bytes(), CompareOp::Equal, 0)
 }
 
 /// The process's fleet store, for the built-in DNS responder's shared records.
@@ -192,18 +187,6 @@ impl Cluster {
         self.inner.up.borrow().clone()
     }
 
-    /// Whether the key-encryption key opens what the fleet stored: `None`
-    /// while that is not known, else the first value it fails on.
-    pub fn kek_problem(&self) -> Option<String> {
-        let s = self.inner.shared();
-        if s.kek_ok == Some(false) {
-            return Some(
-                "the key-encryption key does not open the fleet's check value; cluster.key_encryption_key_file differs from the other nodes'".into(),
-            );
-        }
-        s.sealed_errors.values().next().cloned()
-    }
-
     /// The last writer and the lock holder of one certificate.
     pub fn facts(&self, lineage: &str) -> Facts {
         let s = self.inner.shared();
@@ -238,16 +221,12 @@ impl Cluster {
             })
             .collect();
         let txn = Txn::new().and_then(ops);
-        let resp = self
-            .inner
+        self.inner
             .call("publishing challenge records in etcd", |mut c| {
                 let txn = txn.clone();
                 async move { c.txn(txn).await }
             })
             .await?;
-        self.inner
-            .wait_applied(resp.header().map_or(0, |h| h.revision()))
-            .await;
         Ok(())
     }
 
@@ -533,7 +512,7 @@ impl Storage for Cluster {
             let inner = &self.inner;
             inner.refuse_if_wrong_kek()?;
             let mut ops = Vec::new();
-            for e in entries.iter().filter(|e| place(&e.key) == Place::Shared) {
+            for e in entries.iter().filter(|e| shared(&e.key)) {
                 let value = if e.secret {
                     inner.kek.seal(&e.key, &e.value)
                 } else {
@@ -583,7 +562,7 @@ impl Storage for Cluster {
 
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
         Box::pin(async move {
-            if place(key) == Place::Shared {
+            if shared(key) {
                 let k = self.inner.key(key);
                 self.inner
                     .call("deleting from etcd", |mut c| {

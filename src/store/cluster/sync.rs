@@ -10,10 +10,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
 use tokio::sync::oneshot;
 
-use super::{seal, Inner, Place, Written, REQUEST};
+use super::{absent, seal, Inner, Shared, Written, REQUEST};
 use crate::store::{Entry, Storage};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
@@ -139,17 +139,11 @@ async fn check_kek(inner: &Inner, stored: Option<Vec<u8>>) -> Result<(), String>
             .is_ok_and(|p| p == seal::CHECK_PLAINTEXT),
         None => {
             let key = inner.key("kek-check");
-            let txn = Txn::new()
-                .when([Compare::create_revision(
-                    key.as_bytes(),
-                    CompareOp::Equal,
-                    0,
-                )])
-                .and_then([TxnOp::put(
-                    key.as_bytes(),
-                    inner.kek.seal("kek-check", seal::CHECK_PLAINTEXT),
-                    None,
-                )]);
+            let txn = Txn::new().when([absent(&key)]).and_then([TxnOp::put(
+                key.as_bytes(),
+                inner.kek.seal("kek-check", seal::CHECK_PLAINTEXT),
+                None,
+            )]);
             inner
                 .call("storing the key check", |mut c| {
                     let txn = txn.clone();
@@ -222,99 +216,91 @@ fn lineage_of(rel: &str) -> Option<&str> {
     rel.strip_prefix("live/")?.split_once('/').map(|(n, _)| n)
 }
 
-/// Applies stored changes to the mirror and the in-memory maps.
+/// The prefixes the mirror holds (the rest of the store lives in memory).
+const MIRRORED: [&str; 3] = ["live/", "accounts/", "renewal/"];
+
+/// Applies stored changes to the in-memory maps and the mirror; tells the
+/// manager when something it acts on changed.
 async fn apply(inner: &Arc<Inner>, changes: Vec<Change>, full: bool) {
+    let mut notify = false;
+    let mut mirrored = Vec::new();
+    {
+        let mut s = inner.shared();
+        for c in changes {
+            match remember(&mut s, &inner.node, &c, full) {
+                Some(n) => notify |= n,
+                None if MIRRORED.iter().any(|p| c.rel.starts_with(p)) => mirrored.push(c),
+                None => {}
+            }
+        }
+    }
+    notify |= mirror(inner, mirrored).await;
+    if notify {
+        inner.changes.send_modify(|n| *n += 1);
+    }
+}
+
+/// Applies a change to a key kept in memory (a lock, a challenge record, a
+/// certificate's last writer): `None` when the key is not one of those,
+/// else whether the schedule should look again (a lock was let go).
+fn remember(s: &mut Shared, me: &str, c: &Change, full: bool) -> Option<bool> {
+    let rel = c.rel.as_str();
+    if let Some(name) = rel.strip_prefix("locks/") {
+        match &c.value {
+            Some(v) => {
+                s.holders
+                    .insert(name.to_string(), super::lease::holder_of(v));
+                Some(false)
+            }
+            None => {
+                s.holders.remove(name);
+                Some(true)
+            }
+        }
+    } else if let Some(rest) = rel.strip_prefix("challenges/") {
+        let (fqdn, _) = rest.rsplit_once('/')?;
+        let set = s.txt.entry(fqdn.to_string()).or_default();
+        match &c.value {
+            Some(v) => set.insert(rel.to_string(), String::from_utf8_lossy(v).into_owned()),
+            None => set.remove(rel),
+        };
+        if set.is_empty() {
+            s.txt.remove(fqdn);
+        }
+        Some(false)
+    } else if let Some(name) = rel.strip_prefix("written/") {
+        let w = c
+            .value
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Written>(v).ok());
+        if let Some(w) = w {
+            if !full && w.node != me {
+                s.swaps.push((name.to_string(), w.node.clone(), w.at_ms));
+            }
+            s.written.insert(name.to_string(), w);
+        }
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Applies changes of mirrored keys to the mirror, secrets opened first;
+/// returns whether a file changed.
+async fn mirror(inner: &Arc<Inner>, changes: Vec<Change>) -> bool {
     let mut writes: Vec<Entry> = Vec::new();
     let mut deletes: Vec<String> = Vec::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
-    let mut notify = false;
-    {
-        let mut s = inner.shared();
-        for c in &changes {
-            let rel = c.rel.as_str();
-            if let Some(name) = rel.strip_prefix("locks/") {
-                match &c.value {
-                    Some(v) => {
-                        s.holders
-                            .insert(name.to_string(), super::lease::holder_of(v));
-                    }
-                    None => {
-                        s.holders.remove(name);
-                        notify = true;
-                    }
-                }
-            } else if let Some(rest) = rel.strip_prefix("challenges/") {
-                let Some((fqdn, _)) = rest.rsplit_once('/') else {
-                    continue;
-                };
-                let set = s.txt.entry(fqdn.to_string()).or_default();
-                match &c.value {
-                    Some(v) => {
-                        set.insert(rel.to_string(), String::from_utf8_lossy(v).into_owned());
-                    }
-                    None => {
-                        set.remove(rel);
-                    }
-                }
-                if set.is_empty() {
-                    s.txt.remove(fqdn);
-                }
-            } else if let Some(name) = rel.strip_prefix("written/") {
-                if let Some(w) = c
-                    .value
-                    .as_deref()
-                    .and_then(|v| serde_json::from_slice::<Written>(v).ok())
-                {
-                    if !full && w.node != inner.node {
-                        s.swaps.push((name.to_string(), w.node.clone(), w.at_ms));
-                    }
-                    s.written.insert(name.to_string(), w);
-                }
-            } else if super::place(rel) == Place::Shared
-                && (rel.starts_with("live/")
-                    || rel.starts_with("accounts/")
-                    || rel.starts_with("renewal/"))
-            {
-                let Some(v) = &c.value else {
-                    deletes.push(rel.to_string());
-                    continue;
-                };
-                if !seal::is_sealed(v) {
-                    if super::looks_like_pem_key(v) {
-                        // Never taken from the store: keys there are sealed.
-                        tracing::error!(
-                            key = rel,
-                            "a private key is stored in etcd unsealed; not used"
-                        );
-                        if let Some(n) = lineage_of(rel) {
-                            refused.insert(n.to_string());
-                        }
-                        continue;
-                    }
-                    writes.push(Entry {
-                        key: rel.to_string(),
-                        value: v.clone(),
-                        secret: false,
-                    });
-                    continue;
-                }
-                match inner.kek.open(rel, v) {
-                    Ok(plain) => {
-                        s.sealed_errors.remove(rel);
-                        writes.push(Entry {
-                            key: rel.to_string(),
-                            value: plain,
-                            secret: true,
-                        });
-                    }
-                    Err(e) => {
-                        if s.sealed_errors.insert(rel.to_string(), e.clone()).is_none() {
-                            tracing::error!("{e}; keeping what this node has");
-                        }
-                        if let Some(n) = lineage_of(rel) {
-                            refused.insert(n.to_string());
-                        }
-                    }
+    for c in changes {
+        let Some(v) = c.value else {
+            deletes.push(c.rel);
+            continue;
+        };
+        match open(inner, &c.rel, v) {
+            Ok(entry) => writes.push(entry),
+            Err(()) => {
+                if let Some(n) = lineage_of(&c.rel) {
+                    refused.insert(n.to_string());
                 }
             }
         }
@@ -325,31 +311,60 @@ async fn apply(inner: &Arc<Inner>, changes: Vec<Change>, full: bool) {
     writes.sort_by_key(|e| !e.key.ends_with("privkey.pem"));
     let mut changed = Vec::new();
     for e in writes {
-        let same = inner
-            .mirror
-            .load(&e.key)
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|old| old == e.value);
-        if !same {
+        let old = inner.mirror.load(&e.key).await.ok().flatten();
+        if old.as_deref() != Some(e.value.as_slice()) {
             changed.push(e);
         }
     }
+    let any = !changed.is_empty() || !deletes.is_empty();
     if !changed.is_empty() {
-        notify = true;
         if let Err(e) = inner.mirror.store(&changed, None).await {
             tracing::error!("cannot write the fleet's state to the local copy: {e}");
         }
     }
     for key in deletes {
-        notify = true;
         if let Err(e) = inner.mirror.delete(&key).await {
             tracing::error!("cannot update the local copy: {e}");
         }
     }
-    if notify {
-        inner.changes.send_modify(|n| *n += 1);
+    any
+}
+
+/// A stored value as the mirror takes it: a sealed one opened (and marked
+/// secret). `Err` for one this node must not use: a sealed value its key
+/// does not open, or a private key stored unsealed.
+fn open(inner: &Inner, rel: &str, v: Vec<u8>) -> Result<Entry, ()> {
+    if !seal::is_sealed(&v) {
+        if super::looks_like_pem_key(&v) {
+            // Never taken from the store: keys there are sealed.
+            tracing::error!(
+                key = rel,
+                "a private key is stored in etcd unsealed; not used"
+            );
+            return Err(());
+        }
+        return Ok(Entry {
+            key: rel.to_string(),
+            value: v,
+            secret: false,
+        });
+    }
+    let mut s = inner.shared();
+    match inner.kek.open(rel, &v) {
+        Ok(plain) => {
+            s.unopened.remove(rel);
+            Ok(Entry {
+                key: rel.to_string(),
+                value: plain,
+                secret: true,
+            })
+        }
+        Err(e) => {
+            if s.unopened.insert(rel.to_string()) {
+                tracing::error!("{e}; keeping what this node has");
+            }
+            Err(())
+        }
     }
 }
 
@@ -361,7 +376,7 @@ async fn seed(inner: &Arc<Inner>) {
         return;
     }
     let mut groups: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for top in ["live/", "accounts/", "renewal/"] {
+    for top in MIRRORED {
         for k in inner.mirror.list(top).await.unwrap_or_default() {
             let group = match lineage_of(&k) {
                 Some(n) => format!("live/{n}/"),
@@ -377,17 +392,11 @@ async fn seed(inner: &Arc<Inner>) {
             let Ok(Some(v)) = inner.mirror.load(k).await else {
                 continue;
             };
-            let secret = k.ends_with("privkey.pem") || k.starts_with("accounts/");
+            let secret = crate::store::is_secret_key(k);
             let v = if secret { inner.kek.seal(k, &v) } else { v };
             ops.push(TxnOp::put(inner.key(k), v, None));
         }
-        let txn = Txn::new()
-            .when([Compare::create_revision(
-                first.as_bytes(),
-                CompareOp::Equal,
-                0,
-            )])
-            .and_then(ops);
+        let txn = Txn::new().when([absent(&first)]).and_then(ops);
         let r = inner
             .call("storing this node's copy", |mut c| {
                 let txn = txn.clone();
