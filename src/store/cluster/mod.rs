@@ -38,6 +38,10 @@ use crate::config;
 const REQUEST: Duration = Duration::from_secs(5);
 /// How long one try of a request waits before it is sent again.
 const ATTEMPT: Duration = Duration::from_millis(1500);
+/// How long a request is sent again while no member can take it: longer
+/// than a leader election on a loaded host, short enough that a command
+/// facing an etcd without quorum says so within seconds.
+const RETRY_FOR: Duration = Duration::from_secs(10);
 /// How long opening waits for the first read of the fleet's state before
 /// going on with the local copy (a node must serve at once when etcd is down).
 const FIRST_SYNC: Duration = Duration::from_secs(2);
@@ -354,12 +358,14 @@ pub fn looks_like_pem_key(value: &[u8]) -> bool {
     value.windows(11).any(|w| w == b"PRIVATE KEY")
 }
 
-/// Whether a request failed before any member saw it (a connection that
-/// could not be made), so sending it again cannot apply it twice.
+/// Whether a request failed before etcd applied it (a connection that
+/// could not be made, or a member with no leader, which refuses before
+/// proposing), so sending it again cannot apply it twice.
 fn not_sent(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::GRpcStatus(s) => {
-            format!("{:?}", s.code()) == "Unavailable" && s.message().contains("connect")
+            format!("{:?}", s.code()) == "Unavailable"
+                && (s.message().contains("connect") || s.message().contains("no leader"))
         }
         etcd_client::Error::TransportError(_) => true,
         _ => false,
@@ -443,37 +449,36 @@ impl Inner {
         Ok(client)
     }
 
-    /// One request to etcd, given a client; sent again (up to three more
-    /// times) when it could not reach a member or got no answer in time, so
-    /// a member that is down or a leader election costs a retry, not a
-    /// failure. Every request edge makes may be applied twice without harm:
-    /// puts of the same value, deletes, and a lock take that knows its own key.
+    /// One request to etcd, given a client; sent again, for up to
+    /// `RETRY_FOR`, while it could not reach a member, found no leader, or
+    /// got no answer in time, so a member that is down or a leader election
+    /// costs a wait, not a failure. Every request edge makes may be applied
+    /// twice without harm: puts of the same value, deletes, and a lock take
+    /// that knows its own key.
     async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
         F: Fn(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
     {
-        let mut tries = 0;
+        let deadline = tokio::time::Instant::now() + RETRY_FOR;
+        let mut tries = 0u32;
         loop {
             let client = self.client().await?;
-            let last = tries == 3;
-            match tokio::time::timeout(ATTEMPT, f(client)).await {
+            let why = match tokio::time::timeout(ATTEMPT, f(client)).await {
                 Ok(Ok(t)) => return Ok(t),
-                Ok(Err(e)) if !last && not_sent(&e) => {}
+                Ok(Err(e)) if not_sent(&e) => e.to_string(),
                 Ok(Err(e)) => return Err(unavailable(what, e)),
-                Err(_) if !last => {
+                Err(_) => {
                     // A fresh channel, in case this one waits on a gone member.
                     *self.client.lock().await = None;
+                    "no answer (etcd has no quorum, or cannot be reached)".to_string()
                 }
-                Err(_) => {
-                    return Err(unavailable(
-                        what,
-                        "no answer (etcd has no quorum, or cannot be reached)",
-                    ))
-                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(unavailable(what, why));
             }
             tries += 1;
-            tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(tries.min(10)))).await;
         }
     }
 
