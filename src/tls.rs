@@ -184,7 +184,19 @@ pub fn build_map(
             .filter(|d| map.lookup(d).is_none_or(|e| !e.covers(d)))
             .cloned()
             .collect();
-        if !uncovered.is_empty() {
+        if uncovered.is_empty() {
+            continue;
+        }
+        // The placeholder already served for exactly these names is kept:
+        // no key made and no line logged again on every publish.
+        let kept = previous.and_then(|prev| {
+            prev.entries
+                .iter()
+                .find(|e| e.lineage.is_none() && e.names == uncovered)
+        });
+        if let Some(old) = kept {
+            map.insert(old.clone());
+        } else {
             match placeholder(&uncovered) {
                 Ok(entry) => {
                     map.insert(Arc::new(entry));

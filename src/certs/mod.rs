@@ -14,6 +14,7 @@ mod control;
 mod schedule;
 mod watch;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -25,8 +26,14 @@ pub use control::{bind as bind_control, delegate, socket_path, status, Request};
 
 use crate::acme::solver::Solvers;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{self, Store};
 use crate::tls::{self, BuildReport, Certs};
+
+/// A lineage's pair as read, and what checking it gave.
+struct Checked {
+    pair: (Vec<u8>, Vec<u8>),
+    loaded: store::LoadedCert,
+}
 
 /// The certificate manager. Cloning shares it.
 #[derive(Clone)]
@@ -46,8 +53,10 @@ struct Inner {
     /// The fingerprint of `live/` the published map was built from, so the
     /// watcher tells others' writes from what was already published.
     published: Mutex<Option<u64>>,
-    /// One publish at a time, so two never interleave their swaps.
-    publishing: tokio::sync::Mutex<()>,
+    /// One publish at a time, so two never interleave their swaps; it
+    /// holds each lineage's pair as last read and checked, so a publish
+    /// checks again only the pairs whose bytes changed.
+    publishing: tokio::sync::Mutex<HashMap<String, Checked>>,
     /// What `edge status` is answered from, once the daemon has built it.
     status: std::sync::OnceLock<Arc<crate::status::Source>>,
 }
@@ -66,7 +75,7 @@ impl Manager {
                 wake: Notify::new(),
                 next: ArcSwap::from_pointee(None),
                 published: Mutex::new(None),
-                publishing: tokio::sync::Mutex::new(()),
+                publishing: tokio::sync::Mutex::new(HashMap::new()),
                 status: std::sync::OnceLock::new(),
             }),
         };
@@ -138,7 +147,7 @@ impl Manager {
     /// path from storage to the TLS listener. A lineage that fails to load
     /// keeps what was served for it before.
     pub async fn publish(&self) -> BuildReport {
-        let _one = self.inner.publishing.lock().await;
+        let mut checked = self.inner.publishing.lock().await;
         let store = &self.inner.store;
         // Taken before reading: a write that lands while this reads changes
         // the fingerprint again, and the watcher publishes once more.
@@ -146,8 +155,26 @@ impl Manager {
         let mut stored = Vec::new();
         match store.lineages().await {
             Ok(lineages) => {
+                let present: std::collections::HashSet<&String> = lineages.iter().collect();
+                checked.retain(|name, _| present.contains(name));
                 for name in lineages {
-                    let loaded = store.load_live(&name).await;
+                    let loaded = match store.live_pair(&name).await {
+                        Err(e) => Err(e),
+                        Ok(pair) => match checked.get(&name) {
+                            Some(c) if c.pair == pair => Ok(c.loaded.clone()),
+                            _ => {
+                                let loaded = store::certified_key(&name, &pair.0, &pair.1);
+                                if let Ok(l) = &loaded {
+                                    let c = Checked {
+                                        pair,
+                                        loaded: l.clone(),
+                                    };
+                                    checked.insert(name.clone(), c);
+                                }
+                                loaded
+                            }
+                        },
+                    };
                     stored.push((name, loaded));
                 }
             }

@@ -178,11 +178,15 @@ impl Store {
 
     /// Loads `live/<name>/` and checks that the pair belongs together.
     pub async fn load_live(&self, name: &str) -> Result<LoadedCert, StoreError> {
-        let chain_key = live_key(name, "fullchain.pem");
-        let key_key = live_key(name, "privkey.pem");
-        let chain = self.required(&chain_key).await?;
-        let key = self.required(&key_key).await?;
+        let (chain, key) = self.live_pair(name).await?;
         certified_key(name, &chain, &key)
+    }
+
+    /// The bytes of `live/<name>/fullchain.pem` and `privkey.pem`, unchecked.
+    pub async fn live_pair(&self, name: &str) -> Result<(Vec<u8>, Vec<u8>), StoreError> {
+        let chain = self.required(&live_key(name, "fullchain.pem")).await?;
+        let key = self.required(&live_key(name, "privkey.pem")).await?;
+        Ok((chain, key))
     }
 
     async fn required(&self, key: &str) -> Result<Vec<u8>, StoreError> {
