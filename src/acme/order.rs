@@ -247,7 +247,15 @@ async fn solve(
             let mut a = a.map_err(|e| ca.err(e))?;
             match a.status {
                 AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Valid => {
+                    // The CA reused an authorization it holds for this
+                    // account: no answer to publish, so no DNS change.
+                    ui.step(&format!(
+                        "{}: the CA already holds a valid authorization; nothing to publish",
+                        a.identifier()
+                    ));
+                    continue;
+                }
                 other => {
                     return Err(AcmeError::Validation(format!(
                         "authorization for {} is {other:?}",

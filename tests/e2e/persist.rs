@@ -72,7 +72,14 @@ fn the_record_is_set_once_and_renewals_make_no_dns_change() {
         let o = edge(&["renew", "--force"], &cfg);
         let t = text(&o);
         assert!(o.status.success(), "renewal {i}: {t}");
-        assert!(t.contains("already in place: no DNS change"), "{t}");
+        // Pebble reuses a valid authorization 1% of the time even with
+        // PEBBLE_AUTHZREUSE=0 (its test is `rand.Intn(100) > percent`):
+        // then there is nothing to validate, and no DNS change either.
+        assert!(
+            t.contains("already in place: no DNS change")
+                || t.contains("the CA already holds a valid authorization"),
+            "{t}"
+        );
         let s = serial(dir.path());
         assert!(!seen.contains(&s), "renewal {i} stored no new certificate");
         seen.push(s);
