@@ -136,22 +136,38 @@ pub struct BuildReport {
     pub refused: Vec<String>,
 }
 
-/// Builds the map from every stored lineage as loaded, adding a self-signed
+/// One lineage as the certificate manager hands it to [`build_map`].
+pub enum Stored {
+    /// Read and checked.
+    Loaded(LoadedCert),
+    /// Read and refused (a half-copied or mismatched pair): what was
+    /// served for it before stays.
+    Refused(StoreError),
+    /// Not read again (nothing changed): what was served for it stays.
+    Kept,
+}
+
+/// Builds the map from every stored lineage, adding a self-signed
 /// placeholder for each site name no stored certificate covers, so the
-/// listener always starts. A lineage that failed to load (a half-copied or
-/// mismatched pair) keeps what `previous` served for it. CPU work only (a
-/// placeholder is a key generation): the certificate manager runs it on the
-/// blocking pool.
+/// listener always starts. A lineage refused or kept serves what `previous`
+/// served for it. CPU work only (a placeholder is a key generation): the
+/// certificate manager runs it on the blocking pool.
 pub fn build_map(
-    stored: Vec<(String, Result<LoadedCert, StoreError>)>,
+    stored: Vec<(String, Stored)>,
     sites: &[Site],
     previous: Option<&CertMap>,
 ) -> (CertMap, BuildReport) {
     let mut map = CertMap::default();
     let mut report = BuildReport::default();
+    let mut served: HashMap<&str, Vec<&Arc<Entry>>> = HashMap::new();
+    for e in previous.map_or(&[][..], |p| &p.entries) {
+        if let Some(l) = &e.lineage {
+            served.entry(l.as_str()).or_default().push(e);
+        }
+    }
     for (name, loaded) in stored {
         match loaded {
-            Ok(loaded) => {
+            Stored::Loaded(loaded) => {
                 report.loaded.push(name.clone());
                 map.insert(Arc::new(Entry {
                     key: loaded.key,
@@ -163,16 +179,12 @@ pub fn build_map(
                     not_after: loaded.info.not_after,
                 }));
             }
-            Err(e) => {
-                report.refused.push(e.to_string());
-                if let Some(prev) = previous {
-                    for old in prev
-                        .entries
-                        .iter()
-                        .filter(|x| x.lineage.as_deref() == Some(name.as_str()))
-                    {
-                        map.insert(old.clone());
-                    }
+            kept => {
+                if let Stored::Refused(e) = kept {
+                    report.refused.push(e.to_string());
+                }
+                for old in served.get(name.as_str()).into_iter().flatten() {
+                    map.insert((*old).clone());
                 }
             }
         }
@@ -427,5 +439,48 @@ mod tests {
         a.sort();
         b.sort();
         assert_eq!(a, b);
+    }
+
+    fn loaded(name: &str, domain: &str) -> LoadedCert {
+        let ck = rcgen::generate_simple_self_signed(vec![domain.to_string()]).unwrap();
+        let (chain, key) = (ck.cert.pem(), ck.signing_key.serialize_pem());
+        crate::store::certified_key(name, chain.as_bytes(), key.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_lineage_kept_or_refused_serves_what_was_served_and_a_loaded_one_replaces_it() {
+        let stored = vec![
+            ("a".to_string(), Stored::Loaded(loaded("a", "a.test"))),
+            ("b".to_string(), Stored::Loaded(loaded("b", "b.test"))),
+            ("c".to_string(), Stored::Loaded(loaded("c", "c.test"))),
+        ];
+        let (first, report) = build_map(stored, &[], None);
+        assert_eq!(report.loaded, ["a", "b", "c"]);
+        // A publish that read only `c` again: `a` kept unread, `b` refused.
+        let stored = vec![
+            ("a".to_string(), Stored::Kept),
+            (
+                "b".to_string(),
+                Stored::Refused(StoreError::NotFound {
+                    key: "live/b/privkey.pem".into(),
+                }),
+            ),
+            ("c".to_string(), Stored::Loaded(loaded("c", "c.test"))),
+        ];
+        let (next, report) = build_map(stored, &[], Some(&first));
+        assert_eq!(report.loaded, ["c"]);
+        assert_eq!(report.refused.len(), 1, "{:?}", report.refused);
+        for host in ["a.test", "b.test"] {
+            let same = Arc::ptr_eq(first.lookup(host).unwrap(), next.lookup(host).unwrap());
+            assert!(same, "{host} is served as before");
+        }
+        let c = next.lookup("c.test").unwrap();
+        assert!(
+            !Arc::ptr_eq(first.lookup("c.test").unwrap(), c),
+            "c is the new pair"
+        );
+        // A lineage left out of the list is no longer served.
+        let (gone, _) = build_map(vec![("a".into(), Stored::Kept)], &[], Some(&next));
+        assert!(gone.lookup("b.test").is_none() && gone.lookup("a.test").is_some());
     }
 }

@@ -4,7 +4,8 @@
 //! over the control socket (`control`), the watcher of certificates others
 //! write (`watch`), the challenge solvers for its whole life (the built-in DNS
 //! responder included), and the one path to the TLS resolver: [`Manager::publish`]
-//! reads every stored certificate and swaps the resolver's map. Renewals, the
+//! reads the stored certificates (all, or only those that changed) and swaps
+//! the resolver's map. Renewals, the
 //! watcher, control jobs and SIGHUP all end in it. Its file I/O runs on the
 //! storage's blocking pool and its CPU work (placeholder keys) on tokio's
 //! blocking pool, never on a thread that serves connections. Models:
@@ -14,7 +15,7 @@ mod control;
 mod schedule;
 mod watch;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -26,8 +27,8 @@ pub use control::{bind as bind_control, delegate, socket_path, status, Request};
 
 use crate::acme::solver::Solvers;
 use crate::config::Config;
-use crate::store::{self, Store};
-use crate::tls::{self, BuildReport, Certs};
+use crate::store::{self, Store, StoreError};
+use crate::tls::{self, BuildReport, Certs, Stored};
 
 /// A lineage's pair as read, and what checking it gave.
 struct Checked {
@@ -53,10 +54,11 @@ struct Inner {
     /// The fingerprint of `live/` the published map was built from, so the
     /// watcher tells others' writes from what was already published.
     published: Mutex<Option<u64>>,
-    /// One publish at a time, so two never interleave their swaps; it
-    /// holds each lineage's pair as last read and checked, so a publish
-    /// checks again only the pairs whose bytes changed.
-    publishing: tokio::sync::Mutex<HashMap<String, Checked>>,
+    /// One publish at a time, so two never interleave their swaps.
+    publishing: tokio::sync::Mutex<()>,
+    /// Each lineage's pair as last read and checked, so a publish or the
+    /// schedule checks again only the pairs whose bytes changed.
+    checked: Mutex<HashMap<String, Checked>>,
     /// What `edge status` is answered from, once the daemon has built it.
     status: std::sync::OnceLock<Arc<crate::status::Source>>,
 }
@@ -75,7 +77,8 @@ impl Manager {
                 wake: Notify::new(),
                 next: ArcSwap::from_pointee(None),
                 published: Mutex::new(None),
-                publishing: tokio::sync::Mutex::new(HashMap::new()),
+                publishing: tokio::sync::Mutex::new(()),
+                checked: Mutex::new(HashMap::new()),
                 status: std::sync::OnceLock::new(),
             }),
         };
@@ -147,40 +150,71 @@ impl Manager {
     /// path from storage to the TLS listener. A lineage that fails to load
     /// keeps what was served for it before.
     pub async fn publish(&self) -> BuildReport {
-        let mut checked = self.inner.publishing.lock().await;
+        self.publish_scope(None).await
+    }
+
+    /// As [`Manager::publish`], reading again only `lineages` (those a
+    /// renewal or another node changed); every other lineage keeps what is
+    /// served for it, so a change costs the same with 5 certificates or 500.
+    pub(crate) async fn publish_only(&self, lineages: &BTreeSet<String>) -> BuildReport {
+        self.publish_scope(Some(lineages)).await
+    }
+
+    async fn publish_scope(&self, only: Option<&BTreeSet<String>>) -> BuildReport {
+        let _one = self.inner.publishing.lock().await;
         let store = &self.inner.store;
+        let cluster = store.backend().cluster();
+        // On one host every publish reads everything: the fingerprint the
+        // watcher's poll compares covers all of `live/`, so a publish that
+        // read part of it cannot record it.
+        let only = only.filter(|_| cluster.is_some());
+        // Taken before reading, so each is served by the time it is timed.
+        let swaps = cluster.map(|c| c.take_swaps(only));
         // Taken before reading: a write that lands while this reads changes
-        // the fingerprint again, and the watcher publishes once more.
-        let fingerprint = store.live_fingerprint().await.ok();
+        // the fingerprint again, and the watcher publishes once more. A
+        // fleet's mirror is not polled (`watch`), so it needs none.
+        let fingerprint = match cluster {
+            None => store.live_fingerprint().await.ok(),
+            Some(_) => None,
+        };
+        let previous = self.inner.certs.current_full();
         let mut stored = Vec::new();
-        match store.lineages().await {
-            Ok(lineages) => {
-                let present: std::collections::HashSet<&String> = lineages.iter().collect();
-                checked.retain(|name, _| present.contains(name));
-                for name in lineages {
-                    let loaded = match store.live_pair(&name).await {
-                        Err(e) => Err(e),
-                        Ok(pair) => match checked.get(&name) {
-                            Some(c) if c.pair == pair => Ok(c.loaded.clone()),
-                            _ => {
-                                let loaded = store::certified_key(&name, &pair.0, &pair.1);
-                                if let Ok(l) = &loaded {
-                                    let c = Checked {
-                                        pair,
-                                        loaded: l.clone(),
-                                    };
-                                    checked.insert(name.clone(), c);
-                                }
-                                loaded
-                            }
-                        },
+        let names = match only {
+            Some(only) => {
+                let kept: BTreeSet<&str> = previous
+                    .entries()
+                    .iter()
+                    .filter_map(|e| e.lineage.as_deref())
+                    .filter(|l| !only.contains(*l))
+                    .collect();
+                stored.extend(kept.into_iter().map(|l| (l.to_string(), Stored::Kept)));
+                Ok(only.iter().cloned().collect())
+            }
+            None => store.lineages().await,
+        };
+        match names {
+            Ok(names) => {
+                if only.is_none() {
+                    let present: HashSet<&String> = names.iter().collect();
+                    self.checked().retain(|name, _| present.contains(name));
+                }
+                for name in names {
+                    let loaded = match self.load_live(&name).await {
+                        Err(StoreError::NotFound { .. })
+                            if only.is_some() && !Self::has_live(store, &name).await =>
+                        {
+                            // Removed: no longer served.
+                            self.checked().remove(&name);
+                            continue;
+                        }
+                        Err(e) => Stored::Refused(e),
+                        Ok(l) => Stored::Loaded(l),
                     };
                     stored.push((name, loaded));
                 }
             }
             Err(e) => tracing::error!("cannot list the stored certificates: {e}"),
         }
-        let previous = self.inner.certs.current_full();
         let cfg = self.config();
         let (map, report) = tokio::task::spawn_blocking(move || {
             tls::build_map(stored, &cfg.sites, Some(&previous))
@@ -189,21 +223,22 @@ impl Manager {
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         tls::log_report(&report);
         for e in map.entries() {
-            if let Some(l) = &e.lineage {
-                let secs = e
-                    .not_after
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0);
-                crate::metrics::METRICS
-                    .cert_expiry
-                    .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
-                    .set(secs);
-            }
+            let Some(l) = e.lineage.as_ref().filter(|l| report.loaded.contains(l)) else {
+                continue;
+            };
+            let secs = e
+                .not_after
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            crate::metrics::METRICS
+                .cert_expiry
+                .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
+                .set(secs);
         }
         self.inner.certs.replace(map);
-        if let Some(c) = store.backend().cluster() {
-            c.note_published();
+        if let (Some(c), Some(swaps)) = (cluster, swaps) {
+            c.note_published(swaps);
         }
         *self
             .inner
@@ -211,6 +246,37 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = fingerprint;
         report
+    }
+
+    /// A lineage's live pair, read and checked; checked again only when its
+    /// bytes changed since the last time.
+    pub(crate) async fn load_live(&self, name: &str) -> Result<store::LoadedCert, StoreError> {
+        let pair = self.inner.store.live_pair(name).await?;
+        if let Some(c) = self.checked().get(name).filter(|c| c.pair == pair) {
+            return Ok(c.loaded.clone());
+        }
+        let loaded = store::certified_key(name, &pair.0, &pair.1)?;
+        let c = Checked {
+            pair,
+            loaded: loaded.clone(),
+        };
+        self.checked().insert(name.to_string(), c);
+        Ok(loaded)
+    }
+
+    fn checked(&self) -> std::sync::MutexGuard<'_, HashMap<String, Checked>> {
+        self.inner.checked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether anything of the lineage is left under `live/`.
+    async fn has_live(store: &Store, name: &str) -> bool {
+        let files = ["fullchain.pem", "privkey.pem"];
+        for f in files {
+            if let Ok(Some(_)) = store.backend().load(&format!("live/{name}/{f}")).await {
+                return true;
+            }
+        }
+        false
     }
 
     /// The fingerprint of `live/` the served map was built from.

@@ -3,8 +3,8 @@
 //! At start every site is checked; a site without a usable certificate is
 //! obtained in the background while its placeholder serves, and each
 //! certificate then waits for its due time (the same policy as `edge renew`,
-//! plus a little jitter so that many edges do not hit the CA at once). After
-//! every success the manager publishes. Control jobs and SIGHUP wake it early.
+//! plus a little jitter so that many edges do not hit the CA at once). Each
+//! success is published at once. Control jobs and SIGHUP wake it early.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -89,6 +89,9 @@ async fn pass(m: &Manager) -> Duration {
         // a wait counts with its time.
         let when = match outcome {
             Ok(()) => {
+                // Served at once, not after the rest of the pass's orders.
+                m.publish_only(&std::collections::BTreeSet::from([lineage]))
+                    .await;
                 changed = true;
                 continue;
             }
@@ -97,9 +100,6 @@ async fn pass(m: &Manager) -> Duration {
         if next.as_ref().is_none_or(|(_, t)| when < *t) {
             next = Some((lineage, when));
         }
-    }
-    if changed {
-        m.publish().await;
     }
     m.inner.next.store(std::sync::Arc::new(next.clone()));
     match next {
@@ -121,7 +121,7 @@ async fn need(m: &Manager, cfg: &Config, site: &Site, lineage: &str, now: System
         .not_before
         .map(store::from_unix)
         .filter(|t| *t > now && state.failures > 0);
-    let loaded = match store.load_live(lineage).await {
+    let loaded = match m.load_live(lineage).await {
         Ok(l) => l,
         Err(_) => {
             return match backoff {

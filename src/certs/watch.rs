@@ -10,9 +10,12 @@
 //! them, which records their fingerprint, so they are not picked up twice.
 //! Publishing validates each pair; a bad one is refused and the old one stays.
 //!
-//! A backend that pushes (the fleet's etcd) says when another node stored
-//! something: that is published at once, with no wait for a poll, and the
-//! schedule looks again (a lock let go, a renewal another node left unfinished).
+//! A backend that pushes (the fleet's etcd) says what another node stored:
+//! those lineages are published at once, with no wait for a poll, and when a
+//! lock was let go the schedule looks again (a renewal another node left
+//! unfinished). Its `live/` is the fleet's copy and is not polled: a file put
+//! there by hand is not the fleet's, so certificates enter a fleet through
+//! edge (`edge obtain`, or a node that ran alone seeding its copy).
 
 use std::time::Duration;
 
@@ -22,24 +25,39 @@ use super::Manager;
 
 pub const POLL: Duration = Duration::from_millis(500);
 
-pub(super) async fn run(m: Manager, mut stop: watch::Receiver<bool>) {
-    let mut pending: Option<u64> = None;
-    let mut pushed = m.store().backend().changes();
+pub(super) async fn run(m: Manager, stop: watch::Receiver<bool>) {
+    match m.store().backend().changes() {
+        Some(pushed) => follow(m, pushed, stop).await,
+        None => poll(m, stop).await,
+    }
+}
+
+/// A backend that pushes: each change is published as it comes, reading
+/// only the lineages it touched. Its mirror of `live/` is the fleet's copy,
+/// rewritten from the store, so it is not polled.
+async fn follow(m: Manager, mut pushed: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
     loop {
-        let push = async {
-            match pushed.as_mut() {
-                Some(rx) => rx.changed().await.is_ok(),
-                None => std::future::pending().await,
-            }
-        };
+        tokio::select! {
+            r = pushed.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
+        }
+        let what = m.store().backend().take_pushed();
+        if what.all {
+            m.publish().await;
+        } else if !what.lineages.is_empty() {
+            m.publish_only(&what.lineages).await;
+        }
+        if what.wake {
+            m.inner.wake.notify_one();
+        }
+    }
+}
+
+async fn poll(m: Manager, mut stop: watch::Receiver<bool>) {
+    let mut pending: Option<u64> = None;
+    loop {
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
-            true = push => {
-                m.publish().await;
-                m.inner.wake.notify_one();
-                pending = None;
-                continue;
-            }
             _ = stop.changed() => return,
         }
         let now = match m.store().live_fingerprint().await {

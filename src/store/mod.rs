@@ -123,8 +123,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
 
     /// A backend that pushes changes (another node stored a certificate, a
     /// lock was let go) bumps this; `None` for one the caller must poll.
+    /// What changed is then asked with [`Storage::take_pushed`].
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         None
+    }
+
+    /// What changed since this was last asked, for a backend that pushes:
+    /// the caller then reads only those lineages again.
+    fn take_pushed(&self) -> Pushed {
+        Pushed {
+            all: true,
+            wake: true,
+            ..Pushed::default()
+        }
     }
 
     /// The fleet store, when this is one.
@@ -137,6 +148,19 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+}
+
+/// What a pushing backend says changed since it was last asked.
+#[derive(Debug, Default)]
+pub struct Pushed {
+    /// Anything under `live/` may have changed (the store was read anew):
+    /// every lineage is read again.
+    pub all: bool,
+    /// The lineages whose `live/` files changed.
+    pub lineages: std::collections::BTreeSet<String>,
+    /// A lock was let go or the store came back: due renewals that waited
+    /// look again.
+    pub wake: bool,
 }
 
 /// What a fenced write compares: the lock's key and the revision that

@@ -93,6 +93,14 @@ struct Inner {
     lease: tokio::sync::Mutex<Option<lease::NodeLease>>,
 }
 
+/// A certificate another node wrote, timed from its write to its use here.
+#[derive(Debug)]
+pub(crate) struct Swap {
+    lineage: String,
+    node: String,
+    at_ms: u64,
+}
+
 /// What the watch keeps in memory besides the mirror.
 #[derive(Default)]
 struct Shared {
@@ -105,9 +113,11 @@ struct Shared {
     /// Stored keys whose value the key-encryption key does not open, so each
     /// is logged once.
     unopened: BTreeSet<String>,
-    /// Certificates written by another node, not yet published here:
-    /// (lineage, writer, written at).
-    swaps: Vec<(String, String, u64)>,
+    /// Certificates written by another node, in the mirror and not yet
+    /// published here.
+    swaps: Vec<Swap>,
+    /// What changed since the manager last asked.
+    pushed: crate::store::Pushed,
     /// The key-encryption key opens `kek-check`: `None` before it is known.
     kek_ok: Option<bool>,
 }
@@ -250,18 +260,29 @@ impl Cluster {
         Ok(())
     }
 
+    /// The certificates other nodes wrote that a publish about to read
+    /// `only` (every lineage when `None`) will serve; handed back to
+    /// [`Cluster::note_published`] once it has.
+    pub(crate) fn take_swaps(&self, only: Option<&BTreeSet<String>>) -> Vec<Swap> {
+        let mut s = self.inner.shared();
+        let (taken, kept) = std::mem::take(&mut s.swaps)
+            .into_iter()
+            .partition(|w| only.is_none_or(|o| o.contains(&w.lineage)));
+        s.swaps = kept;
+        taken
+    }
+
     /// Records in the metrics how long certificates other nodes wrote took to
-    /// be served here; called once they are published.
-    pub fn note_published(&self) {
-        let swaps = std::mem::take(&mut self.inner.shared().swaps);
+    /// be served here.
+    pub(crate) fn note_published(&self, swaps: Vec<Swap>) {
         let now = sync::unix_ms(SystemTime::now());
-        for (lineage, node, at) in swaps {
-            let secs = now.saturating_sub(at) as f64 / 1000.0;
+        for w in swaps {
+            let secs = now.saturating_sub(w.at_ms) as f64 / 1000.0;
             crate::metrics::METRICS.cluster_swap_seconds.observe(secs);
             tracing::info!(
-                lineage,
-                stored_by = node,
-                swap_ms = now.saturating_sub(at),
+                lineage = w.lineage,
+                stored_by = w.node,
+                swap_ms = now.saturating_sub(w.at_ms),
                 "serving the certificate another node stored"
             );
         }
@@ -610,6 +631,10 @@ impl Storage for Cluster {
 
     fn changes(&self) -> Option<watch::Receiver<u64>> {
         Some(self.inner.changes.subscribe())
+    }
+
+    fn take_pushed(&self) -> crate::store::Pushed {
+        std::mem::take(&mut self.inner.shared().pushed)
     }
 
     fn cluster(&self) -> Option<&Cluster> {

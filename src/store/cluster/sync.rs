@@ -67,6 +67,7 @@ fn set_up(inner: &Inner) {
     if was_down {
         tracing::info!(endpoints = ?inner.cfg.endpoints, "following the fleet's store in etcd");
         // Renewals that waited for the store look again.
+        inner.shared().pushed.wake = true;
         inner.changes.send_modify(|n| *n += 1);
     }
 }
@@ -220,30 +221,48 @@ fn lineage_of(rel: &str) -> Option<&str> {
 const MIRRORED: [&str; 3] = ["live/", "accounts/", "renewal/"];
 
 /// Applies stored changes to the in-memory maps and the mirror; tells the
-/// manager when something it acts on changed.
+/// manager what it acts on changed (a lineage's files, a lock let go), once
+/// the mirror holds it.
 async fn apply(inner: &Arc<Inner>, changes: Vec<Change>, full: bool) {
-    let mut notify = false;
+    let mut wake = false;
+    let mut swaps = Vec::new();
     let mut mirrored = Vec::new();
     {
         let mut s = inner.shared();
         for c in changes {
-            match remember(&mut s, &inner.node, &c, full) {
-                Some(n) => notify |= n,
+            match remember(&mut s, &inner.node, &c, full, &mut swaps) {
+                Some(w) => wake |= w,
                 None if MIRRORED.iter().any(|p| c.rel.starts_with(p)) => mirrored.push(c),
                 None => {}
             }
         }
     }
-    notify |= mirror(inner, mirrored).await;
-    if notify {
-        inner.changes.send_modify(|n| *n += 1);
+    let touched = mirror(inner, mirrored).await;
+    if !(full || wake || !touched.is_empty()) {
+        return;
     }
+    {
+        let mut s = inner.shared();
+        s.pushed.all |= full;
+        s.pushed.wake |= wake || full;
+        s.pushed.lineages.extend(touched);
+        // A swap counts from here: its files are in the mirror.
+        s.swaps.extend(swaps);
+    }
+    inner.changes.send_modify(|n| *n += 1);
 }
 
 /// Applies a change to a key kept in memory (a lock, a challenge record, a
 /// certificate's last writer): `None` when the key is not one of those,
-/// else whether the schedule should look again (a lock was let go).
-fn remember(s: &mut Shared, me: &str, c: &Change, full: bool) -> Option<bool> {
+/// else whether the schedule should look again (a lock was let go). A
+/// certificate another node wrote goes to `swaps`, to be timed.
+fn remember(
+    s: &mut Shared,
+    me: &str,
+    c: &Change,
+    full: bool,
+    swaps: &mut Vec<super::Swap>,
+) -> Option<bool> {
     let rel = c.rel.as_str();
     if let Some(name) = rel.strip_prefix("locks/") {
         match &c.value {
@@ -275,7 +294,11 @@ fn remember(s: &mut Shared, me: &str, c: &Change, full: bool) -> Option<bool> {
             .and_then(|v| serde_json::from_slice::<Written>(v).ok());
         if let Some(w) = w {
             if !full && w.node != me {
-                s.swaps.push((name.to_string(), w.node.clone(), w.at_ms));
+                swaps.push(super::Swap {
+                    lineage: name.to_string(),
+                    node: w.node.clone(),
+                    at_ms: w.at_ms,
+                });
             }
             s.written.insert(name.to_string(), w);
         }
@@ -286,8 +309,8 @@ fn remember(s: &mut Shared, me: &str, c: &Change, full: bool) -> Option<bool> {
 }
 
 /// Applies changes of mirrored keys to the mirror, secrets opened first;
-/// returns whether a file changed.
-async fn mirror(inner: &Arc<Inner>, changes: Vec<Change>) -> bool {
+/// returns the lineages whose `live/` files changed.
+async fn mirror(inner: &Arc<Inner>, changes: Vec<Change>) -> BTreeSet<String> {
     let mut writes: Vec<Entry> = Vec::new();
     let mut deletes: Vec<String> = Vec::new();
     let mut refused: BTreeSet<String> = BTreeSet::new();
@@ -316,7 +339,13 @@ async fn mirror(inner: &Arc<Inner>, changes: Vec<Change>) -> bool {
             changed.push(e);
         }
     }
-    let any = !changed.is_empty() || !deletes.is_empty();
+    let touched: BTreeSet<String> = changed
+        .iter()
+        .map(|e| e.key.as_str())
+        .chain(deletes.iter().map(String::as_str))
+        .filter_map(lineage_of)
+        .map(str::to_string)
+        .collect();
     if !changed.is_empty() {
         if let Err(e) = inner.mirror.store(&changed, None).await {
             tracing::error!("cannot write the fleet's state to the local copy: {e}");
@@ -327,7 +356,7 @@ async fn mirror(inner: &Arc<Inner>, changes: Vec<Change>) -> bool {
             tracing::error!("cannot update the local copy: {e}");
         }
     }
-    any
+    touched
 }
 
 /// A stored value as the mirror takes it: a sealed one opened (and marked
