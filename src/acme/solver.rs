@@ -218,6 +218,14 @@ impl Solver for DnsPersist01 {
                 }
             }
             self.dns01.publisher().await?.present(&missing, ui).await?;
+            // In a fleet the built-in zone's record is the fleet's, kept in
+            // etcd beyond this node's life: every node answers it, for this
+            // order and every later one.
+            if self.dns01.dns.provider.serves_records() {
+                if let Some(c) = crate::store::cluster::Cluster::current() {
+                    c.keep_txt(&shared(&missing)).await?;
+                }
+            }
             self.published
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -242,7 +250,11 @@ impl Solver for DnsPersist01 {
                     .cloned()
                     .collect()
             };
-            if ours.is_empty() || self.dns01.dns.provider.serves_records() {
+            // edge's own zone serves them at once; in a fleet the node the
+            // CA asks learns them through etcd, so they are checked.
+            let own = self.dns01.dns.provider.serves_records()
+                && crate::store::cluster::Cluster::current().is_none();
+            if ours.is_empty() || own {
                 return Ok(());
             }
             self.dns01.wait_visible(&ours, ui).await

@@ -199,6 +199,8 @@ impl Etcd {
 enum Dns {
     /// Each node's built-in responder for `fleet.test`; Pebble asks node 0's.
     Builtin,
+    /// As `Builtin`, with `challenge = "dns-persist-01"` and Pebble v2.10.1.
+    BuiltinPersist,
     /// An exec hook that adds the record in challtestsrv; it waits 4 s (and
     /// leaves a marker) when the file `slow` exists in the node's dir, so a
     /// test can act while an order is in flight. Cleanup leaves records in
@@ -308,6 +310,11 @@ impl Fleet {
                 &format!("127.0.0.1:{}", dns_ports[0]),
                 &[("PEBBLE_AUTHZREUSE", "0")],
             ),
+            Dns::BuiltinPersist => Pebble::current_dns(
+                &[("default", validity_secs)],
+                Some(&format!("127.0.0.1:{}", dns_ports[0])),
+                &[("PEBBLE_AUTHZREUSE", "0")],
+            ),
             Dns::Exec => Pebble::start_env(validity_secs, &[("PEBBLE_AUTHZREUSE", "0")]),
         };
         let flask = Flask::start(1);
@@ -325,7 +332,7 @@ impl Fleet {
         for (i, dns_port) in dns_ports.iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
             let provider = match dns {
-                Dns::Builtin => format!(
+                Dns::Builtin | Dns::BuiltinPersist => format!(
                     "provider = \"builtin\"\nlisten = \"127.0.0.1:{dns_port}\"\nzone = \"{ZONE}\""
                 ),
                 Dns::Exec => {
@@ -353,6 +360,10 @@ impl Fleet {
                 kek = kek.display(),
                 site = site(&[NAME], &[flask.addr()]),
             );
+            let body = match dns {
+                Dns::BuiltinPersist => body + "challenge = \"dns-persist-01\"\n",
+                _ => body,
+            };
             let cfg = dir.path().join("edge.toml");
             std::fs::write(&cfg, body).unwrap();
             nodes.push(Node {
@@ -651,6 +662,44 @@ fn renew_force_on_every_node_orders_once_and_all_swap_within_a_second() {
             "{k} holds a private key in the clear"
         );
     }
+}
+
+/// dns-persist-01 with the built-in zone: the record is the fleet's, kept in
+/// etcd beyond any node's lease, so the node the CA asks answers it whoever
+/// set it, also after that node restarted with nothing in memory, and later
+/// orders on any node make no DNS change.
+#[test]
+fn a_dns_persist_01_record_is_answered_by_every_node_and_set_once() {
+    let mut f = Fleet::start(Dns::BuiltinPersist, 3600);
+    let (mut serial, _) = f.wait_same_serial(&[0, 1, 2], "", Duration::from_secs(60));
+    // Node 0 is the one Pebble asks: restarted (past its lease, so nothing
+    // bound to it is left), it answers from etcd alone.
+    f.nodes[0].stop();
+    std::thread::sleep(Duration::from_secs(LEASE_SECS + 1));
+    f.nodes[0].start();
+    for i in [1, 2] {
+        let o = f.nodes[i].run(&["renew", "--force"]);
+        let t = text(&o);
+        assert!(o.status.success(), "node {i}: {t}\n{}", f.logs());
+        // Pebble reuses a valid authorization 1% of the time even with
+        // PEBBLE_AUTHZREUSE=0: then nothing is validated at all.
+        assert!(
+            t.contains("already in place: no DNS change")
+                || t.contains("the CA already holds a valid authorization"),
+            "node {i}: {t}"
+        );
+        let (next, _) = f.wait_same_serial(&[0, 1, 2], &serial, Duration::from_secs(10));
+        serial = next;
+    }
+    assert_eq!(f.issued(), 3);
+    let kept: Vec<String> = f
+        .etcd
+        .scan(PREFIX)
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| k.contains("challenges/_validation-persist.www.fleet.test/"))
+        .collect();
+    assert_eq!(kept.len(), 1, "one persist record in etcd: {kept:?}");
 }
 
 fn metric(text: &str, name: &str) -> f64 {

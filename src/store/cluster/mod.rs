@@ -224,14 +224,26 @@ impl Cluster {
     /// so they go when it does): every node's built-in responder answers them.
     pub async fn share_txt(&self, records: &[(String, String)]) -> Result<(), StoreError> {
         let (lease, _) = self.inner.lease().await?;
+        self.put_txt(records, Some(lease)).await
+    }
+
+    /// Publishes TXT records for the whole fleet that stay when this node
+    /// goes (dns-persist-01's, which are set once and kept for every later
+    /// order, whichever node makes it).
+    pub async fn keep_txt(&self, records: &[(String, String)]) -> Result<(), StoreError> {
+        self.put_txt(records, None).await
+    }
+
+    async fn put_txt(
+        &self,
+        records: &[(String, String)],
+        lease: Option<i64>,
+    ) -> Result<(), StoreError> {
         let ops: Vec<TxnOp> = records
             .iter()
             .map(|(fqdn, value)| {
-                TxnOp::put(
-                    self.inner.txt_key(fqdn, value),
-                    value.as_bytes(),
-                    Some(etcd_client::PutOptions::new().with_lease(lease)),
-                )
+                let opts = lease.map(|l| etcd_client::PutOptions::new().with_lease(l));
+                TxnOp::put(self.inner.txt_key(fqdn, value), value.as_bytes(), opts)
             })
             .collect();
         let txn = Txn::new().and_then(ops);
