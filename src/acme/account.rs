@@ -68,33 +68,64 @@ fn directory_error(cfg: &Acme, e: instant_acme::Error) -> AcmeError {
     }
 }
 
+/// The lock held while an account is registered, so processes (and a
+/// fleet's nodes) starting at once register one account between them, not
+/// one each. `@` is never in a certificate name, so it names no lineage.
+const ACCOUNT_LOCK: &str = "@account";
+
 /// Loads the stored account for this directory, or registers a new one.
 pub async fn load_or_create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError> {
-    if let Some(bytes) = store.account(&cfg.directory).await? {
-        match serde_json::from_slice::<AccountCredentials>(&bytes) {
-            Ok(creds) => {
-                let retry_after = RetryAfter::default();
-                let account = builder(cfg, &retry_after)
-                    .await?
-                    .from_credentials(creds)
-                    .await
-                    .map_err(|e| directory_error(cfg, e))?;
-                return Ok(Ca {
-                    account,
-                    directory: cfg.directory.clone(),
-                    retry_after,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(path = %store.account_location(&cfg.directory), "stored ACME account is unreadable ({e}); registering a new one");
-            }
+    if let Some(ca) = stored(cfg, store).await? {
+        return Ok(ca);
+    }
+    let _lock = store.lock(ACCOUNT_LOCK).await?;
+    // Registered by another process or node while this one waited.
+    if let Some(ca) = stored(cfg, store).await? {
+        return Ok(ca);
+    }
+    create(cfg, store, ui).await
+}
+
+/// Registers a new account in place of `gone`, which the CA no longer knows,
+/// unless another process or node already did while this one waited.
+pub async fn replace(cfg: &Acme, store: &Store, ui: &Ui, gone: &Ca) -> Result<Ca, AcmeError> {
+    let _lock = store.lock(ACCOUNT_LOCK).await?;
+    if let Some(ca) = stored(cfg, store).await? {
+        if ca.account.id() != gone.account.id() {
+            return Ok(ca);
         }
     }
     create(cfg, store, ui).await
 }
 
+/// The stored account for this directory, if there is a readable one.
+async fn stored(cfg: &Acme, store: &Store) -> Result<Option<Ca>, AcmeError> {
+    let Some(bytes) = store.account(&cfg.directory).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_slice::<AccountCredentials>(&bytes) {
+        Ok(creds) => {
+            let retry_after = RetryAfter::default();
+            let account = builder(cfg, &retry_after)
+                .await?
+                .from_credentials(creds)
+                .await
+                .map_err(|e| directory_error(cfg, e))?;
+            Ok(Some(Ca {
+                account,
+                directory: cfg.directory.clone(),
+                retry_after,
+            }))
+        }
+        Err(e) => {
+            tracing::warn!(path = %store.account_location(&cfg.directory), "stored ACME account is unreadable ({e}); registering a new one");
+            Ok(None)
+        }
+    }
+}
+
 /// Registers a new account (terms accepted, contacts, EAB) and stores it.
-pub async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError> {
+async fn create(cfg: &Acme, store: &Store, ui: &Ui) -> Result<Ca, AcmeError> {
     let contact: Vec<&str> = cfg.contact.iter().map(String::as_str).collect();
     let eab = match &cfg.eab {
         None => None,

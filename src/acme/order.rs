@@ -114,7 +114,7 @@ pub async fn obtain(
                 tracing::warn!(
                     "the CA does not know the stored account any more; registering a new one"
                 );
-                ca = account::create(&cfg.acme, store, ui).await?;
+                ca = account::replace(&cfg.acme, store, ui, &ca).await?;
                 // A new account replaces nothing it did not order.
                 again_on_bad_nonce!(ca.account.new_order(&plain).await).map_err(|e| ca.err(e))?
             }

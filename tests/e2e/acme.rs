@@ -99,6 +99,38 @@ fn obtain_one_name_stores_a_verifiable_chain_safely() {
 /// request, and the client should send it again. With Pebble refusing 60% of
 /// nonces, instant-acme's own three tries lose about one request in five, so an
 /// order of a dozen requests would almost never complete without edge's rounds.
+/// Two obtains started together on one state directory (as two nodes of a
+/// fleet at their first start): one registers the account, the other waits
+/// for it and orders with the same one.
+#[test]
+fn two_obtains_at_once_register_one_account() {
+    let p = Pebble::start();
+    let (dir, cfg) = acme_config(&p, &p.challtestsrv_dns(), "");
+    let outs: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = ["one.test", "two.test"]
+            .map(|d| {
+                let cfg = &cfg;
+                s.spawn(move || {
+                    let o = edge(&["obtain", "--domain", d], cfg);
+                    assert!(o.status.success(), "{}", text(&o));
+                    text(&o)
+                })
+            })
+            .into_iter()
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let all = outs.concat();
+    assert_eq!(
+        all.matches("Registering an ACME account").count(),
+        1,
+        "{all}"
+    );
+    for d in ["one.test", "two.test"] {
+        verify_chain(&p, &state(&dir).join("live").join(d));
+    }
+}
+
 #[test]
 fn obtain_completes_while_the_ca_refuses_most_nonces() {
     let p = Pebble::start_env(3600, &[("PEBBLE_WFE_NONCEREJECT", "60")]);
