@@ -164,18 +164,19 @@ impl Manager {
         let _one = self.inner.publishing.lock().await;
         let store = &self.inner.store;
         let cluster = store.backend().cluster();
-        // On one host every publish reads everything: the fingerprint the
-        // watcher's poll compares covers all of `live/`, so a publish that
-        // read part of it cannot record it.
-        let only = only.filter(|_| cluster.is_some());
+        // A store that pushes says what changed and is not polled (`watch`).
+        // One that is polled has every publish read everything: the
+        // fingerprint the poll compares covers all of `live/`, so a publish
+        // that read part of it cannot record it.
+        let pushes = store.backend().changes().is_some();
+        let only = only.filter(|_| pushes);
         // Taken before reading, so each is served by the time it is timed.
         let swaps = cluster.map(|c| c.take_swaps(only));
         // Taken before reading: a write that lands while this reads changes
-        // the fingerprint again, and the watcher publishes once more. A
-        // fleet's mirror is not polled (`watch`), so it needs none.
-        let fingerprint = match cluster {
-            None => store.live_fingerprint().await.ok(),
-            Some(_) => None,
+        // the fingerprint again, and the poll publishes once more.
+        let fingerprint = match pushes {
+            false => store.live_fingerprint().await.ok(),
+            true => None,
         };
         let previous = self.inner.certs.current_full();
         let mut stored = Vec::new();

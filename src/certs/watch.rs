@@ -37,10 +37,9 @@ pub(super) async fn run(m: Manager, stop: watch::Receiver<bool>) {
 /// rewritten from the store, so it is not polled.
 async fn follow(m: Manager, mut pushed: watch::Receiver<u64>, mut stop: watch::Receiver<bool>) {
     loop {
-        tokio::select! {
-            r = pushed.changed() => if r.is_err() { return },
-            _ = stop.changed() => return,
-        }
+        // Asked before waiting: a change pushed before this subscribed (while
+        // the daemon started) bumped a value the receiver counts as seen.
+        pushed.borrow_and_update();
         let what = m.store().backend().take_pushed();
         if what.all {
             m.publish().await;
@@ -49,6 +48,10 @@ async fn follow(m: Manager, mut pushed: watch::Receiver<u64>, mut stop: watch::R
         }
         if what.wake {
             m.inner.wake.notify_one();
+        }
+        tokio::select! {
+            r = pushed.changed() => if r.is_err() { return },
+            _ = stop.changed() => return,
         }
     }
 }

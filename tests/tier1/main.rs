@@ -15,5 +15,6 @@ mod lifecycle;
 mod limits;
 mod props;
 mod proxy;
+mod push;
 mod redirect;
 mod watch;
