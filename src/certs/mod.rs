@@ -5,11 +5,11 @@
 //! write (`watch`), the challenge solvers for its whole life (the built-in DNS
 //! responder included), and the one path to the TLS resolver: [`Manager::publish`]
 //! reads the stored certificates (all, or only those that changed) and swaps
-//! the resolver's map. Renewals, the
-//! watcher, control jobs and SIGHUP all end in it. Its file I/O runs on the
-//! storage's blocking pool and its CPU work (placeholder keys) on tokio's
-//! blocking pool, never on a thread that serves connections. Models:
-//! certmagic's `maintain.go` and `cache.go`, Pingora's background services.
+//! the resolver's map. Renewals, the watcher, control jobs and SIGHUP all end
+//! in it. Its file I/O runs on the storage's blocking pool and its CPU work
+//! (placeholder keys) on tokio's blocking pool, never on a thread that serves
+//! connections. Models: certmagic's `maintain.go` and `cache.go`, Pingora's
+//! background services.
 
 mod control;
 mod schedule;
@@ -223,8 +223,9 @@ impl Manager {
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         tls::log_report(&report);
+        let loaded: HashSet<&String> = report.loaded.iter().collect();
         for e in map.entries() {
-            let Some(l) = e.lineage.as_ref().filter(|l| report.loaded.contains(l)) else {
+            let Some(l) = e.lineage.as_ref().filter(|l| loaded.contains(l)) else {
                 continue;
             };
             let secs = e

@@ -86,8 +86,9 @@ struct Inner {
     applied: watch::Sender<i64>,
     /// Whether the watch is following etcd now; the reason when not.
     up: watch::Sender<Result<(), String>>,
-    /// Bumped when something under `live/` or `renewal/` changed in the
-    /// mirror, or a lock was let go: the manager publishes and looks again.
+    /// Bumped when `Shared::pushed` gained something (a lineage's `live/`
+    /// files changed in the mirror, a lock was let go, the store came back):
+    /// the manager asks what (`take_pushed`), publishes and looks again.
     changes: watch::Sender<u64>,
     state: Mutex<Shared>,
     lease: tokio::sync::Mutex<Option<lease::NodeLease>>,
