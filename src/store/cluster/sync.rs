@@ -441,3 +441,135 @@ async fn seed(inner: &Arc<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::watch;
+
+    async fn inner(dir: &std::path::Path) -> Arc<Inner> {
+        Arc::new(Inner {
+            cfg: crate::config::Cluster {
+                endpoints: vec!["http://127.0.0.1:9".into()],
+                prefix: "/edge/".into(),
+                node: "edge-0".into(),
+                lease: Duration::from_secs(15),
+                key_encryption_key_file: dir.join("kek"),
+                ca_file: None,
+                client_cert: None,
+                auth: None,
+            },
+            prefix: "/edge/".into(),
+            node: "edge-0".into(),
+            kek: seal::Kek::new(&[7u8; 32]).unwrap(),
+            mirror: crate::store::files::Files::open(dir).await.unwrap(),
+            client: tokio::sync::Mutex::new(None),
+            applied: watch::channel(0).0,
+            up: watch::channel(Ok(())).0,
+            changes: watch::channel(0).0,
+            state: std::sync::Mutex::new(Shared::default()),
+            lease: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    fn put(rel: &str, value: &[u8]) -> Change {
+        Change {
+            rel: rel.into(),
+            value: Some(value.to_vec()),
+        }
+    }
+
+    fn written(node: &str) -> Vec<u8> {
+        serde_json::to_vec(&Written {
+            node: node.into(),
+            at_ms: 1,
+        })
+        .unwrap()
+    }
+
+    /// What a watch event tells the manager: the lineages whose files it
+    /// changed in the mirror, a lock let go, another node's write to time;
+    /// and nothing (no wake-up at all) for what the manager does not act on.
+    #[tokio::test]
+    async fn a_watch_event_names_what_it_changed_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner = inner(dir.path()).await;
+        let mut rx = inner.changes.subscribe();
+        let key = b"-----BEGIN PRIVATE KEY-----\nk1\n-----END PRIVATE KEY-----\n";
+        let sealed = inner.kek.seal("live/a.test/privkey.pem", key);
+        let event = vec![
+            put("live/a.test/privkey.pem", &sealed),
+            put("live/a.test/fullchain.pem", b"chain 1"),
+            put("written/a.test", &written("edge-1")),
+            put("locks/b.test", b"edge-1 t1"),
+        ];
+        apply(&inner, event, false).await;
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        let opened = inner.mirror.load("live/a.test/privkey.pem").await.unwrap();
+        assert_eq!(
+            opened.as_deref(),
+            Some(&key[..]),
+            "the key is opened into the mirror"
+        );
+        {
+            let mut s = inner.shared();
+            let p = std::mem::take(&mut s.pushed);
+            assert_eq!(p.lineages, BTreeSet::from(["a.test".to_string()]));
+            assert!(!p.all && !p.wake, "{p:?}");
+            assert_eq!(s.swaps.len(), 1);
+            assert_eq!(s.swaps[0].lineage, "a.test");
+            assert_eq!(s.holders.get("b.test").map(String::as_str), Some("edge-1"));
+        }
+
+        // The same bytes again (this node's own write coming back), a
+        // renewal state, a challenge record: nothing for the manager.
+        let event = vec![
+            put("live/a.test/fullchain.pem", b"chain 1"),
+            put("renewal/a.test.json", b"{}"),
+            put("challenges/_acme-challenge.a.test/0011", b"v"),
+        ];
+        apply(&inner, event, false).await;
+        assert!(!rx.has_changed().unwrap(), "woke the manager for nothing");
+
+        // A lock let go wakes the schedule; it touches no lineage.
+        let gone = Change {
+            rel: "locks/b.test".into(),
+            value: None,
+        };
+        apply(&inner, vec![gone], false).await;
+        assert!(rx.has_changed().unwrap());
+        rx.borrow_and_update();
+        let p = std::mem::take(&mut inner.shared().pushed);
+        assert!(p.wake && p.lineages.is_empty(), "{p:?}");
+
+        // A key sealed with another key-encryption key, or stored unsealed,
+        // is not taken: the certificate is left whole, nothing is published.
+        let other = seal::Kek::new(&[8u8; 32]).unwrap();
+        let event = vec![
+            put(
+                "live/a.test/privkey.pem",
+                &other.seal("live/a.test/privkey.pem", b"k2"),
+            ),
+            put("live/a.test/fullchain.pem", b"chain 2"),
+        ];
+        apply(&inner, event, false).await;
+        let event = vec![
+            put("live/a.test/privkey.pem", key),
+            put("live/a.test/fullchain.pem", b"chain 3"),
+        ];
+        apply(&inner, event, false).await;
+        assert!(!rx.has_changed().unwrap());
+        let chain = inner
+            .mirror
+            .load("live/a.test/fullchain.pem")
+            .await
+            .unwrap();
+        assert_eq!(chain.as_deref(), Some(&b"chain 1"[..]));
+
+        // A full read asks for everything to be read again.
+        apply(&inner, vec![], true).await;
+        let p = std::mem::take(&mut inner.shared().pushed);
+        assert!(p.all && p.wake, "{p:?}");
+    }
+}
