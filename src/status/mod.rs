@@ -40,6 +40,19 @@ pub struct Snapshot {
     /// Limits reached since start, by config key.
     pub limits_hit: Vec<LimitHit>,
     pub open_connections: i64,
+    /// This node in a fleet (`[cluster]`); absent on a single node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<Fleet>,
+}
+
+/// A fleet node's view of the shared store.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Fleet {
+    pub node: String,
+    /// Whether the node follows etcd now; why not when it does not (it then
+    /// serves its local copy and due renewals wait).
+    pub store_up: bool,
+    pub store_down_why: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,6 +91,12 @@ pub struct Certificate {
     pub profile: Option<String>,
     /// The DNS provider that answers its challenges.
     pub provider: String,
+    /// In a fleet: the node that stored this certificate and when (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_by: Option<String>,
+    /// In a fleet: the node holding its lock now (renewing it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -110,6 +129,12 @@ impl Snapshot {
     /// `fail_timeout`. Empty: all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
+        if let Some(f) = self.fleet.as_ref().filter(|f| !f.store_up) {
+            out.push(format!(
+                "the fleet's store (etcd) is not followed: {}; serving this node's copy, renewals wait",
+                f.store_down_why.as_deref().unwrap_or("no reason given")
+            ));
+        }
         for c in &self.certificates {
             let names = c.names.join(", ");
             match &c.lineage {
@@ -169,6 +194,7 @@ impl Source {
         let cfg = m.config();
         let now = crate::clock::now();
         let mut certificates = Vec::new();
+        let fleet = m.store().backend().cluster();
         let served = m.certs().current_full();
         for e in served.entries() {
             // A placeholder's renewal state is its site's lineage: what the
@@ -218,6 +244,10 @@ impl Source {
                 (Some(_), _) => Some("failed".to_string()),
             };
             let provider = cfg.dns.provider.name().to_string();
+            let facts = fleet
+                .zip(e.lineage.as_deref())
+                .map(|(c, l)| c.facts(l))
+                .unwrap_or_default();
             certificates.push(Certificate {
                 lineage: e.lineage.clone(),
                 names: e.names.clone(),
@@ -236,6 +266,11 @@ impl Source {
                 failures: state.failures,
                 profile: state.profile.clone(),
                 provider,
+                renewed_by: facts.written.map(|w| {
+                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(w.at_ms);
+                    format!("{} at {}", w.node, rfc3339(at))
+                }),
+                lock_holder: facts.lock_holder,
             });
         }
         certificates.sort_by(|a, b| a.names.cmp(&b.names));
@@ -307,6 +342,14 @@ impl Source {
             sites,
             limits_hit: crate::metrics::limits_hit(),
             open_connections: crate::metrics::METRICS.open_connections.get(),
+            fleet: fleet.map(|c| {
+                let health = c.health();
+                Fleet {
+                    node: c.node().to_string(),
+                    store_up: health.is_ok(),
+                    store_down_why: health.err(),
+                }
+            }),
         }
     }
 }
@@ -332,6 +375,8 @@ mod tests {
             failures: 0,
             profile: None,
             provider: "manual".into(),
+            renewed_by: None,
+            lock_holder: None,
         }
     }
 
@@ -360,6 +405,7 @@ mod tests {
             }],
             limits_hit: vec![],
             open_connections: 0,
+            fleet: None,
         }
     }
 
@@ -379,6 +425,23 @@ mod tests {
         assert_eq!(
             snapshot(vec![cert(Some("a.test"), 30.0)], Some(100.0)).problems(),
             ["a.test: upstream 127.0.0.1:1 down for 1m 40s (refused)"]
+        );
+        // A fleet node that cannot follow etcd: renewals wait for a person.
+        let mut s = snapshot(vec![cert(Some("a.test"), 30.0)], None);
+        s.fleet = Some(Fleet {
+            node: "edge-1".into(),
+            store_up: true,
+            store_down_why: None,
+        });
+        assert!(s.problems().is_empty());
+        s.fleet = Some(Fleet {
+            node: "edge-1".into(),
+            store_up: false,
+            store_down_why: Some("etcd does not answer through a quorum".into()),
+        });
+        assert_eq!(
+            s.problems(),
+            ["the fleet's store (etcd) is not followed: etcd does not answer through a quorum; serving this node's copy, renewals wait"]
         );
     }
 }

@@ -76,6 +76,16 @@ pub fn render(s: &Snapshot) -> String {
         s.open_connections,
         esc(&s.at)
     );
+    if let Some(f) = &s.fleet {
+        let store = match &f.store_down_why {
+            None => "<span class=\"ok\">following etcd</span>".to_string(),
+            Some(why) => format!(
+                "<span class=\"bad\">not following etcd ({}); serving this node's copy</span>",
+                esc(why)
+            ),
+        };
+        let _ = writeln!(o, "<p>Fleet node {}, {store}.</p>", esc(&f.node));
+    }
     let problems = s.problems();
     if problems.is_empty() {
         let _ = writeln!(o, "<p class=\"ok\">All is well.</p>");
@@ -102,10 +112,26 @@ pub fn render(s: &Snapshot) -> String {
             ),
             None => "<span class=\"bad\">self-signed placeholder</span>".into(),
         };
-        let last = match (&c.last_outcome, &c.last_attempt) {
+        let mut last = match (&c.last_outcome, &c.last_attempt) {
             (Some(out), Some(at)) => format!("{} at {}", esc(out), esc(at)),
             _ => "no attempt yet".into(),
         };
+        if s.fleet.is_some() && c.lineage.is_some() {
+            let by = c
+                .renewed_by
+                .as_deref()
+                .unwrap_or("unknown (stored before the fleet)");
+            let lock = c
+                .lock_holder
+                .as_deref()
+                .map_or("lock free".to_string(), |n| format!("lock held by {n}"));
+            let _ = write!(
+                last,
+                "<br><span class=\"muted\">stored by {}; {}</span>",
+                esc(by),
+                esc(&lock)
+            );
+        }
         let err = c
             .last_error
             .as_deref()

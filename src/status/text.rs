@@ -41,6 +41,13 @@ pub fn render(s: &Snapshot) -> String {
         duration(s.uptime_secs as f64),
         s.open_connections
     );
+    if let Some(f) = &s.fleet {
+        let store = match &f.store_down_why {
+            None => "following etcd".to_string(),
+            Some(why) => format!("NOT following etcd ({why}); serving this node's copy"),
+        };
+        let _ = writeln!(o, "fleet node {}, {store}", f.node);
+    }
     let _ = writeln!(o, "\nListeners");
     for l in &s.listeners {
         let _ = writeln!(o, "  {:<20} {}", l.name, l.addr);
@@ -92,6 +99,18 @@ pub fn render(s: &Snapshot) -> String {
             c.profile.as_deref().unwrap_or("the CA's default")
         );
         let _ = writeln!(o, "    dns provider {}", c.provider);
+        if s.fleet.is_some() && c.lineage.is_some() {
+            let by = c
+                .renewed_by
+                .as_deref()
+                .unwrap_or("unknown (stored before the fleet)");
+            let _ = writeln!(o, "    renewed by   {by}");
+            let lock = c
+                .lock_holder
+                .as_deref()
+                .map_or("free".to_string(), |n| format!("held by {n}"));
+            let _ = writeln!(o, "    lock         {lock}");
+        }
     }
     let _ = writeln!(o, "\nUpstreams (last minute)");
     for site in &s.sites {

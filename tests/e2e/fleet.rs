@@ -650,6 +650,14 @@ fn renew_force_on_every_node_orders_once_and_all_swap_within_a_second() {
     let t = text(&o);
     assert!(t.contains("Renewed by: edge-"), "{t}");
     assert!(t.contains("Lock: free"), "{t}");
+    // `edge status` (the running daemon) says the same. (It exits non-zero
+    // here: Pebble's one-hour certificates are within a week of expiry.)
+    let o = f.nodes[2].run(&["status"]);
+    let t = text(&o);
+    assert!(t.contains("fleet node edge-2, following etcd"), "{t}");
+    assert!(!t.contains("store (etcd) is not followed"), "{t}");
+    assert!(t.contains("renewed by   edge-"), "{t}");
+    assert!(t.contains("lock         free"), "{t}");
     // etcd holds the key, and no PEM private key.
     let values = f.etcd.scan(PREFIX);
     assert!(
@@ -788,6 +796,15 @@ fn etcd_members_down_keep_serving_and_renewals_resume_with_quorum() {
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("does not answer through a quorum"), "{t}");
     assert!(t.contains("not reachable"), "{t}");
+    // `edge status` says it too, and exits non-zero: it needs a person.
+    let o = f.nodes[1].run(&["status"]);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("fleet node edge-1, NOT following etcd"), "{t}");
+    assert!(
+        t.contains("the fleet's store (etcd) is not followed"),
+        "{t}"
+    );
     // A renewal comes due and waits for the store.
     wait_until(
         "a due renewal to wait for the store",
