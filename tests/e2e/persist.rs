@@ -182,6 +182,21 @@ fn through_knot_the_zone_serial_stays_after_the_first_order() {
 /// A record someone gave a `persistUntil`: still in place (no DNS change)
 /// and warned about when it runs out within 30 days; once it has run out,
 /// edge publishes its own again.
+/// `edge renew --force` until a renewal that the CA validated: Pebble
+/// reuses a valid authorization 1% of the time even with
+/// PEBBLE_AUTHZREUSE=0, and such an order looks at no record at all.
+fn renew_validated(cfg: &Path) -> String {
+    for _ in 0..3 {
+        let o = edge(&["renew", "--force"], cfg);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        if !t.contains("the CA already holds a valid authorization") {
+            return t;
+        }
+    }
+    panic!("three renewals in a row were answered from reused authorizations");
+}
+
 #[test]
 fn a_persist_until_is_warned_about_and_a_lapsed_record_replaced() {
     let p = Pebble::current_env(&[("default", 90 * 86400)], &[("PEBBLE_AUTHZREUSE", "0")]);
@@ -210,9 +225,7 @@ fn a_persist_until_is_warned_about_and_a_lapsed_record_replaced() {
         );
     };
     set(format!("{value}; persistUntil={}", now + 10 * 86400));
-    let o = edge(&["renew", "--force"], &cfg);
-    let t = text(&o);
-    assert!(o.status.success(), "{t}");
+    let t = renew_validated(&cfg);
     assert!(
         t.contains("stops validating at") && t.contains("persistUntil"),
         "{t}"
@@ -220,8 +233,7 @@ fn a_persist_until_is_warned_about_and_a_lapsed_record_replaced() {
     assert_eq!(calls(&log), first, "a record in place was set again");
 
     set(format!("{value}; persistUntil={}", now - 60));
-    let o = edge(&["renew", "--force"], &cfg);
-    assert!(o.status.success(), "{}", text(&o));
+    renew_validated(&cfg);
     assert_eq!(
         calls(&log).len(),
         2,
