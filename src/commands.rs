@@ -9,6 +9,7 @@ use edge::certinfo::rfc3339;
 use edge::certs::{delegate, socket_path, Request};
 use edge::config::Config;
 use edge::names;
+use edge::store::cluster::{lock_text, stored_by_text, Written};
 use edge::store::Store;
 use edge::ui::Ui;
 
@@ -218,25 +219,9 @@ pub async fn certs(cfg: &Config) -> ExitCode {
                 );
                 if let Some(c) = fleet {
                     let f = c.facts(&l);
-                    println!(
-                        "  Renewed by: {}",
-                        f.written
-                            .map_or("unknown (stored before the fleet)".into(), |w| {
-                                format!(
-                                    "{} at {}",
-                                    w.node,
-                                    rfc3339(
-                                        std::time::UNIX_EPOCH
-                                            + std::time::Duration::from_millis(w.at_ms)
-                                    )
-                                )
-                            })
-                    );
-                    println!(
-                        "  Lock: {}",
-                        f.lock_holder
-                            .map_or("free".into(), |h| format!("held by {h} (renewing now)"))
-                    );
+                    let by = f.written.as_ref().map(Written::describe);
+                    println!("  Renewed by: {}", stored_by_text(by.as_deref()));
+                    println!("  Lock: {}", lock_text(f.lock_holder.as_deref()));
                 }
             }
             Err(e) => {

@@ -250,11 +250,7 @@ impl Solver for DnsPersist01 {
                     .cloned()
                     .collect()
             };
-            // edge's own zone serves them at once; in a fleet the node the
-            // CA asks learns them through etcd, so they are checked.
-            let own = self.dns01.dns.provider.serves_records()
-                && crate::store::cluster::Cluster::current().is_none();
-            if ours.is_empty() || own {
+            if ours.is_empty() || self.dns01.visible_when_set() {
                 return Ok(());
             }
             self.dns01.wait_visible(&ours, ui).await
@@ -319,6 +315,14 @@ impl Dns01 {
             dns: dns.clone(),
             publisher: OnceCell::new(),
         }
+    }
+
+    /// Whether a record is visible to the CA the moment it is set: edge's
+    /// own zone, served from this process's memory, on a single node. In a
+    /// fleet another node may be the one asked, and it learns the record
+    /// through etcd: checked like any provider's.
+    fn visible_when_set(&self) -> bool {
+        self.dns.provider.serves_records() && crate::store::cluster::Cluster::current().is_none()
     }
 
     async fn publisher(&self) -> Result<&dyn Publisher, AcmeError> {
@@ -408,12 +412,7 @@ impl Solver for Dns01 {
 
     fn ready<'a>(&'a self, placed: &'a Placed, ui: &'a Ui) -> BoxFuture<'a, Result<(), AcmeError>> {
         Box::pin(async move {
-            if self.dns.provider.serves_records()
-                && crate::store::cluster::Cluster::current().is_none()
-            {
-                // edge serves these itself, from memory: visible the moment
-                // they are set. In a fleet another node may be the one asked,
-                // and it learns them through etcd: checked like any provider's.
+            if self.visible_when_set() {
                 return Ok(());
             }
             self.wait_visible(&placed.records, ui).await

@@ -179,43 +179,7 @@ impl Manager {
             true => None,
         };
         let previous = self.inner.certs.current_full();
-        let mut stored = Vec::new();
-        let names = match only {
-            Some(only) => {
-                let kept: BTreeSet<&str> = previous
-                    .entries()
-                    .iter()
-                    .filter_map(|e| e.lineage.as_deref())
-                    .filter(|l| !only.contains(*l))
-                    .collect();
-                stored.extend(kept.into_iter().map(|l| (l.to_string(), Stored::Kept)));
-                Ok(only.iter().cloned().collect())
-            }
-            None => store.lineages().await,
-        };
-        match names {
-            Ok(names) => {
-                if only.is_none() {
-                    let present: HashSet<&String> = names.iter().collect();
-                    self.checked().retain(|name, _| present.contains(name));
-                }
-                for name in names {
-                    let loaded = match self.load_live(&name).await {
-                        Err(StoreError::NotFound { .. })
-                            if only.is_some() && !Self::has_live(store, &name).await =>
-                        {
-                            // Removed: no longer served.
-                            self.checked().remove(&name);
-                            continue;
-                        }
-                        Err(e) => Stored::Refused(e),
-                        Ok(l) => Stored::Loaded(l),
-                    };
-                    stored.push((name, loaded));
-                }
-            }
-            Err(e) => tracing::error!("cannot list the stored certificates: {e}"),
-        }
+        let stored = self.read(only, &previous).await;
         let cfg = self.config();
         let (map, report) = tokio::task::spawn_blocking(move || {
             tls::build_map(stored, &cfg.sites, Some(&previous))
@@ -223,21 +187,7 @@ impl Manager {
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         tls::log_report(&report);
-        let loaded: HashSet<&String> = report.loaded.iter().collect();
-        for e in map.entries() {
-            let Some(l) = e.lineage.as_ref().filter(|l| loaded.contains(l)) else {
-                continue;
-            };
-            let secs = e
-                .not_after
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
-            crate::metrics::METRICS
-                .cert_expiry
-                .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
-                .set(secs);
-        }
+        note_expiry(&map, &report);
         self.inner.certs.replace(map);
         if let (Some(c), Some(swaps)) = (cluster, swaps) {
             c.note_published(swaps);
@@ -248,6 +198,56 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = fingerprint;
         report
+    }
+
+    /// The lineages a publish hands to [`tls::build_map`]: `only` read
+    /// again and every other one served before kept unread; or, with
+    /// `None`, every stored lineage read.
+    async fn read(
+        &self,
+        only: Option<&BTreeSet<String>>,
+        previous: &tls::CertMap,
+    ) -> Vec<(String, Stored)> {
+        let store = &self.inner.store;
+        let mut stored = Vec::new();
+        let names: Vec<String> = match only {
+            Some(only) => {
+                let kept: BTreeSet<&str> = previous
+                    .entries()
+                    .iter()
+                    .filter_map(|e| e.lineage.as_deref())
+                    .filter(|l| !only.contains(*l))
+                    .collect();
+                stored.extend(kept.into_iter().map(|l| (l.to_string(), Stored::Kept)));
+                only.iter().cloned().collect()
+            }
+            None => match store.lineages().await {
+                Ok(names) => {
+                    let present: HashSet<&String> = names.iter().collect();
+                    self.checked().retain(|name, _| present.contains(name));
+                    names
+                }
+                Err(e) => {
+                    tracing::error!("cannot list the stored certificates: {e}");
+                    Vec::new()
+                }
+            },
+        };
+        for name in names {
+            let loaded = match self.load_live(&name).await {
+                Err(StoreError::NotFound { .. })
+                    if only.is_some() && !store.has_live(&name).await =>
+                {
+                    // Removed: no longer served.
+                    self.checked().remove(&name);
+                    continue;
+                }
+                Err(e) => Stored::Refused(e),
+                Ok(l) => Stored::Loaded(l),
+            };
+            stored.push((name, loaded));
+        }
+        stored
     }
 
     /// A lineage's live pair, read and checked; checked again only when its
@@ -270,17 +270,6 @@ impl Manager {
         self.inner.checked.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether anything of the lineage is left under `live/`.
-    async fn has_live(store: &Store, name: &str) -> bool {
-        let files = ["fullchain.pem", "privkey.pem"];
-        for f in files {
-            if let Ok(Some(_)) = store.backend().load(&format!("live/{name}/{f}")).await {
-                return true;
-            }
-        }
-        false
-    }
-
     /// The fingerprint of `live/` the served map was built from.
     fn published(&self) -> Option<u64> {
         *self
@@ -288,5 +277,25 @@ impl Manager {
             .published
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Sets `edge_certificate_expiry_timestamp_seconds` for the lineages this
+/// publish loaded (a kept one keeps its value).
+fn note_expiry(map: &tls::CertMap, report: &BuildReport) {
+    let loaded: HashSet<&String> = report.loaded.iter().collect();
+    for e in map.entries() {
+        let Some(l) = e.lineage.as_ref().filter(|l| loaded.contains(l)) else {
+            continue;
+        };
+        let secs = e
+            .not_after
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        crate::metrics::METRICS
+            .cert_expiry
+            .get_or_create(&crate::metrics::NameLabel { name: l.clone() })
+            .set(secs);
     }
 }

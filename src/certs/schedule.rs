@@ -64,26 +64,7 @@ async fn pass(m: &Manager) -> Duration {
         // made again.
         let outcome = match need(m, &cfg, site, &lineage, crate::clock::now()).await {
             Need::Wait(t) => Err(t),
-            _ => match m.store().try_lock(&lineage).await {
-                Err(e) => {
-                    tracing::error!(lineage, retry_in = ?LOCK_RETRY, "cannot lock the certificate: {e}");
-                    Err(crate::clock::now() + LOCK_RETRY)
-                }
-                Ok(None) => {
-                    tracing::debug!(lineage, "another process holds the certificate's lock");
-                    Err(crate::clock::now() + LOCK_RETRY)
-                }
-                Ok(Some(lock)) => match need(m, &cfg, site, &lineage, crate::clock::now()).await {
-                    Need::Wait(t) => Err(t),
-                    Need::Obtain(why) => {
-                        if m.solvers().for_names(&site.domains).needs_person() {
-                            tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
-                        }
-                        attempt(m, &cfg, site, &lock, &lineage, why).await
-                    }
-                    Need::Renew(why) => attempt(m, &cfg, site, &lock, &lineage, &why).await,
-                },
-            },
+            _ => locked(m, &cfg, site, &lineage).await,
         };
         // A success is looked at again on the next pass, soon; a failure or
         // a wait counts with its time.
@@ -111,6 +92,33 @@ async fn pass(m: &Manager) -> Duration {
             wait.clamp(MIN_SLEEP, MAX_SLEEP)
         }
         None => MAX_SLEEP,
+    }
+}
+
+/// Takes the lineage's lock if it is free, decides again under it, and
+/// obtains or renews what is still needed. On failure, or when the lock is
+/// held elsewhere, the time to look again.
+async fn locked(m: &Manager, cfg: &Config, site: &Site, lineage: &str) -> Result<(), SystemTime> {
+    let lock = match m.store().try_lock(lineage).await {
+        Ok(Some(lock)) => lock,
+        Ok(None) => {
+            tracing::debug!(lineage, "another process holds the certificate's lock");
+            return Err(crate::clock::now() + LOCK_RETRY);
+        }
+        Err(e) => {
+            tracing::error!(lineage, retry_in = ?LOCK_RETRY, "cannot lock the certificate: {e}");
+            return Err(crate::clock::now() + LOCK_RETRY);
+        }
+    };
+    match need(m, cfg, site, lineage, crate::clock::now()).await {
+        Need::Wait(t) => Err(t),
+        Need::Obtain(why) => {
+            if m.solvers().for_names(&site.domains).needs_person() {
+                tracing::warn!(lineage, "no certificate for {:?}; dns.provider is \"manual\", so edge logs the TXT record to set and checks for it", site.domains);
+            }
+            attempt(m, cfg, site, &lock, lineage, why).await
+        }
+        Need::Renew(why) => attempt(m, cfg, site, &lock, lineage, &why).await,
     }
 }
 

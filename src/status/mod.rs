@@ -21,6 +21,7 @@ use crate::certinfo::rfc3339;
 use crate::certs::Manager;
 use crate::daemon::Bound;
 use crate::proxy::Proxy;
+use crate::store::cluster::Written;
 
 /// A certificate within this many days of expiry needs a person.
 pub const EXPIRY_WARNING_DAYS: f64 = 7.0;
@@ -266,10 +267,7 @@ impl Source {
                 failures: state.failures,
                 profile: state.profile.clone(),
                 provider,
-                renewed_by: facts.written.map(|w| {
-                    let at = SystemTime::UNIX_EPOCH + Duration::from_millis(w.at_ms);
-                    format!("{} at {}", w.node, rfc3339(at))
-                }),
+                renewed_by: facts.written.as_ref().map(Written::describe),
                 lock_holder: facts.lock_holder,
             });
         }

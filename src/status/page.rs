@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::text::{duration, opt_ms};
 use super::Snapshot;
+use crate::store::cluster::{lock_text, stored_by_text};
 
 /// Seconds between the page's own refreshes.
 const REFRESH: u32 = 10;
@@ -117,17 +118,11 @@ pub fn render(s: &Snapshot) -> String {
             _ => "no attempt yet".into(),
         };
         if s.fleet.is_some() && c.lineage.is_some() {
-            let by = c
-                .renewed_by
-                .as_deref()
-                .unwrap_or("unknown (stored before the fleet)");
-            let lock = c
-                .lock_holder
-                .as_deref()
-                .map_or("lock free".to_string(), |n| format!("lock held by {n}"));
+            let by = stored_by_text(c.renewed_by.as_deref());
+            let lock = lock_text(c.lock_holder.as_deref());
             let _ = write!(
                 last,
-                "<br><span class=\"muted\">stored by {}; {}</span>",
+                "<br><span class=\"muted\">stored by {}; lock {}</span>",
                 esc(by),
                 esc(&lock)
             );

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use super::Snapshot;
+use crate::store::cluster::{lock_text, stored_by_text};
 
 /// `1h 5m`, `2d 3h`, `40s`: the two largest units.
 pub fn duration(secs: f64) -> String {
@@ -100,15 +101,9 @@ pub fn render(s: &Snapshot) -> String {
         );
         let _ = writeln!(o, "    dns provider {}", c.provider);
         if s.fleet.is_some() && c.lineage.is_some() {
-            let by = c
-                .renewed_by
-                .as_deref()
-                .unwrap_or("unknown (stored before the fleet)");
+            let by = stored_by_text(c.renewed_by.as_deref());
             let _ = writeln!(o, "    renewed by   {by}");
-            let lock = c
-                .lock_holder
-                .as_deref()
-                .map_or("free".to_string(), |n| format!("held by {n}"));
+            let lock = lock_text(c.lock_holder.as_deref());
             let _ = writeln!(o, "    lock         {lock}");
         }
     }

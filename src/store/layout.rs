@@ -189,6 +189,19 @@ impl Store {
         Ok((chain, key))
     }
 
+    /// Whether `live/<name>/` still holds either file of its pair (a
+    /// lineage removed from the store holds neither).
+    pub async fn has_live(&self, name: &str) -> bool {
+        let pair = [
+            live_key(name, "fullchain.pem"),
+            live_key(name, "privkey.pem"),
+        ];
+        self.backend
+            .list(&format!("live/{name}/"))
+            .await
+            .is_ok_and(|keys| keys.iter().any(|k| pair.contains(k)))
+    }
+
     async fn required(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         self.backend
             .load(key)

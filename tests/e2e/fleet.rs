@@ -432,6 +432,16 @@ impl Fleet {
         }
     }
 
+    /// Waits until every node's `edge_cluster_store_up` says `up`.
+    fn wait_store_up(&self, up: bool) {
+        let want = format!("edge_cluster_store_up {}", u8::from(up));
+        wait_until(
+            &format!("every node to say {want}"),
+            Duration::from_secs(20),
+            || self.nodes.iter().all(|n| n.metrics_text().contains(&want)),
+        );
+    }
+
     /// Whether `serial` is one Pebble issued (not a placeholder).
     fn is_pebbles(&self, serial: &str) -> bool {
         let out = self.pebble.pebble.output().to_ascii_lowercase();
@@ -782,15 +792,7 @@ fn etcd_members_down_keep_serving_and_renewals_resume_with_quorum() {
     let (second, _) = f.wait_same_serial(&[0, 1, 2], &first, Duration::from_secs(10));
 
     f.etcd.stop(1);
-    wait_until(
-        "every node to see the store down",
-        Duration::from_secs(20),
-        || {
-            f.nodes
-                .iter()
-                .all(|n| n.metrics_text().contains("edge_cluster_store_up 0"))
-        },
-    );
+    f.wait_store_up(false);
     let o = f.nodes[0].run(&["check"]);
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
@@ -816,15 +818,7 @@ fn etcd_members_down_keep_serving_and_renewals_resume_with_quorum() {
     f.etcd.restart(1);
     f.etcd.restart(2);
     f.etcd.wait_healthy(Duration::from_secs(30));
-    wait_until(
-        "every node to follow the store again",
-        Duration::from_secs(20),
-        || {
-            f.nodes
-                .iter()
-                .all(|n| n.metrics_text().contains("edge_cluster_store_up 1"))
-        },
-    );
+    f.wait_store_up(true);
     wait_until(
         "renewals to resume on their own",
         Duration::from_secs(40),

@@ -93,15 +93,10 @@ fn serial(m: &edge::certs::Manager, host: &str) -> String {
     m.certs().current().lookup(host).unwrap().serial.clone()
 }
 
-/// Waits (on the paused clock) until `host` is served with another serial
-/// than `old`.
-async fn swapped(m: &edge::certs::Manager, host: &str, old: &str) -> String {
-    within(secs(5), "the pushed certificate served", async {
-        loop {
-            let now = serial(m, host);
-            if now != old {
-                return now;
-            }
+/// Waits (on the paused clock, at most 5 s of it) until `cond` holds.
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(secs(5), what, async {
+        while !cond() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     })
@@ -140,21 +135,22 @@ async fn a_pushed_lineage_is_served_at_once_and_only_it_is_read_again() {
     let control = edge::certs::bind_control(&cfg.state_dir).await.unwrap();
     let (stop_tx, stop) = watch::channel(false);
     let run = tokio::spawn(m.clone().run(control, stop));
-    swapped(&m, "c.test", &first[2]).await;
-    // The schedule's first look at every lineage is done (it reads them all).
-    within(secs(5), "the schedule's first pass", async {
-        while m.next_renewal().is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+    until("c's pushed certificate served", || {
+        serial(&m, "c.test") != first[2]
     })
     .await;
+    // The schedule's first look at every lineage is done (it reads them all).
+    until("the schedule's first pass", || m.next_renewal().is_some()).await;
 
     // A push for b: b is read again and swapped; a and c are not read.
     let (a, c) = (backend.reads("a.test"), backend.reads("c.test"));
     let (chain, key) = self_signed(&["b.test"]);
     put_live(&cfg.state_dir, "b.test", &chain, &key);
     backend.push("b.test");
-    swapped(&m, "b.test", &first[1]).await;
+    until("b's pushed certificate served", || {
+        serial(&m, "b.test") != first[1]
+    })
+    .await;
     assert_eq!(serial(&m, "a.test"), first[0]);
     assert_eq!(
         (backend.reads("a.test"), backend.reads("c.test")),
@@ -169,12 +165,7 @@ async fn a_pushed_lineage_is_served_at_once_and_only_it_is_read_again() {
     put_live(&cfg.state_dir, "a.test", &chain, &other_key);
     let before = backend.reads("a.test");
     backend.push("a.test");
-    within(secs(5), "the pushed pair read", async {
-        while backend.reads("a.test") == before {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    until("the pushed pair read", || backend.reads("a.test") != before).await;
     tokio::time::sleep(secs(1)).await;
     assert_eq!(serial(&m, "a.test"), served);
 

@@ -8,11 +8,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{EventType, PutOptions, Txn, TxnOp, WatchOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{absent, Inner, REQUEST};
+use super::{absent, still_held, Inner, REQUEST};
 use crate::store::{Fence, Lock, StoreError};
 
 /// This node's lease, and whether it is still held.
@@ -125,7 +125,7 @@ pub(super) async fn acquire(
     let key = inner.lock_key(name);
     // The node's name and a token for this one take: the same node's other
     // tasks hold the same lease, so only the token tells this take's key.
-    let value = format!("{} {:016x}", inner.node, rand::random::<u64>());
+    let value = format!("{} {:016x}", inner.cfg.node, rand::random::<u64>());
     let mut announced = false;
     loop {
         let (lease, lost) = inner.lease().await?;
@@ -137,12 +137,7 @@ pub(super) async fn acquire(
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key.as_bytes(), None)]);
-        let resp = inner
-            .call("taking a lock in etcd", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = inner.txn("taking a lock in etcd", txn).await?;
         let mut client = inner.client().await?;
         let mut rev = resp.header().map_or(0, |h| h.revision());
         let current = resp.op_responses().into_iter().find_map(|r| match r {
@@ -226,12 +221,12 @@ pub(super) fn holder_of(value: &[u8]) -> String {
 }
 
 fn release_txn(key: &str, revision: i64) -> Txn {
+    let fence = Fence {
+        key: key.to_string(),
+        revision,
+    };
     Txn::new()
-        .when([Compare::create_revision(
-            key.as_bytes(),
-            CompareOp::Equal,
-            revision,
-        )])
+        .when([still_held(&fence)])
         .and_then([TxnOp::delete(key.as_bytes(), None)])
 }
 

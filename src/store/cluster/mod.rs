@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::files::Files;
-use super::{BoxFuture, Entry, Lock, Storage, StoreError};
+use super::{BoxFuture, Entry, Fence, Lock, Storage, StoreError};
 use crate::config;
 
 /// How long one request to etcd may take before the store counts as down.
@@ -53,6 +53,25 @@ pub struct Written {
     pub at_ms: u64,
 }
 
+impl Written {
+    /// `edge-1 at <RFC 3339 time>`.
+    pub fn describe(&self) -> String {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(self.at_ms);
+        format!("{} at {}", self.node, crate::certinfo::rfc3339(at))
+    }
+}
+
+/// Who stored a certificate (a [`Written::describe`]), as `edge certs`,
+/// `edge status` and the status page say it.
+pub fn stored_by_text(described: Option<&str>) -> &str {
+    described.unwrap_or("unknown (stored before the fleet)")
+}
+
+/// A certificate's lock, as they say it.
+pub fn lock_text(holder: Option<&str>) -> String {
+    holder.map_or("free".into(), |h| format!("held by {h} (renewing now)"))
+}
+
 /// What `edge certs` shows per certificate in a fleet.
 #[derive(Debug, Clone, Default)]
 pub struct Facts {
@@ -69,16 +88,15 @@ pub struct Cluster {
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("node", &self.inner.node)
-            .field("prefix", &self.inner.prefix)
+            .field("node", &self.inner.cfg.node)
+            .field("prefix", &self.inner.cfg.prefix)
             .finish()
     }
 }
 
 struct Inner {
+    /// `[cluster]` as configured: endpoints, prefix, this node's name.
     cfg: config::Cluster,
-    prefix: String,
-    node: String,
     kek: seal::Kek,
     mirror: Files,
     client: tokio::sync::Mutex<Option<Client>>,
@@ -134,6 +152,12 @@ fn absent(key: &str) -> Compare {
     Compare::create_revision(key.as_bytes(), CompareOp::Equal, 0)
 }
 
+/// The compare of a write fenced by a lock: its key still exists with the
+/// create revision it was taken at (taken again by anyone, it has another).
+fn still_held(fence: &Fence) -> Compare {
+    Compare::create_revision(fence.key.as_bytes(), CompareOp::Equal, fence.revision)
+}
+
 /// The process's fleet store, for the built-in DNS responder's shared records.
 static CURRENT: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
 
@@ -157,8 +181,6 @@ impl Cluster {
         let c = Cluster {
             inner: Arc::new(Inner {
                 cfg: cfg.clone(),
-                prefix: cfg.prefix.clone(),
-                node: cfg.node.clone(),
                 kek,
                 mirror,
                 client: tokio::sync::Mutex::new(None),
@@ -194,7 +216,7 @@ impl Cluster {
     }
 
     pub fn node(&self) -> &str {
-        &self.inner.node
+        &self.inner.cfg.node
     }
 
     /// Why the store is not followed now, or `Ok`.
@@ -247,12 +269,11 @@ impl Cluster {
                 TxnOp::put(self.inner.txt_key(fqdn, value), value.as_bytes(), opts)
             })
             .collect();
-        let txn = Txn::new().and_then(ops);
         self.inner
-            .call("publishing challenge records in etcd", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn(
+                "publishing challenge records in etcd",
+                Txn::new().and_then(ops),
+            )
             .await?;
         Ok(())
     }
@@ -263,12 +284,11 @@ impl Cluster {
             .iter()
             .map(|(fqdn, value)| TxnOp::delete(self.inner.txt_key(fqdn, value), None))
             .collect();
-        let txn = Txn::new().and_then(ops);
         self.inner
-            .call("removing challenge records from etcd", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
+            .txn(
+                "removing challenge records from etcd",
+                Txn::new().and_then(ops),
+            )
             .await?;
         Ok(())
     }
@@ -327,7 +347,7 @@ impl Cluster {
             .await;
             out.endpoints.push((ep.clone(), r));
         }
-        let prefix = self.inner.prefix.clone();
+        let prefix = self.inner.cfg.prefix.clone();
         let all = self
             .inner
             .call("reading the prefix", |mut c| {
@@ -451,12 +471,12 @@ impl Inner {
     }
 
     fn key(&self, rel: &str) -> String {
-        format!("{}{rel}", self.prefix)
+        format!("{}{rel}", self.cfg.prefix)
     }
 
     /// A stored key relative to the prefix (`live/a/cert.pem`).
     fn rel<'k>(&self, kv: &'k etcd_client::KeyValue) -> Option<&'k str> {
-        kv.key_str().ok()?.strip_prefix(self.prefix.as_str())
+        kv.key_str().ok()?.strip_prefix(self.cfg.prefix.as_str())
     }
 
     fn lock_key(&self, name: &str) -> String {
@@ -516,6 +536,15 @@ impl Inner {
         }
     }
 
+    /// One transaction, sent as [`Inner::call`] sends every request.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<etcd_client::TxnResponse, StoreError> {
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+    }
+
     /// Waits (briefly) until the mirror reflects revision `rev`.
     async fn wait_applied(&self, rev: i64) -> bool {
         let mut rx = self.applied.subscribe();
@@ -564,7 +593,7 @@ impl Storage for Cluster {
                     .and_then(|r| r.strip_suffix("/fullchain.pem"))
                 {
                     let w = Written {
-                        node: inner.node.clone(),
+                        node: inner.cfg.node.clone(),
                         at_ms: sync::unix_ms(SystemTime::now()),
                     };
                     let v = serde_json::to_vec(&w).expect("serializes");
@@ -574,19 +603,9 @@ impl Storage for Cluster {
             if !ops.is_empty() {
                 let mut txn = Txn::new();
                 if let Some(f) = fence.and_then(Lock::fence) {
-                    txn = txn.when([Compare::create_revision(
-                        f.key.as_bytes(),
-                        CompareOp::Equal,
-                        f.revision,
-                    )]);
+                    txn = txn.when([still_held(f)]);
                 }
-                let txn = txn.and_then(ops);
-                let resp = inner
-                    .call("writing to etcd", |mut c| {
-                        let txn = txn.clone();
-                        async move { c.txn(txn).await }
-                    })
-                    .await?;
+                let resp = inner.txn("writing to etcd", txn.and_then(ops)).await?;
                 if !resp.succeeded() {
                     let name = fence.map(|l| l.name().to_string()).unwrap_or_default();
                     tracing::error!(lineage = %name, "the lock's lease ran out before the write (this node was paused or cut off); the fleet refused the write and another node's certificate stands");

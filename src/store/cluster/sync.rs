@@ -92,7 +92,7 @@ struct Change {
 
 /// Reads everything under the prefix and applies it; returns its revision.
 async fn resync(inner: &Arc<Inner>) -> Result<i64, String> {
-    let prefix = inner.prefix.clone();
+    let prefix = inner.cfg.prefix.clone();
     let resp = inner
         .call("reading the fleet's state", |mut c| {
             let prefix = prefix.clone();
@@ -146,10 +146,7 @@ async fn check_kek(inner: &Inner, stored: Option<Vec<u8>>) -> Result<(), String>
                 None,
             )]);
             inner
-                .call("storing the key check", |mut c| {
-                    let txn = txn.clone();
-                    async move { c.txn(txn).await }
-                })
+                .txn("storing the key check", txn)
                 .await
                 .map_err(|e| e.to_string())?;
             true
@@ -176,12 +173,12 @@ async fn follow(inner: &Arc<Inner>, rev: i64) -> String {
         .with_start_revision(rev + 1);
     let mut stream = match tokio::time::timeout(
         REQUEST,
-        client.watch(inner.prefix.as_bytes(), Some(opts)),
+        client.watch(inner.cfg.prefix.as_bytes(), Some(opts)),
     )
     .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return format!("cannot watch {}: {e}", inner.prefix),
+        Ok(Err(e)) => return format!("cannot watch {}: {e}", inner.cfg.prefix),
         Err(_) => return "etcd did not answer the watch within 5 s".into(),
     };
     loop {
@@ -230,7 +227,7 @@ async fn apply(inner: &Arc<Inner>, changes: Vec<Change>, full: bool) {
     {
         let mut s = inner.shared();
         for c in changes {
-            match remember(&mut s, &inner.node, &c, full, &mut swaps) {
+            match remember(&mut s, &inner.cfg.node, &c, full, &mut swaps) {
                 Some(w) => wake |= w,
                 None if MIRRORED.iter().any(|p| c.rel.starts_with(p)) => mirrored.push(c),
                 None => {}
@@ -426,12 +423,7 @@ async fn seed(inner: &Arc<Inner>) {
             ops.push(TxnOp::put(inner.key(k), v, None));
         }
         let txn = Txn::new().when([absent(&first)]).and_then(ops);
-        let r = inner
-            .call("storing this node's copy", |mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await;
+        let r = inner.txn("storing this node's copy", txn).await;
         match r {
             Ok(r) if r.succeeded() => {
                 tracing::info!(what = %group, "stored this node's copy in the fleet's store (etcd had none)")
@@ -459,8 +451,6 @@ mod tests {
                 client_cert: None,
                 auth: None,
             },
-            prefix: "/edge/".into(),
-            node: "edge-0".into(),
             kek: seal::Kek::new(&[7u8; 32]).unwrap(),
             mirror: crate::store::files::Files::open(dir).await.unwrap(),
             client: tokio::sync::Mutex::new(None),
