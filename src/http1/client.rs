@@ -604,8 +604,16 @@ fn parse_head(
     head_only: bool,
     want_lines: bool,
 ) -> Result<Option<Answer>, &'static str> {
-    let mut fields = Vec::new();
-    let parsed = match head::response(buf, MAX_HEAD, &mut fields) {
+    head::with_scratch(|fields| parse_head_into(buf, head_only, want_lines, fields))
+}
+
+fn parse_head_into(
+    buf: &mut BytesMut,
+    head_only: bool,
+    want_lines: bool,
+    fields: &mut Vec<head::Field>,
+) -> Result<Option<Answer>, &'static str> {
+    let parsed = match head::response(buf, MAX_HEAD, fields) {
         Ok(Some(h)) => h,
         Ok(None) => return Ok(None),
         Err(HeadError::TooLarge) => return Err(HEAD_TOO_LARGE),
@@ -614,15 +622,32 @@ fn parse_head(
     };
     let status = StatusCode::from_u16(parsed.status).map_err(|_| "invalid status code")?;
     let len = parsed.len;
-    let head_bytes = &buf[..len];
     // The answer's own fields go to the client as lines when nothing in them
     // needs the header map (the usual answer; see `RawHead`). One with a
     // field to strip is read again into the map: rare enough that deciding
     // first would cost the usual answer a second pass.
     let lines = want_lines && status != StatusCode::SWITCHING_PROTOCOLS;
-    let (facts, hop_by_hop, kept) = match read_fields(&fields, head_bytes, lines)? {
-        (_, true, Kept::Lines(_)) => read_fields(&fields, head_bytes, false)?,
-        other => other,
+    let as_lines = if lines {
+        match read_fields(fields, &buf[..len], None)? {
+            (_, true, Kept::Lines(_)) => None,
+            read => Some(read),
+        }
+    } else {
+        None
+    };
+    let (facts, hop_by_hop, kept) = match as_lines {
+        Some(read) => {
+            buf.advance(len);
+            read
+        }
+        // For the map, the head is split off the read buffer and every value
+        // is a slice of it: no copy. The values pin the buffer only until
+        // the head is written to the client, which comes before its body is
+        // read; the buffer is then reused in place.
+        None => {
+            let block = buf.split_to(len).freeze();
+            read_fields(fields, &block, Some(&block))?
+        }
     };
     let method = if head_only { Method::HEAD } else { Method::GET };
     let (framing, keep_alive) = framing::answer(&facts, parsed.status, parsed.version, &method)?;
@@ -646,7 +671,6 @@ fn parse_head(
             }
         }
     }
-    buf.advance(len);
     let mut head = http::Response::new(()).into_parts().0;
     head.status = status;
     // edge answers in its own HTTP version, as nginx does: an HTTP/1.0
@@ -672,8 +696,10 @@ enum Kept {
 }
 
 /// Reads the fields of a head (`head`: its bytes, which the fields point
-/// into) and keeps the ones to forward, in a header map or as lines. Also
-/// says whether a hop-by-hop field is among them, for the caller to strip.
+/// into) and keeps the ones to forward: in a header map whose values are
+/// slices of `block` (the same bytes, shared) when there is one, else as
+/// lines. Also says whether a hop-by-hop field is among them, for the caller
+/// to strip.
 ///
 /// The framing fields and a `Connection` that says no more than keep-alive
 /// or close are read here and never kept (every answer from a keep-alive
@@ -682,22 +708,13 @@ enum Kept {
 fn read_fields(
     fields: &[head::Field],
     head: &[u8],
-    lines: bool,
+    block: Option<&Bytes>,
 ) -> Result<(Facts, bool, Kept), &'static str> {
     let mut facts = Facts::default();
     let mut hop_by_hop = false;
-    let mut kept = if lines {
-        Kept::Lines(Vec::with_capacity(head.len()))
-    } else {
-        Kept::Map(HeaderMap::with_capacity(fields.len()))
-    };
-    // For the map, one copy of the head and every value a slice of it: a value
-    // that pointed into the read buffer would pin all of it for as long as the
-    // headers live.
-    let block = if lines {
-        Bytes::new()
-    } else {
-        Bytes::copy_from_slice(head)
+    let mut kept = match block {
+        None => Kept::Lines(Vec::with_capacity(head.len())),
+        Some(_) => Kept::Map(HeaderMap::with_capacity(fields.len())),
     };
     for f in fields {
         let (name, value) = (f.name.get(head), f.value.get(head));
@@ -709,6 +726,7 @@ fn read_fields(
         match &mut kept {
             Kept::Map(headers) => {
                 let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+                let block = block.expect("a map has its block");
                 let value = HeaderValue::from_maybe_shared(
                     block.slice(f.value.at..f.value.at + f.value.len),
                 )

@@ -3,6 +3,7 @@
 //! the caller keeps values as slices of one shared copy (or writes them out
 //! again) without an allocation per field.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 
 use http::Version;
@@ -10,6 +11,20 @@ use http::Version;
 /// Fields in one head, at most: more is 431 for a request and a bad answer
 /// from an upstream (hyper's limit, and nginx's is about the same in bytes).
 pub const MAX_FIELDS: usize = 100;
+
+thread_local! {
+    /// The field list of a head whose reader keeps nothing between heads
+    /// (an upstream's answer, a request on the redirect listener): one per
+    /// thread, borrowed for one synchronous read, so that such a head costs
+    /// no allocation for its list (a new list per head grew once or twice).
+    static SCRATCH: RefCell<Vec<Field>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with the thread's scratch field list. `f` must not call this
+/// again: the list is borrowed for the call.
+pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<Field>) -> R) -> R {
+    SCRATCH.with_borrow_mut(f)
+}
 
 /// Where a part of the head lies in its buffer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -266,22 +266,23 @@ impl Redirect {
                 end: End::Linger,
             }
         };
-        let mut fields = Vec::new();
-        let parsed = match head::request(buf, max_head, &mut fields) {
+        let read = head::with_scratch(|fields| {
+            head::request(buf, max_head, fields)
+                .map(|h| h.map(|h| (h.len, h.version, read_head(buf, &h, fields))))
+        });
+        let (len, version, head) = match read {
             Ok(Some(h)) => h,
             Ok(None) => return Step::More,
             // The status is the one error type's, as on the HTTPS listener.
             Err(e) => return refuse(out, ProxyError::from(e).status()),
         };
-        let len = parsed.len;
         let start = Instant::now();
-        let head = read_head(buf, &parsed, &fields);
         let method = http::Method::from_bytes(head.method.as_bytes()).unwrap_or(Method::GET);
-        let framing =
-            match framing::request(&head.facts, &method, head.target.as_bytes(), parsed.version) {
-                Ok(f) => f,
-                Err(refusal) => return refuse(out, ProxyError::from(refusal).status()),
-            };
+        let framing = match framing::request(&head.facts, &method, head.target.as_bytes(), version)
+        {
+            Ok(f) => f,
+            Err(refusal) => return refuse(out, ProxyError::from(refusal).status()),
+        };
         let (length, chunked) = match framing {
             framing::Framing::Length(n) => (n, false),
             framing::Framing::Chunked => (0, true),
