@@ -641,9 +641,10 @@ fn parse_head_into(
             read
         }
         // For the map, the head is split off the read buffer and every value
-        // is a slice of it: no copy. The values pin the buffer only until
-        // the head is written to the client, which comes before its body is
-        // read; the buffer is then reused in place.
+        // is a slice of it: no copy. Until the head has gone to the client
+        // the buffer is shared, and a read meanwhile goes to a fresh one
+        // (`BytesMut` never writes over shared bytes); after, it is reused
+        // in place.
         None => {
             let block = buf.split_to(len).freeze();
             read_fields(fields, &block, Some(&block))?
