@@ -627,28 +627,10 @@ fn parse_head_into(
     // field to strip is read again into the map: rare enough that deciding
     // first would cost the usual answer a second pass.
     let lines = want_lines && status != StatusCode::SWITCHING_PROTOCOLS;
-    let as_lines = if lines {
-        match read_fields(fields, &buf[..len], None)? {
-            (_, true, Kept::Lines(_)) => None,
-            read => Some(read),
-        }
-    } else {
-        None
-    };
-    let (facts, hop_by_hop, kept) = match as_lines {
-        Some(read) => {
-            buf.advance(len);
-            read
-        }
-        // For the map, the head is split off the read buffer and every value
-        // is a slice of it: no copy. Until the head has gone to the client
-        // the buffer is shared, and a read meanwhile goes to a fresh one
-        // (`BytesMut` never writes over shared bytes); after, it is reused
-        // in place.
-        None => {
-            let block = buf.split_to(len).freeze();
-            read_fields(fields, &block, Some(&block))?
-        }
+    let head_bytes = &buf[..len];
+    let (facts, hop_by_hop, kept) = match read_fields(fields, head_bytes, lines)? {
+        (_, true, Kept::Lines(_)) => read_fields(fields, head_bytes, false)?,
+        other => other,
     };
     let method = if head_only { Method::HEAD } else { Method::GET };
     let (framing, keep_alive) = framing::answer(&facts, parsed.status, parsed.version, &method)?;
@@ -672,6 +654,7 @@ fn parse_head_into(
             }
         }
     }
+    buf.advance(len);
     let mut head = http::Response::new(()).into_parts().0;
     head.status = status;
     // edge answers in its own HTTP version, as nginx does: an HTTP/1.0
@@ -697,10 +680,8 @@ enum Kept {
 }
 
 /// Reads the fields of a head (`head`: its bytes, which the fields point
-/// into) and keeps the ones to forward: in a header map whose values are
-/// slices of `block` (the same bytes, shared) when there is one, else as
-/// lines. Also says whether a hop-by-hop field is among them, for the caller
-/// to strip.
+/// into) and keeps the ones to forward, in a header map or as lines. Also
+/// says whether a hop-by-hop field is among them, for the caller to strip.
 ///
 /// The framing fields and a `Connection` that says no more than keep-alive
 /// or close are read here and never kept (every answer from a keep-alive
@@ -709,13 +690,23 @@ enum Kept {
 fn read_fields(
     fields: &[head::Field],
     head: &[u8],
-    block: Option<&Bytes>,
+    lines: bool,
 ) -> Result<(Facts, bool, Kept), &'static str> {
     let mut facts = Facts::default();
     let mut hop_by_hop = false;
-    let mut kept = match block {
-        None => Kept::Lines(Vec::with_capacity(head.len())),
-        Some(_) => Kept::Map(HeaderMap::with_capacity(fields.len())),
+    let mut kept = if lines {
+        Kept::Lines(Vec::with_capacity(head.len()))
+    } else {
+        Kept::Map(HeaderMap::with_capacity(fields.len()))
+    };
+    // For the map, one copy of the head and every value a slice of it. Values
+    // that pointed into the read buffer instead would keep it shared until
+    // the head went to the client, and a read meanwhile would need a fresh
+    // buffer: HTTP/2's peak memory rose 2 MiB that way (bench/notes.md).
+    let block = if lines {
+        Bytes::new()
+    } else {
+        Bytes::copy_from_slice(head)
     };
     for f in fields {
         let (name, value) = (f.name.get(head), f.value.get(head));
@@ -727,7 +718,6 @@ fn read_fields(
         match &mut kept {
             Kept::Map(headers) => {
                 let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
-                let block = block.expect("a map has its block");
                 let value = HeaderValue::from_maybe_shared(
                     block.slice(f.value.at..f.value.at + f.value.len),
                 )
