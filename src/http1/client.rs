@@ -622,12 +622,12 @@ fn parse_head_into(
     };
     let status = StatusCode::from_u16(parsed.status).map_err(|_| "invalid status code")?;
     let len = parsed.len;
+    let head_bytes = &buf[..len];
     // The answer's own fields go to the client as lines when nothing in them
     // needs the header map (the usual answer; see `RawHead`). One with a
     // field to strip is read again into the map: rare enough that deciding
     // first would cost the usual answer a second pass.
     let lines = want_lines && status != StatusCode::SWITCHING_PROTOCOLS;
-    let head_bytes = &buf[..len];
     let (facts, hop_by_hop, kept) = match read_fields(fields, head_bytes, lines)? {
         (_, true, Kept::Lines(_)) => read_fields(fields, head_bytes, false)?,
         other => other,
@@ -701,8 +701,8 @@ fn read_fields(
     };
     // For the map, one copy of the head and every value a slice of it. Values
     // that pointed into the read buffer instead would keep it shared until
-    // the head went to the client, and a read meanwhile would need a fresh
-    // buffer: HTTP/2's peak memory rose 2 MiB that way (bench/notes.md).
+    // the head went to the client, and a read meanwhile would take a fresh
+    // buffer, which raised HTTP/2's peak memory (bench/notes.md).
     let block = if lines {
         Bytes::new()
     } else {
