@@ -174,9 +174,10 @@ impl Manager {
         let swaps = cluster.map(|c| c.take_swaps(only));
         // Taken before reading: a write that lands while this reads changes
         // the fingerprint again, and the poll publishes once more.
-        let fingerprint = match pushes {
-            false => store.live_fingerprint().await.ok(),
-            true => None,
+        let fingerprint = if pushes {
+            None
+        } else {
+            store.live_fingerprint().await.ok()
         };
         let previous = self.inner.certs.current_full();
         let stored = self.read(only, &previous).await;

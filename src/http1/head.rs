@@ -16,7 +16,7 @@ thread_local! {
     /// The field list of a head whose reader keeps nothing between heads
     /// (an upstream's answer, a request on the redirect listener): one per
     /// thread, borrowed for one synchronous read, so that such a head costs
-    /// no allocation for its list (a new list per head grew once or twice).
+    /// no allocation for its list.
     static SCRATCH: RefCell<Vec<Field>> = const { RefCell::new(Vec::new()) };
 }
 

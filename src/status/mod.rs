@@ -50,9 +50,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Fleet {
     pub node: String,
-    /// Whether the node follows etcd now; why not when it does not (it then
-    /// serves its local copy and due renewals wait).
-    pub store_up: bool,
+    /// Why the node does not follow etcd now (it then serves its local copy
+    /// and due renewals wait); `None` while it does.
     pub store_down_why: Option<String>,
 }
 
@@ -130,10 +129,9 @@ impl Snapshot {
     /// `fail_timeout`. Empty: all is well.
     pub fn problems(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(f) = self.fleet.as_ref().filter(|f| !f.store_up) {
+        if let Some(why) = self.fleet.as_ref().and_then(|f| f.store_down_why.as_ref()) {
             out.push(format!(
-                "the fleet's store (etcd) is not followed: {}; serving this node's copy, renewals wait",
-                f.store_down_why.as_deref().unwrap_or("no reason given")
+                "the fleet's store (etcd) is not followed: {why}; serving this node's copy, renewals wait"
             ));
         }
         for c in &self.certificates {
@@ -340,13 +338,9 @@ impl Source {
             sites,
             limits_hit: crate::metrics::limits_hit(),
             open_connections: crate::metrics::METRICS.open_connections.get(),
-            fleet: fleet.map(|c| {
-                let health = c.health();
-                Fleet {
-                    node: c.node().to_string(),
-                    store_up: health.is_ok(),
-                    store_down_why: health.err(),
-                }
+            fleet: fleet.map(|c| Fleet {
+                node: c.node().to_string(),
+                store_down_why: c.health().err(),
             }),
         }
     }
@@ -428,13 +422,11 @@ mod tests {
         let mut s = snapshot(vec![cert(Some("a.test"), 30.0)], None);
         s.fleet = Some(Fleet {
             node: "edge-1".into(),
-            store_up: true,
             store_down_why: None,
         });
         assert!(s.problems().is_empty());
         s.fleet = Some(Fleet {
             node: "edge-1".into(),
-            store_up: false,
             store_down_why: Some("etcd does not answer through a quorum".into()),
         });
         assert_eq!(

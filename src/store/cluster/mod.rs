@@ -116,8 +116,7 @@ struct Inner {
 #[derive(Debug)]
 pub(crate) struct Swap {
     lineage: String,
-    node: String,
-    at_ms: u64,
+    written: Written,
 }
 
 /// What the watch keeps in memory besides the mirror.
@@ -309,13 +308,15 @@ impl Cluster {
     /// be served here.
     pub(crate) fn note_published(&self, swaps: Vec<Swap>) {
         let now = sync::unix_ms(SystemTime::now());
-        for w in swaps {
-            let secs = now.saturating_sub(w.at_ms) as f64 / 1000.0;
-            crate::metrics::METRICS.cluster_swap_seconds.observe(secs);
+        for Swap { lineage, written } in swaps {
+            let ms = now.saturating_sub(written.at_ms);
+            crate::metrics::METRICS
+                .cluster_swap_seconds
+                .observe(ms as f64 / 1000.0);
             tracing::info!(
-                lineage = w.lineage,
-                stored_by = w.node,
-                swap_ms = now.saturating_sub(w.at_ms),
+                lineage,
+                stored_by = written.node,
+                swap_ms = ms,
                 "serving the certificate another node stored"
             );
         }

@@ -293,8 +293,7 @@ fn remember(
             if !full && w.node != me {
                 swaps.push(super::Swap {
                     lineage: name.to_string(),
-                    node: w.node.clone(),
-                    at_ms: w.at_ms,
+                    written: w.clone(),
                 });
             }
             s.written.insert(name.to_string(), w);
